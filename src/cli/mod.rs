@@ -1,0 +1,108 @@
+//! The command line: parses arguments, sets up output, and calls into the library.
+
+mod render;
+mod schema;
+mod validate;
+
+use std::process::ExitCode;
+
+use clap::{Parser, Subcommand, ValueEnum};
+
+/// Run unattended, one-shot coding agents from declarative YAML.
+///
+/// A task file says what to do on which repository; a blueprint says how: the sandbox container,
+/// the agent, and the ordered steps. Start with `maxions validate` on your files.
+#[derive(Debug, Parser)]
+#[command(name = "maxions", version, about, long_about, propagate_version = true)]
+pub struct Cli {
+    #[command(subcommand)]
+    pub command: Command,
+
+    /// Say more (repeat for even more).
+    #[arg(short, long, action = clap::ArgAction::Count, global = true)]
+    pub verbose: u8,
+
+    /// Say only what went wrong.
+    #[arg(short, long, global = true, conflicts_with = "verbose")]
+    pub quiet: bool,
+
+    /// When to use colors. `NO_COLOR` in the environment also turns them off.
+    #[arg(long, value_enum, default_value_t = ColorWhen::Auto, global = true)]
+    pub color: ColorWhen,
+}
+
+#[derive(Debug, Clone, Copy, PartialEq, Eq, ValueEnum)]
+pub enum ColorWhen {
+    Auto,
+    Always,
+    Never,
+}
+
+#[derive(Debug, Subcommand)]
+pub enum Command {
+    /// Check tasks, blueprints and maxions.yaml for mistakes before anything runs.
+    ///
+    /// Reports every problem found, each with file:line:column. Exit status: 0 valid (warnings
+    /// allowed), 1 invalid, 2 some path could not be read.
+    Validate(validate::Args),
+    /// Show what each step of a task would run, without running anything.
+    ///
+    /// Outputs of earlier steps, not known until a run, are shown as `<steps.ID.NAME>`.
+    Render(render::Args),
+    /// Write the JSON Schemas of the file formats (for editors and CI).
+    Schema(schema::Args),
+}
+
+/// Exit statuses shared by the commands.
+pub mod exit {
+    pub const OK: u8 = 0;
+    /// The input is invalid, or the run failed.
+    pub const INVALID: u8 = 1;
+    /// Something could not be read, or the environment is not usable.
+    pub const UNREADABLE: u8 = 2;
+}
+
+/// How the commands print.
+#[derive(Debug, Clone, Copy)]
+pub struct Output {
+    pub quiet: bool,
+    pub verbose: u8,
+}
+
+pub fn main() -> ExitCode {
+    let cli = Cli::parse();
+    let choice = match cli.color {
+        ColorWhen::Always => anstream::ColorChoice::Always,
+        ColorWhen::Never => anstream::ColorChoice::Never,
+        ColorWhen::Auto => anstream::ColorChoice::Auto,
+    };
+    choice.write_global();
+    init_tracing(&cli);
+    let output = Output {
+        quiet: cli.quiet,
+        verbose: cli.verbose,
+    };
+    let code = match cli.command {
+        Command::Validate(args) => validate::run(&args, output),
+        Command::Render(args) => render::run(&args, output),
+        Command::Schema(args) => schema::run(&args, output),
+    };
+    ExitCode::from(code)
+}
+
+fn init_tracing(cli: &Cli) {
+    let level = match (cli.quiet, cli.verbose) {
+        (true, _) => "error",
+        (false, 0) => "warn",
+        (false, 1) => "info",
+        (false, 2) => "debug",
+        _ => "trace",
+    };
+    let filter = tracing_subscriber::EnvFilter::try_from_env("MAXIONS_LOG")
+        .unwrap_or_else(|_| tracing_subscriber::EnvFilter::new(level));
+    let _ = tracing_subscriber::fmt()
+        .with_env_filter(filter)
+        .with_writer(std::io::stderr)
+        .with_ansi(!matches!(cli.color, ColorWhen::Never) && std::env::var_os("NO_COLOR").is_none())
+        .try_init();
+}

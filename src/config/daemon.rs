@@ -1,0 +1,149 @@
+//! The daemon config (`maxions.yaml`): where things live, how many runs at once, and where
+//! credentials come from. Credentials are named by environment variable or file, never inlined.
+
+use std::collections::BTreeMap;
+use std::path::PathBuf;
+
+use schemars::JsonSchema;
+use serde::{Deserialize, Serialize};
+
+use super::blueprint::{Author, SecretName};
+
+/// `maxions.yaml`. Every field has a default; paths are relative to this file.
+#[derive(Debug, Clone, PartialEq, Serialize, Deserialize, JsonSchema)]
+#[serde(deny_unknown_fields)]
+#[schemars(title = "maxions daemon config")]
+pub struct DaemonConfig {
+    /// Where task files are watched. Default: `tasks`.
+    #[serde(default = "default_tasks_dir")]
+    pub tasks_dir: PathBuf,
+    /// Where blueprints are looked up by name. Default: `blueprints`.
+    #[serde(default = "default_blueprints_dir")]
+    pub blueprints_dir: PathBuf,
+    /// Where the daemon keeps its own state (queue, run index). Default: `.maxions`.
+    #[serde(default = "default_state_dir")]
+    pub state_dir: PathBuf,
+    /// How many runs may execute at once. Default: 3.
+    #[serde(default = "default_concurrency")]
+    #[schemars(range(min = 1, max = 256))]
+    pub concurrency: u32,
+    /// The image for blueprints that name none. Default: `maxions/sandbox:latest`.
+    #[serde(default = "default_image")]
+    pub default_image: String,
+    /// Secrets steps may ask for by name, each read from an environment variable or a file.
+    #[serde(default, skip_serializing_if = "BTreeMap::is_empty")]
+    pub secrets: BTreeMap<SecretName, SecretSource>,
+    /// How pull requests are opened.
+    #[serde(default, skip_serializing_if = "Option::is_none")]
+    pub github: Option<GithubConfig>,
+    /// Commit identity.
+    #[serde(default, skip_serializing_if = "Option::is_none")]
+    pub git: Option<GitConfig>,
+    /// The HTTP API and dashboard.
+    #[serde(default, skip_serializing_if = "Option::is_none")]
+    pub api: Option<ApiConfig>,
+}
+
+impl Default for DaemonConfig {
+    fn default() -> Self {
+        Self {
+            tasks_dir: default_tasks_dir(),
+            blueprints_dir: default_blueprints_dir(),
+            state_dir: default_state_dir(),
+            concurrency: default_concurrency(),
+            default_image: default_image(),
+            secrets: BTreeMap::new(),
+            github: None,
+            git: None,
+            api: None,
+        }
+    }
+}
+
+fn default_tasks_dir() -> PathBuf {
+    "tasks".into()
+}
+fn default_blueprints_dir() -> PathBuf {
+    "blueprints".into()
+}
+fn default_state_dir() -> PathBuf {
+    ".maxions".into()
+}
+fn default_concurrency() -> u32 {
+    3
+}
+pub fn default_image() -> String {
+    "maxions/sandbox:latest".into()
+}
+
+/// Where a secret's value comes from. Exactly one key: `env` or `file`.
+#[derive(Debug, Clone, PartialEq, Eq, Serialize, Deserialize, JsonSchema)]
+#[serde(rename_all = "snake_case", deny_unknown_fields)]
+pub enum SecretSource {
+    /// The name of an environment variable of the daemon's process.
+    Env(#[schemars(extend("format" = "maxions-env-name"))] String),
+    /// A file whose content (trimmed) is the secret.
+    File(PathBuf),
+}
+
+#[derive(Debug, Clone, PartialEq, Eq, Serialize, Deserialize, JsonSchema)]
+#[serde(deny_unknown_fields)]
+pub struct GithubConfig {
+    /// The REST API base URL. Default: `https://api.github.com`; for GitHub Enterprise,
+    /// `https://HOST/api/v3`.
+    #[serde(default = "default_github_api")]
+    pub api_url: String,
+    /// Authenticate as a GitHub App (preferred): tokens are minted per run.
+    #[serde(default, skip_serializing_if = "Option::is_none")]
+    pub app: Option<GithubApp>,
+    /// Or with a personal access token read from this environment variable.
+    #[serde(default, skip_serializing_if = "Option::is_none")]
+    #[schemars(extend("format" = "maxions-env-name"))]
+    pub token_env: Option<String>,
+}
+
+fn default_github_api() -> String {
+    "https://api.github.com".into()
+}
+
+#[derive(Debug, Clone, PartialEq, Eq, Serialize, Deserialize, JsonSchema)]
+#[serde(deny_unknown_fields)]
+pub struct GithubApp {
+    /// The App's id (not a secret).
+    pub app_id: u64,
+    /// The installation to mint tokens for.
+    pub installation_id: u64,
+    /// The environment variable holding the App's private key (PEM).
+    #[serde(default, skip_serializing_if = "Option::is_none")]
+    #[schemars(extend("format" = "maxions-env-name"))]
+    pub private_key_env: Option<String>,
+    /// Or a file holding it.
+    #[serde(default, skip_serializing_if = "Option::is_none")]
+    pub private_key_file: Option<PathBuf>,
+}
+
+#[derive(Debug, Clone, PartialEq, Eq, Serialize, Deserialize, JsonSchema)]
+#[serde(deny_unknown_fields)]
+pub struct GitConfig {
+    /// The author and committer of maxions' commits.
+    pub author: Author,
+}
+
+#[derive(Debug, Clone, PartialEq, Eq, Serialize, Deserialize, JsonSchema)]
+#[serde(deny_unknown_fields)]
+pub struct ApiConfig {
+    /// Address to listen on. Default: `127.0.0.1:7878`.
+    #[serde(default = "default_listen")]
+    pub listen: String,
+    /// The environment variable holding the API's bearer token.
+    #[serde(default = "default_api_token_env")]
+    #[schemars(extend("format" = "maxions-env-name"))]
+    pub token_env: String,
+}
+
+fn default_listen() -> String {
+    "127.0.0.1:7878".into()
+}
+fn default_api_token_env() -> String {
+    "MAXIONS_API_TOKEN".into()
+}

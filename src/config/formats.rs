@@ -1,0 +1,171 @@
+//! Checks for the string formats our schemas name (`maxions-duration`, `maxions-cron`, ...).
+
+use std::str::FromStr;
+
+use super::diagnostic::did_you_mean;
+use super::task::{RepoRef, check_branch_name};
+use super::units::{ByteSize, DURATION_HINT, HumanDuration, SIZE_HINT};
+
+/// What is wrong with a formatted string.
+#[derive(Debug, Clone, PartialEq, Eq)]
+pub struct Problem {
+    pub code: &'static str,
+    pub message: String,
+    pub hint: Option<String>,
+}
+
+fn problem(code: &'static str, message: String, hint: impl Into<Option<String>>) -> Problem {
+    Problem {
+        code,
+        message,
+        hint: hint.into(),
+    }
+}
+
+/// Checks `text` against the named format. Unknown formats accept anything.
+pub fn check(format: &str, text: &str) -> Result<(), Problem> {
+    match format {
+        "maxions-duration" => HumanDuration::from_str(text)
+            .map(drop)
+            .map_err(|m| problem("invalid-duration", m, DURATION_HINT.to_owned())),
+        "maxions-size" => ByteSize::from_str(text)
+            .map(drop)
+            .map_err(|m| problem("invalid-size", m, SIZE_HINT.to_owned())),
+        "maxions-cron" => check_cron(text),
+        "maxions-timezone" => check_timezone(text),
+        "maxions-host-pattern" => check_host_pattern(text),
+        "maxions-identifier" => check_identifier(text),
+        "maxions-env-name" => check_env_name(text),
+        "maxions-repo" => RepoRef::parse(text).map(drop).map_err(|m| {
+            problem(
+                "invalid-repo",
+                m,
+                "write `owner/name` or a clone URL".to_owned(),
+            )
+        }),
+        "maxions-branch" => check_branch_name(text).map_err(|m| problem("invalid-branch", m, None)),
+        _ => Ok(()),
+    }
+}
+
+/// A cron schedule: exactly five fields, or a nickname such as `@daily`.
+pub fn parse_cron(text: &str) -> Result<croner::Cron, String> {
+    let fields = text.split_whitespace().count();
+    if !text.trim_start().starts_with('@') && fields != 5 {
+        return Err(format!(
+            "invalid cron `{text}`: expected 5 fields (minute hour day-of-month month day-of-week), found {fields}"
+        ));
+    }
+    croner::parser::CronParser::builder()
+        .seconds(croner::parser::Seconds::Disallowed)
+        .year(croner::parser::Year::Disallowed)
+        .build()
+        .parse(text)
+        .map_err(|e| format!("invalid cron `{text}`: {}", lowercase_first(&e.to_string())))
+}
+
+fn check_cron(text: &str) -> Result<(), Problem> {
+    parse_cron(text).map(drop).map_err(|m| {
+        problem(
+            "invalid-cron",
+            m,
+            "e.g. \"0 9 * * 1\" is every Monday at 09:00; fields are minute hour day-of-month month day-of-week".to_owned(),
+        )
+    })
+}
+
+fn check_timezone(text: &str) -> Result<(), Problem> {
+    if text.parse::<chrono_tz::Tz>().is_ok() {
+        return Ok(());
+    }
+    let names = chrono_tz::TZ_VARIANTS.iter().map(|tz| tz.name());
+    let hint = match did_you_mean(text, names) {
+        Some(best) => format!("did you mean `{best}`?"),
+        None => "use an IANA time zone name such as `Europe/Berlin` or `UTC`".to_owned(),
+    };
+    Err(problem(
+        "invalid-timezone",
+        format!("unknown time zone `{text}`"),
+        hint,
+    ))
+}
+
+fn check_host_pattern(text: &str) -> Result<(), Problem> {
+    let bad = |reason: &str| {
+        Err(problem(
+            "invalid-host-pattern",
+            format!("invalid host pattern `{text}`: {reason}"),
+            "write a host name (`github.com`) or one leading wildcard label (`*.githubusercontent.com`)"
+                .to_owned(),
+        ))
+    };
+    if text.contains("://") || text.contains('/') {
+        return bad("give the host only, without scheme or path");
+    }
+    if text.contains(':') && text.parse::<std::net::Ipv6Addr>().is_err() {
+        return bad("ports are not part of a host pattern");
+    }
+    if text.parse::<std::net::IpAddr>().is_ok() {
+        return Ok(());
+    }
+    let host = text.strip_prefix("*.").unwrap_or(text);
+    if host.contains('*') {
+        return bad("`*` is only allowed as the whole first label, as in `*.example.com`");
+    }
+    let host = host.strip_suffix('.').unwrap_or(host);
+    let labels: Vec<&str> = host.split('.').collect();
+    if labels.len() < 2 && text.starts_with("*.") {
+        return bad("a wildcard needs at least two labels after it, as in `*.example.com`");
+    }
+    let label_ok = |l: &&str| {
+        !l.is_empty()
+            && l.len() <= 63
+            && !l.starts_with('-')
+            && !l.ends_with('-')
+            && l.chars().all(|c| c.is_ascii_alphanumeric() || c == '-')
+    };
+    if host.len() > 253 || !labels.iter().all(label_ok) {
+        return bad("not a valid host name");
+    }
+    Ok(())
+}
+
+fn check_identifier(text: &str) -> Result<(), Problem> {
+    let mut chars = text.chars();
+    let ok = chars
+        .next()
+        .is_some_and(|c| c.is_ascii_alphabetic() || c == '_')
+        && chars.all(|c| c.is_ascii_alphanumeric() || c == '_' || c == '-');
+    if ok {
+        return Ok(());
+    }
+    Err(problem(
+        "invalid-identifier",
+        format!("`{text}` is not a valid id"),
+        "use letters, digits, `_` and `-`, starting with a letter".to_owned(),
+    ))
+}
+
+fn check_env_name(text: &str) -> Result<(), Problem> {
+    let mut chars = text.chars();
+    let ok = chars
+        .next()
+        .is_some_and(|c| c.is_ascii_alphabetic() || c == '_')
+        && chars.all(|c| c.is_ascii_alphanumeric() || c == '_');
+    if ok {
+        return Ok(());
+    }
+    Err(problem(
+        "invalid-name",
+        format!("`{text}` is not a valid environment variable name"),
+        "use letters, digits and `_`, starting with a letter, e.g. `GIT_TOKEN`".to_owned(),
+    ))
+}
+
+fn lowercase_first(text: &str) -> String {
+    let mut chars = text.chars();
+    chars
+        .next()
+        .map(|c| c.to_lowercase().chain(chars).collect())
+        .unwrap_or_default()
+}

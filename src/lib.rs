@@ -1,0 +1,9 @@
+//! maxions: run unattended, one-shot coding agents from declarative YAML.
+//!
+//! The pipeline reads top-down: `config` (load and validate YAML) → `template` (render steps) →
+//! `sandbox` (where steps execute) → `cli` (the thin edge that shows results to a person).
+
+pub mod cli;
+pub mod config;
+pub mod sandbox;
+pub mod template;

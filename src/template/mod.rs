@@ -1,0 +1,252 @@
+//! Rendering steps with minijinja: strict undefined, and shell auto-escaping for `run:` steps so
+//! that task text, branch names and agent output are always data, never commands.
+//!
+//! Two modes: [`Mode::Shell`] quotes every interpolated value for POSIX `sh` unless it is marked
+//! `| safe`; [`Mode::Text`] (prompts, commit messages, PR bodies) inserts values as they are.
+//! Task text reaches templates only as the value `task`: it is never parsed as a template.
+
+mod context;
+
+use std::collections::BTreeSet;
+use std::fmt;
+use std::ops::Range;
+
+use minijinja::{AutoEscape, Environment, UndefinedBehavior, Value};
+
+pub use context::{Context, FailedCheck, REPO_FIELDS, ROOTS, RUN_FIELDS, RunInfo};
+
+/// How a template's output is used.
+#[derive(Debug, Clone, Copy, PartialEq, Eq)]
+pub enum Mode {
+    /// A command for `sh -c`: interpolated values are single-quoted.
+    Shell,
+    /// Text for people or agents: values are inserted unchanged.
+    Text,
+}
+
+impl Mode {
+    fn template_name(self) -> &'static str {
+        match self {
+            Mode::Shell => "run.sh",
+            Mode::Text => "text.txt",
+        }
+    }
+}
+
+/// A template that could not be parsed or rendered.
+#[derive(Debug, Clone, PartialEq, Eq)]
+pub struct TemplateError {
+    pub message: String,
+    /// Byte range in the template source, when known.
+    pub range: Option<Range<usize>>,
+    /// The expression that was undefined, when that is what went wrong (e.g. `vars.name`).
+    pub undefined: Option<String>,
+}
+
+impl fmt::Display for TemplateError {
+    fn fmt(&self, f: &mut fmt::Formatter<'_>) -> fmt::Result {
+        match &self.undefined {
+            Some(name) => write!(f, "undefined variable `{name}`"),
+            None => f.write_str(&self.message),
+        }
+    }
+}
+
+impl std::error::Error for TemplateError {}
+
+/// The names a template reads, such as `task`, `vars.name` or `steps.describe.title`.
+pub type Names = BTreeSet<String>;
+
+/// The template engine, configured once and shared.
+pub struct Templates {
+    env: Environment<'static>,
+}
+
+impl Default for Templates {
+    fn default() -> Self {
+        Self::new()
+    }
+}
+
+impl Templates {
+    pub fn new() -> Self {
+        let mut env = Environment::new();
+        env.set_undefined_behavior(UndefinedBehavior::Strict);
+        env.set_debug(true);
+        // Bounds the work a template can do (a loop over a huge range, say).
+        env.set_fuel(Some(5_000_000));
+        env.set_auto_escape_callback(|name| {
+            if name.ends_with(".sh") {
+                AutoEscape::Custom("sh".into())
+            } else {
+                AutoEscape::None
+            }
+        });
+        env.set_formatter(|out, state, value| {
+            if matches!(state.auto_escape(), AutoEscape::Custom(name) if name == "sh")
+                && !value.is_safe()
+            {
+                let text = match value.as_str() {
+                    Some(s) => s.to_owned(),
+                    None => value.to_string(),
+                };
+                out.write_str(&shell_quote(&text))?;
+                Ok(())
+            } else {
+                minijinja::escape_formatter(out, state, value)
+            }
+        });
+        env.add_filter("tail", tail);
+        env.add_filter("head", head);
+        env.add_filter("shell_quote", |s: String| shell_quote(&s));
+        Self { env }
+    }
+
+    /// Parses a template and returns the variables it reads (nested, like `vars.name`).
+    pub fn check(&self, source: &str, mode: Mode) -> Result<Names, TemplateError> {
+        let template = self
+            .env
+            .template_from_named_str(mode.template_name(), source)
+            .map_err(|e| convert(&e, source))?;
+        Ok(template.undeclared_variables(true).into_iter().collect())
+    }
+
+    /// Parses an `if:` condition and returns the variables it reads.
+    pub fn check_condition(&self, condition: &str) -> Result<Names, TemplateError> {
+        let expression = strip_braces(condition);
+        let compiled = self
+            .env
+            .compile_expression(expression)
+            .map_err(|e| convert(&e, expression))?;
+        Ok(compiled.undeclared_variables(true).into_iter().collect())
+    }
+
+    pub fn render(
+        &self,
+        source: &str,
+        mode: Mode,
+        context: &Context,
+    ) -> Result<String, TemplateError> {
+        let template = self
+            .env
+            .template_from_named_str(mode.template_name(), source)
+            .map_err(|e| convert(&e, source))?;
+        template
+            .render(Value::from(minijinja::value::Serde(context)))
+            .map_err(|e| convert(&e, source))
+    }
+
+    /// Evaluates an `if:` condition to true or false.
+    pub fn eval_condition(
+        &self,
+        condition: &str,
+        context: &Context,
+    ) -> Result<bool, TemplateError> {
+        let expression = strip_braces(condition);
+        let compiled = self
+            .env
+            .compile_expression(expression)
+            .map_err(|e| convert(&e, expression))?;
+        compiled
+            .eval(Value::from(minijinja::value::Serde(context)))
+            .map(|v| v.is_true())
+            .map_err(|e| convert(&e, expression))
+    }
+}
+
+/// `if:` may be written bare (`run.failed_checks == 0`) or wrapped in `{{ }}`.
+fn strip_braces(condition: &str) -> &str {
+    let trimmed = condition.trim();
+    trimmed
+        .strip_prefix("{{")
+        .and_then(|s| s.strip_suffix("}}"))
+        .map_or(trimmed, str::trim)
+}
+
+fn convert(error: &minijinja::Error, source: &str) -> TemplateError {
+    let range = error.range().filter(|r| r.end <= source.len());
+    let undefined = (error.kind() == minijinja::ErrorKind::UndefinedError)
+        .then(|| {
+            range
+                .clone()
+                .and_then(|r| source.get(r))
+                .map(|s| s.trim().to_owned())
+        })
+        .flatten();
+    let mut message = error.detail().map_or_else(
+        || error.kind().to_string(),
+        |detail| format!("{}: {detail}", error.kind()),
+    );
+    if let Some(name) = &undefined {
+        message = format!("undefined variable `{name}`");
+    }
+    TemplateError {
+        message,
+        range,
+        undefined,
+    }
+}
+
+/// Quotes `text` for POSIX sh: the result is always exactly one word with exactly this content.
+pub fn shell_quote(text: &str) -> String {
+    let mut quoted = String::with_capacity(text.len() + 2);
+    quoted.push('\'');
+    for c in text.chars() {
+        if c == '\'' {
+            quoted.push_str("'\\''");
+        } else {
+            quoted.push(c);
+        }
+    }
+    quoted.push('\'');
+    quoted
+}
+
+fn tail(text: String, lines: Option<usize>) -> String {
+    let lines = lines.unwrap_or(50);
+    let all: Vec<&str> = text.lines().collect();
+    all[all.len().saturating_sub(lines)..].join("\n")
+}
+
+fn head(text: String, lines: Option<usize>) -> String {
+    let lines = lines.unwrap_or(50);
+    text.lines().take(lines).collect::<Vec<_>>().join("\n")
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    #[test]
+    fn quoting_round_trips_single_quotes() {
+        assert_eq!(shell_quote("it's"), "'it'\\''s'");
+        assert_eq!(shell_quote(""), "''");
+    }
+
+    #[test]
+    fn undeclared_variables_are_nested_and_skip_loop_variables() {
+        let t = Templates::new();
+        let names = t
+            .check(
+                "{% for c in failed %}{{ c.id }}{% endfor %}{{ steps.a.b }} {{ vars.x | tail(3) }}",
+                Mode::Text,
+            )
+            .unwrap();
+        let names: Vec<_> = names.into_iter().collect();
+        assert_eq!(names, ["failed", "steps.a.b", "vars.x"]);
+    }
+
+    #[test]
+    fn syntax_errors_have_a_range() {
+        let err = Templates::new()
+            .check("ok\n{{ task }\n", Mode::Text)
+            .unwrap_err();
+        assert!(err.range.is_some(), "{err:?}");
+    }
+
+    #[test]
+    fn tail_keeps_the_last_lines() {
+        assert_eq!(tail("a\nb\nc\n".into(), Some(2)), "b\nc");
+        assert_eq!(head("a\nb\nc\n".into(), Some(2)), "a\nb");
+    }
+}

@@ -1,0 +1,3 @@
+//! maxions' integration tests: one test binary, shared helpers in `support`.
+
+mod support;
