@@ -6,4 +6,5 @@
 pub mod cli;
 pub mod config;
 pub mod sandbox;
+pub mod secret;
 pub mod template;

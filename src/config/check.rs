@@ -288,7 +288,12 @@ impl<'a> Checker<'a> {
         if ok {
             return true;
         }
-        let expected: Vec<&str> = types.iter().map(|t| json_type_name(t)).collect();
+        // `Option<T>` allows null, but "expected a string or nothing" only adds noise.
+        let expected: Vec<&str> = types
+            .iter()
+            .filter(|t| **t != "null" || types.len() == 1)
+            .map(|t| json_type_name(t))
+            .collect();
         let found = match actual {
             Value::Null => "nothing".to_owned(),
             other => other.type_name().to_owned(),

@@ -141,7 +141,7 @@ impl Validator {
                 let mut files = Vec::new();
                 let mut seen = HashSet::new();
                 if let Err(diag) = collect_yaml(path, &mut files, &mut seen, 0) {
-                    self.unreadable(diag);
+                    self.unreadable(*diag);
                 }
                 if files.is_empty() {
                     let d = Diagnostic::warning(
@@ -414,7 +414,10 @@ impl Validator {
             if defined.contains(var.as_str()) {
                 continue;
             }
-            let anchor = tree.key("vars").or_else(|| tree.key("task"));
+            let anchor = tree
+                .key("vars")
+                .or_else(|| tree.key("task"))
+                .or_else(|| tree.key("blueprint"));
             let mut d = Diagnostic::error(
                 "undefined-variable",
                 format!(
@@ -841,7 +844,20 @@ impl BlueprintChecker<'_> {
         for (node, mode, in_fix) in fields {
             let text = node.as_str().expect("filtered to strings");
             match self.templates.check(text, mode) {
-                Ok(names) => self.check_names(&names, node, text, infos, index, name, in_fix),
+                Ok(names) => {
+                    self.check_names(&names, node, text, infos, index, name, in_fix);
+                    for (offset, filter) in self.templates.unknown_filters(text) {
+                        self.found.push(
+                            Diagnostic::error(
+                                "unknown-filter",
+                                format!("unknown filter `{filter}` in {name}"),
+                            )
+                            .at(template_pos(&self.doc.text, node, text, offset))
+                            .width(filter.chars().count())
+                            .hint("see README.md, \"Templates\", for the filters there are"),
+                        );
+                    }
+                }
                 Err(err) => self.template_error(&err, node, text, name),
             }
         }
@@ -1292,7 +1308,16 @@ fn syntax_diagnostic(err: &yaml::SyntaxError, source: &str) -> Diagnostic {
         };
     let mut d = Diagnostic::error(code, text).maybe_hint(hint.map(str::to_owned));
     if let Some(pos) = err.pos {
-        d = d.at(pos).width(token_width(source, pos));
+        let width = match code {
+            "duplicate-key" => message
+                .trim_start_matches("duplicate mapping key:")
+                .split(',')
+                .next()
+                .map_or(1, |k| k.trim().chars().count()),
+            "yaml-syntax" if message.contains("tab") => 1,
+            _ => token_width(source, pos),
+        };
+        d = d.at(pos).width(width);
     }
     d
 }
@@ -1348,13 +1373,13 @@ fn collect_yaml(
     files: &mut Vec<PathBuf>,
     seen: &mut HashSet<PathBuf>,
     depth: usize,
-) -> Result<(), Diagnostic> {
-    let canonical = std::fs::canonicalize(dir).map_err(|e| read_error(dir, &e))?;
+) -> Result<(), Box<Diagnostic>> {
+    let canonical = std::fs::canonicalize(dir).map_err(|e| Box::new(read_error(dir, &e)))?;
     if depth > 16 || !seen.insert(canonical) {
         return Ok(());
     }
     let mut entries: Vec<PathBuf> = std::fs::read_dir(dir)
-        .map_err(|e| read_error(dir, &e))?
+        .map_err(|e| Box::new(read_error(dir, &e)))?
         .flatten()
         .map(|e| e.path())
         .collect();

@@ -111,6 +111,23 @@ impl Templates {
         Ok(template.undeclared_variables(true).into_iter().collect())
     }
 
+    /// Filters a template applies that do not exist, as (byte offset, name). minijinja only finds
+    /// these when a render reaches them; this finds them all up front.
+    pub fn unknown_filters(&self, source: &str) -> Vec<(usize, String)> {
+        let mut unknown = Vec::new();
+        for (offset, name) in filter_uses(source) {
+            let probe = format!("{{{{ '' | {name} }}}}");
+            let missing = match self.env.render_str(&probe, ()) {
+                Err(e) => e.kind() == minijinja::ErrorKind::UnknownFilter,
+                Ok(_) => false,
+            };
+            if missing {
+                unknown.push((offset, name));
+            }
+        }
+        unknown
+    }
+
     /// Parses an `if:` condition and returns the variables it reads.
     pub fn check_condition(&self, condition: &str) -> Result<Names, TemplateError> {
         let expression = strip_braces(condition);
@@ -152,6 +169,50 @@ impl Templates {
             .map(|v| v.is_true())
             .map_err(|e| convert(&e, expression))
     }
+}
+
+/// Every `| name` inside `{{ }}` or `{% %}`, as (byte offset of the name, name).
+fn filter_uses(source: &str) -> Vec<(usize, String)> {
+    let mut uses = Vec::new();
+    let mut rest = 0;
+    while let Some(open) = source[rest..].find(['{']) {
+        let start = rest + open;
+        let close = match source.get(start + 1..start + 2) {
+            Some("{") => "}}",
+            Some("%") => "%}",
+            _ => {
+                rest = start + 1;
+                continue;
+            }
+        };
+        let end = source[start..]
+            .find(close)
+            .map_or(source.len(), |e| start + e);
+        let block = &source[start..end];
+        let mut in_quote: Option<char> = None;
+        for (i, c) in block.char_indices() {
+            match (in_quote, c) {
+                (Some(q), c) if c == q => in_quote = None,
+                (Some(_), _) => {}
+                (None, '\'' | '"') => in_quote = Some(c),
+                (None, '|') => {
+                    let after = &block[i + 1..];
+                    let skipped = after.len() - after.trim_start().len();
+                    let name: String = after
+                        .trim_start()
+                        .chars()
+                        .take_while(|c| c.is_alphanumeric() || *c == '_')
+                        .collect();
+                    if !name.is_empty() {
+                        uses.push((start + i + 1 + skipped, name));
+                    }
+                }
+                _ => {}
+            }
+        }
+        rest = end.max(start + 1);
+    }
+    uses
 }
 
 /// `if:` may be written bare (`run.failed_checks == 0`) or wrapped in `{{ }}`.
@@ -242,6 +303,14 @@ mod tests {
             .check("ok\n{{ task }\n", Mode::Text)
             .unwrap_err();
         assert!(err.range.is_some(), "{err:?}");
+    }
+
+    #[test]
+    fn unknown_filters_are_found_without_rendering() {
+        let t = Templates::new();
+        let found = t.unknown_filters("{{ task | truncate(20) }} {{ x | tail(2) | upper }} {% if a | nope %}{% endif %} '|' {{ 'a|b' }}");
+        let names: Vec<&str> = found.iter().map(|(_, n)| n.as_str()).collect();
+        assert_eq!(names, ["truncate", "nope"]);
     }
 
     #[test]

@@ -1,3 +1,5 @@
 //! maxions' integration tests: one test binary, shared helpers in `support`.
 
 mod support;
+mod templates;
+mod validate;
