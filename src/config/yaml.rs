@@ -105,8 +105,8 @@ fn budget() -> serde_saphyr::Budget {
     budget.max_anchors = 1_000;
     budget.max_depth = 64;
     budget.max_documents = 1;
-    budget.max_nodes = 500_000;
-    budget.max_events = 1_000_000;
+    budget.max_nodes = 100_000;
+    budget.max_events = 200_000;
     budget.max_total_scalar_bytes = 16 * 1024 * 1024;
     budget
 }
@@ -115,6 +115,8 @@ fn budget() -> serde_saphyr::Budget {
 pub fn parse(source: &str) -> Result<Node, SyntaxError> {
     let mut options = serde_saphyr::Options::default();
     options.budget = Some(budget());
+    // Replaying aliases is where an alias bomb spends its time and memory: stop it early.
+    options.alias_limits.max_total_replayed_events = 50_000;
     match serde_saphyr::from_str_with_options::<Option<Spanned<Value>>>(source, options) {
         Ok(Some(node)) => Ok(spanned(node)),
         Ok(None) => Ok(Node {

@@ -264,3 +264,44 @@ fn colors_follow_the_flag_and_no_color() {
         .run();
     assert!(forced.stderr.contains('\u{1b}'), "{}", forced.stderr);
 }
+
+mod never_panics {
+    use proptest::prelude::*;
+
+    use maxions::config::validate::Validator;
+
+    fn corpus() -> Vec<Vec<u8>> {
+        let mut files = Vec::new();
+        for dir in ["blueprints", "tasks", "misc"] {
+            let path = crate::support::root().join("tests/corpus").join(dir);
+            for entry in std::fs::read_dir(path).unwrap().flatten() {
+                files.push(std::fs::read(entry.path()).unwrap());
+            }
+        }
+        files.push(std::fs::read(crate::support::root().join("blueprints/default.yaml")).unwrap());
+        files
+    }
+
+    proptest! {
+        #![proptest_config(ProptestConfig::with_cases(200))]
+
+        /// Truncating or corrupting any corpus file at any byte gives diagnostics, never a panic.
+        #[test]
+        fn mangled_files_get_answers(which in any::<prop::sample::Index>(), cut in any::<prop::sample::Index>(), byte in any::<u8>(), flip in any::<bool>()) {
+            let files = corpus();
+            let mut bytes = files[which.index(files.len())].clone();
+            if !bytes.is_empty() {
+                let at = cut.index(bytes.len());
+                if flip { bytes[at] = byte; } else { bytes.truncate(at); }
+            }
+            let dir = tempfile::tempdir().unwrap();
+            std::fs::create_dir_all(dir.path().join("blueprints")).unwrap();
+            let path = dir.path().join("blueprints/mangled.yaml");
+            std::fs::write(&path, &bytes).unwrap();
+            let result = Validator::new().validate_paths(&[path]);
+            for d in &result.diagnostics {
+                prop_assert!(!d.message.is_empty());
+            }
+        }
+    }
+}
