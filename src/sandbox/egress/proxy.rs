@@ -14,7 +14,7 @@ use std::sync::atomic::{AtomicU64, Ordering};
 use std::task::{Context, Poll};
 use std::time::Duration;
 
-use tokio::io::{AsyncRead, AsyncWrite, AsyncWriteExt, ReadBuf};
+use tokio::io::{AsyncRead, AsyncReadExt, AsyncWrite, AsyncWriteExt, ReadBuf};
 use tokio::net::{TcpListener, TcpStream, UnixListener};
 use tokio::sync::Semaphore;
 use tokio::time::{Instant, timeout};
@@ -154,7 +154,7 @@ impl EgressProxy {
 
 /// Binds the proxy's Unix socket at `path`, readable and writable by everyone (mode 0666) so that
 /// a sandbox's non-root user can connect through a read-only bind mount. A socket left behind by
-/// an earlier process is replaced; any other file there is an error. Call within a tokio runtime.
+/// an earlier process is replaced; a socket still served, or any other file, is an error. Call within a tokio runtime.
 ///
 /// # Errors
 /// When the path is too long for a Unix socket, is taken by something that is not a socket, or
@@ -173,7 +173,16 @@ pub fn bind_unix(path: &Path) -> io::Result<UnixListener> {
         ));
     }
     match std::fs::symlink_metadata(path) {
-        Ok(meta) if meta.file_type().is_socket() => std::fs::remove_file(path)?,
+        Ok(meta) if meta.file_type().is_socket() => {
+            // Replace a socket nobody serves any more, never one that is still in use.
+            if std::os::unix::net::UnixStream::connect(path).is_ok() {
+                return Err(io::Error::new(
+                    io::ErrorKind::AddrInUse,
+                    format!("another process is serving {}", path.display()),
+                ));
+            }
+            std::fs::remove_file(path)?;
+        }
         Ok(_) => {
             return Err(io::Error::new(
                 io::ErrorKind::AlreadyExists,
@@ -438,12 +447,10 @@ impl Shared {
     }
 
     /// Reports the refusal, then answers the client and closes.
-    async fn refuse<S: AsyncWrite + Unpin>(
-        &self,
-        client: &mut S,
-        subject: Subject,
-        refusal: Refusal,
-    ) {
+    async fn refuse<S>(&self, client: &mut S, subject: Subject, refusal: Refusal)
+    where
+        S: AsyncRead + AsyncWrite + Unpin,
+    {
         let answer = http::response(refusal.status, &refusal.message);
         self.emit(
             subject,
@@ -452,9 +459,21 @@ impl Shared {
             refusal.message,
             refusal.dialed,
         );
-        let _ = timeout(self.proxy.limits.head_timeout, async {
+        let linger = self.proxy.limits.head_timeout.min(Duration::from_secs(2));
+        let _ = timeout(linger, async {
             client.write_all(&answer).await?;
-            client.shutdown().await
+            client.shutdown().await?;
+            // Read what the client sent past the point where we stopped listening: closing with
+            // unread input makes the kernel reset the connection, and the answer would be lost.
+            let mut sink = [0; 4096];
+            let mut drained = 0;
+            while drained < 1 << 20 {
+                match client.read(&mut sink).await? {
+                    0 => break,
+                    n => drained += n,
+                }
+            }
+            io::Result::Ok(())
         })
         .await;
     }

@@ -17,6 +17,13 @@ use std::sync::Arc;
 use std::sync::atomic::{AtomicUsize, Ordering};
 use std::thread;
 
+/// Like `eprintln!`, but a closed stderr is not a reason to die (`eprintln!` panics then).
+macro_rules! log {
+    ($($arg:tt)*) => {{
+        let _ = writeln!(io::stderr(), $($arg)*);
+    }};
+}
+
 /// Where the relay listens unless told otherwise.
 pub const DEFAULT_LISTEN: &str = "127.0.0.1:3128";
 /// Where the proxy's socket is unless told otherwise.
@@ -71,24 +78,24 @@ pub fn main() -> ExitCode {
     let config = match parse_args(&args) {
         Ok(config) => config,
         Err(message) => {
-            eprintln!("maxions-relay: {message}");
+            log!("maxions-relay: {message}");
             return ExitCode::from(2);
         }
     };
     let listener = match TcpListener::bind(config.listen) {
         Ok(listener) => listener,
         Err(error) => {
-            eprintln!("maxions-relay: cannot listen on {}: {error}", config.listen);
+            log!("maxions-relay: cannot listen on {}: {error}", config.listen);
             return ExitCode::FAILURE;
         }
     };
     // The first line tells the bound port when asked to listen on port 0 (tests do).
     match listener.local_addr() {
-        Ok(addr) => eprintln!(
+        Ok(addr) => log!(
             "maxions-relay: listening on {addr}, forwarding to {}",
             config.socket.display()
         ),
-        Err(error) => eprintln!("maxions-relay: {error}"),
+        Err(error) => log!("maxions-relay: {error}"),
     }
     serve(&listener, &config.socket);
     ExitCode::FAILURE
@@ -102,7 +109,7 @@ pub fn serve(listener: &TcpListener, socket: &Path) {
             Ok(client) => client,
             Err(error) => {
                 // Out of descriptors or threads: wait a little instead of spinning.
-                eprintln!("maxions-relay: accept failed: {error}");
+                log!("maxions-relay: accept failed: {error}");
                 thread::sleep(std::time::Duration::from_millis(100));
                 continue;
             }
@@ -123,7 +130,7 @@ pub fn serve(listener: &TcpListener, socket: &Path) {
             active.fetch_sub(1, Ordering::AcqRel);
         });
         if let Err(error) = spawned {
-            eprintln!("maxions-relay: cannot start a thread: {error}");
+            log!("maxions-relay: cannot start a thread: {error}");
         }
     }
 }
@@ -138,7 +145,7 @@ fn relay(client: TcpStream, socket: &Path) {
                 "the egress proxy at {} is not reachable: {error}",
                 socket.display()
             );
-            eprintln!("maxions-relay: {message}");
+            log!("maxions-relay: {message}");
             refuse(client, "502 Bad Gateway", &message);
             return;
         }
@@ -169,7 +176,11 @@ fn refuse(mut client: TcpStream, status: &str, message: &str) {
         "HTTP/1.1 {status}\r\nContent-Type: text/plain\r\nContent-Length: {}\r\nConnection: close\r\n\r\n{body}",
         body.len()
     );
-    let _ = client.shutdown(Shutdown::Both);
+    // Read what the client already sent before closing: closing with unread input makes the
+    // kernel reset the connection, and the client would never see the answer.
+    let _ = client.shutdown(Shutdown::Write);
+    let _ = client.set_read_timeout(Some(std::time::Duration::from_secs(2)));
+    let _ = io::copy(&mut client.take(1 << 20), &mut io::sink());
 }
 
 #[cfg(test)]

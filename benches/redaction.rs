@@ -1,0 +1,169 @@
+//! Redaction throughput with 50 secrets, against a plain copy of the same bytes in the same run
+//! (DESIGN.md §11: at least 200 MB/s). Run with `cargo bench --bench redaction`.
+//!
+//! The input is 64 MiB of log-like text (words, numbers, paths) with a secret every ~64 KiB and
+//! many near misses (secret prefixes), fed in chunks the way exec output arrives. Each figure is
+//! the best of several passes; MB here means 10^6 bytes.
+
+use std::hint::black_box;
+use std::time::{Duration, Instant};
+
+use maxions::sandbox::redact::Redactor;
+use maxions::secret::Secret;
+
+const INPUT_BYTES: usize = 64 << 20;
+const SECRETS: usize = 50;
+const PASSES: usize = 5;
+
+/// xorshift64*: reproducible input without a dependency.
+struct Rng(u64);
+
+impl Rng {
+    fn next(&mut self) -> u64 {
+        self.0 ^= self.0 >> 12;
+        self.0 ^= self.0 << 25;
+        self.0 ^= self.0 >> 27;
+        self.0.wrapping_mul(0x2545_f491_4f6c_dd1d)
+    }
+
+    fn below(&mut self, n: usize) -> usize {
+        usize::try_from(self.next() % n as u64).unwrap_or(0)
+    }
+}
+
+fn secrets(rng: &mut Rng) -> Vec<Secret> {
+    const ALPHABET: &[u8] = b"ABCDEFGHIJKLMNOPQRSTUVWXYZabcdefghijklmnopqrstuvwxyz0123456789";
+    (0..SECRETS)
+        .map(|i| {
+            let len = 20 + rng.below(41);
+            let prefix = ["ghp_", "sk-", "xoxb-", "AKIA", ""][i % 5];
+            let mut value = String::from(prefix);
+            value.extend((0..len).map(|_| char::from(ALPHABET[rng.below(ALPHABET.len())])));
+            Secret::new(format!("SECRET_{i}"), value).expect("long enough")
+        })
+        .collect()
+}
+
+fn log_text(rng: &mut Rng, secrets: &[Secret]) -> Vec<u8> {
+    const WORDS: &[&str] = &[
+        "Compiling",
+        "warning:",
+        "error[E0308]:",
+        "src/main.rs:42:7",
+        "test",
+        "ok",
+        "passed",
+        "Downloading",
+        "https://github.com/owner/repo",
+        "GET",
+        "200",
+        "token",
+        "Bearer",
+        "sk-",
+        "ghp_",
+        "the",
+        "value",
+        "=",
+        "->",
+        "npm",
+        "install",
+        "0.1.0",
+        "{\"id\":",
+        "12345,",
+    ];
+    let mut out = Vec::with_capacity(INPUT_BYTES + 4096);
+    let mut next_secret = 0;
+    while out.len() < INPUT_BYTES {
+        for _ in 0..(4 + rng.below(12)) {
+            out.extend_from_slice(WORDS[rng.below(WORDS.len())].as_bytes());
+            out.push(b' ');
+        }
+        if out.len() >= next_secret {
+            let secret = &secrets[rng.below(secrets.len())];
+            out.extend_from_slice(secret.expose().as_bytes());
+            next_secret = out.len() + 64 * 1024;
+        } else if rng.below(8) == 0 {
+            // A near miss: the first half of a secret.
+            let value = secrets[rng.below(secrets.len())].expose().as_bytes();
+            out.extend_from_slice(&value[..value.len() / 2]);
+        }
+        out.push(b'\n');
+    }
+    out.truncate(INPUT_BYTES);
+    out
+}
+
+fn best_of(mut pass: impl FnMut()) -> Duration {
+    (0..PASSES)
+        .map(|_| {
+            let start = Instant::now();
+            pass();
+            start.elapsed()
+        })
+        .min()
+        .unwrap_or_default()
+}
+
+fn mb_per_s(bytes: usize, time: Duration) -> f64 {
+    bytes as f64 / 1e6 / time.as_secs_f64()
+}
+
+fn main() {
+    let mut rng = Rng(0x9e37_79b9_7f4a_7c15);
+    let secrets = secrets(&mut rng);
+    let input = log_text(&mut rng, &secrets);
+    let redactor = Redactor::new(&secrets).expect("redactor");
+    let mut out = Vec::with_capacity(INPUT_BYTES + 4096);
+
+    // The output must be right before its speed means anything.
+    let masked = redactor.redact(&input);
+    for secret in &secrets {
+        let value = secret.expose().as_bytes();
+        assert!(
+            !masked.windows(value.len()).any(|w| w == value),
+            "a secret leaked"
+        );
+    }
+
+    println!(
+        "redaction benchmark: {} MiB of log text, {SECRETS} secrets, best of {PASSES} passes",
+        INPUT_BYTES >> 20
+    );
+    for chunk in [64 * 1024, 4 * 1024] {
+        let copy = best_of(|| {
+            out.clear();
+            for piece in input.chunks(chunk) {
+                out.extend_from_slice(black_box(piece));
+            }
+            black_box(&out);
+        });
+        let redact = best_of(|| {
+            out.clear();
+            let mut stream = redactor.stream();
+            for piece in input.chunks(chunk) {
+                stream.write(black_box(piece), &mut out);
+            }
+            stream.finish(&mut out);
+            black_box(&out);
+        });
+        let (copy_rate, redact_rate) = (mb_per_s(input.len(), copy), mb_per_s(input.len(), redact));
+        println!(
+            "chunks of {:>2} KiB: copy {copy_rate:>8.0} MB/s, redact {redact_rate:>6.0} MB/s, \
+             redact/copy time ratio {:.1}x, target 200 MB/s: {}",
+            chunk / 1024,
+            redact.as_secs_f64() / copy.as_secs_f64(),
+            if redact_rate >= 200.0 {
+                "met"
+            } else {
+                "MISSED"
+            },
+        );
+    }
+    let one_shot = best_of(|| {
+        black_box(redactor.redact(black_box(&input)));
+    });
+    println!(
+        "one-shot redact of the whole input: {:.0} MB/s",
+        mb_per_s(input.len(), one_shot)
+    );
+}
