@@ -1,5 +1,6 @@
 //! The command line: parses arguments, sets up output, and calls into the library.
 
+mod image;
 mod render;
 mod schema;
 mod validate;
@@ -51,6 +52,8 @@ pub enum Command {
     Render(render::Args),
     /// Write the JSON Schemas of the file formats (for editors and CI).
     Schema(schema::Args),
+    /// Build the sandbox images locally (Debian base from apt's mirror, then Dockerfiles).
+    Image(image::Args),
 }
 
 /// Exit statuses shared by the commands.
@@ -86,6 +89,7 @@ pub fn main() -> ExitCode {
         Command::Validate(args) => validate::run(&args, output),
         Command::Render(args) => render::run(&args, output),
         Command::Schema(args) => schema::run(&args, output),
+        Command::Image(args) => image::run(&args, output),
     };
     ExitCode::from(code)
 }

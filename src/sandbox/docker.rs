@@ -1,0 +1,1028 @@
+//! The Docker backend of [`Sandbox`]: one hardened container per run, talked to through the
+//! Engine API (bollard) on the local socket or `DOCKER_HOST`.
+//!
+//! Every exec runs under a tiny `sh` wrapper that records its process id, so that a timeout or a
+//! cancellation can kill its whole process group from a second exec (docker makes each exec a
+//! session and group leader). Files travel through exec stdin/stdout: the root file system is
+//! read-only and `/tmp` is a tmpfs, neither of which the archive API can write.
+
+use std::collections::HashMap;
+use std::path::{Path, PathBuf};
+use std::sync::RwLock;
+use std::sync::atomic::{AtomicBool, AtomicU64, Ordering};
+use std::time::{Duration, Instant};
+
+use bollard::Docker;
+use bollard::container::LogOutput;
+use bollard::exec::{CreateExecOptions, StartExecOptions, StartExecResults};
+use bollard::models::{ContainerCreateBody, HostConfig, Mount, MountType, MountVolumeOptions};
+use bollard::query_parameters::{
+    CreateContainerOptionsBuilder, ListContainersOptionsBuilder, RemoveContainerOptionsBuilder,
+};
+use futures_util::StreamExt;
+use tokio::io::AsyncWriteExt;
+use tokio_util::sync::CancellationToken;
+
+use super::egress::relay::{self, EgressDir};
+use super::egress::{EgressEvent, EgressProxy};
+use super::redact::{RedactStream, Redactor};
+use super::{
+    BoxFuture, ContainerSpec, Engine, ExecOutcome, ExecRequest, ExecStatus, FileContents,
+    NetworkPolicy, OutputSink, OutputStream, Sandbox, SandboxError, TAIL_BYTES, TMPFS_SIZE, Tail,
+    WORKSPACE,
+};
+
+/// The label every maxions container carries, valued with its run id.
+pub const RUN_LABEL: &str = "maxions.run";
+/// How long an exec may stay silent before maxions checks that the engine is still there.
+const WATCHDOG: Duration = Duration::from_secs(20);
+/// After a kill, how long to wait for the rest of the output.
+const DRAIN: Duration = Duration::from_secs(5);
+/// Seconds bollard waits for an API answer (not for a command: exec streams have no limit).
+const API_TIMEOUT: u64 = 120;
+
+/// Tells maxions the exec's pid on the first line of stderr (docker makes every exec a session and
+/// process-group leader, so this is also the group to kill), then becomes the command.
+const WRAPPER: &str = r#"echo "$$" >&2 && exec "$@""#;
+/// The container's main process: reads process groups to kill from its stdin, which maxions
+/// writes to through an attach. `read` and `kill` are shell builtins, so killing a fork bomb that
+/// holds every process slot needs no new process (a `docker exec` would fail then).
+const REAPER: &str = r#"while read -r g; do case "$g" in ''|*[!0-9]*) ;; *) kill -9 "-$g" 2>/dev/null ;; esac; done"#;
+
+/// A connection to a Docker engine.
+#[derive(Clone)]
+pub struct DockerEngine {
+    docker: Docker,
+    egress_root: PathBuf,
+    local: bool,
+}
+
+impl DockerEngine {
+    /// Connects to `DOCKER_HOST`, or the local socket, and checks that the engine answers.
+    ///
+    /// # Errors
+    /// [`SandboxError::EngineUnreachable`] when it does not.
+    pub async fn connect() -> Result<Self, SandboxError> {
+        let host = std::env::var("DOCKER_HOST").unwrap_or_default();
+        let docker = if host.is_empty() || host.starts_with("unix://") {
+            Docker::connect_with_unix_defaults()
+        } else {
+            Docker::connect_with_defaults()
+        }
+        .map_err(|e| SandboxError::EngineUnreachable(e.to_string()))?;
+        let docker = docker
+            .with_timeout(Duration::from_secs(API_TIMEOUT))
+            .negotiate_version()
+            .await
+            .map_err(|e| SandboxError::EngineUnreachable(unreachable_reason(&e)))?;
+        docker
+            .ping()
+            .await
+            .map_err(|e| SandboxError::EngineUnreachable(unreachable_reason(&e)))?;
+        Ok(Self {
+            docker,
+            egress_root: std::env::temp_dir().join("maxions-egress"),
+            local: host.is_empty() || host.starts_with("unix://"),
+        })
+    }
+
+    /// Where the egress directories of allowlisted sandboxes are made (one per run).
+    #[must_use]
+    pub fn with_egress_root(mut self, dir: impl Into<PathBuf>) -> Self {
+        self.egress_root = dir.into();
+        self
+    }
+
+    /// The bollard client, for tests and tools that need more than the trait.
+    #[must_use]
+    pub fn client(&self) -> &Docker {
+        &self.docker
+    }
+
+    async fn create_sandbox(&self, spec: &ContainerSpec) -> Result<DockerSandbox, SandboxError> {
+        let image =
+            self.docker
+                .inspect_image(&spec.image)
+                .await
+                .map_err(|e| match status_of(&e) {
+                    Some(404) => SandboxError::ImageMissing(spec.image.clone()),
+                    _ => engine_error(&e),
+                })?;
+        let user = image
+            .config
+            .as_ref()
+            .and_then(|c| c.user.clone())
+            .unwrap_or_default();
+        if matches!(user.split(':').next(), None | Some("" | "root" | "0")) {
+            return Err(SandboxError::Create(format!(
+                "image `{}` runs as root; sandboxes run as a non-root user, so give the image one (`USER` in its Dockerfile), as maxions/sandbox:latest does",
+                spec.image
+            )));
+        }
+
+        let name = format!("maxions-{}", sanitize(&spec.run_id));
+        let labels = HashMap::from([(RUN_LABEL.to_owned(), spec.run_id.clone())]);
+        let mut env: Vec<String> = spec.env.iter().map(|(k, v)| format!("{k}={v}")).collect();
+        let mut mounts = vec![Mount {
+            target: Some(WORKSPACE.to_owned()),
+            typ: Some(MountType::VOLUME),
+            volume_options: Some(MountVolumeOptions {
+                labels: Some(labels.clone()),
+                ..MountVolumeOptions::default()
+            }),
+            ..Mount::default()
+        }];
+        let mut cmd = vec!["sh".to_owned(), "-c".to_owned(), REAPER.to_owned()];
+        let mut egress = None;
+        let network_mode = match &spec.network {
+            NetworkPolicy::None => "none",
+            NetworkPolicy::Host => "host",
+            NetworkPolicy::Allowlist(policy) => {
+                if !self.local {
+                    return Err(SandboxError::Config(
+                        "`network: allowlist` needs a local Docker engine (the egress socket is mounted from this machine); use `none` or `host` with DOCKER_HOST".into(),
+                    ));
+                }
+                let dir = self.egress_root.join(sanitize(&spec.run_id));
+                let (egress_dir, listener) = EgressDir::prepare(&dir).map_err(|e| {
+                    SandboxError::Create(format!(
+                        "cannot prepare the egress proxy in {}: {e}",
+                        dir.display()
+                    ))
+                })?;
+                let cancel = CancellationToken::new();
+                let sink = spec.on_egress.clone();
+                let proxy =
+                    EgressProxy::new(policy.clone()).on_event(
+                        move |event: EgressEvent| match &sink {
+                            Some(sink) => sink(event),
+                            None => tracing::info!(?event, "egress"),
+                        },
+                    );
+                let task = tokio::spawn(proxy.serve_unix(listener, cancel.clone()));
+                mounts.push(Mount {
+                    target: Some(relay::CONTAINER_DIR.to_owned()),
+                    source: Some(egress_dir.host_dir().display().to_string()),
+                    typ: Some(MountType::BIND),
+                    read_only: Some(true),
+                    ..Mount::default()
+                });
+                // The relay runs beside the reaper; `exec` keeps it out of the reaper's group.
+                let relay_argv: Vec<String> = relay::container_command()
+                    .iter()
+                    .map(|a| shell_quote(a))
+                    .collect();
+                cmd[2] = format!("{} </dev/null & {REAPER}", relay_argv.join(" "));
+                env.extend(
+                    relay::proxy_env()
+                        .into_iter()
+                        .map(|(k, v)| format!("{k}={v}")),
+                );
+                egress = Some(Egress {
+                    dir: egress_dir,
+                    cancel,
+                    task: std::sync::Mutex::new(Some(task)),
+                });
+                "none"
+            }
+        };
+
+        let host_config = HostConfig {
+            readonly_rootfs: Some(true),
+            cap_drop: Some(vec!["ALL".to_owned()]),
+            security_opt: Some(vec!["no-new-privileges".to_owned()]),
+            privileged: Some(false),
+            memory: Some(i64::try_from(spec.memory).unwrap_or(i64::MAX)),
+            // No swap: the memory limit is the limit.
+            memory_swap: Some(i64::try_from(spec.memory).unwrap_or(i64::MAX)),
+            nano_cpus: spec.cpus.map(|c| (c * 1e9) as i64),
+            pids_limit: Some(i64::from(spec.pids)),
+            tmpfs: Some(HashMap::from([(
+                "/tmp".to_owned(),
+                format!("rw,nosuid,nodev,size={TMPFS_SIZE},mode=1777"),
+            )])),
+            mounts: Some(mounts),
+            network_mode: Some(network_mode.to_owned()),
+            // An init as PID 1 reaps what steps leave behind in a container that lives for hours.
+            init: Some(true),
+            ..HostConfig::default()
+        };
+        let body = ContainerCreateBody {
+            image: Some(spec.image.clone()),
+            cmd: Some(cmd),
+            env: Some(env),
+            labels: Some(labels),
+            working_dir: Some(WORKSPACE.to_owned()),
+            // The reaper's stdin stays open between attaches.
+            open_stdin: Some(true),
+            stdin_once: Some(false),
+            attach_stdin: Some(false),
+            network_disabled: Some(matches!(spec.network, NetworkPolicy::None)),
+            host_config: Some(host_config),
+            ..ContainerCreateBody::default()
+        };
+        let created = self
+            .docker
+            .create_container(
+                Some(CreateContainerOptionsBuilder::new().name(&name).build()),
+                body,
+            )
+            .await
+            .map_err(|e| match status_of(&e) {
+                Some(409) => SandboxError::Create(format!(
+                    "a container named {name} exists already: another process runs {}? (`docker rm -f {name}` if not)",
+                    spec.run_id
+                )),
+                _ => SandboxError::Create(engine_message(&e)),
+            })?;
+        let sandbox = DockerSandbox {
+            docker: self.docker.clone(),
+            id: created.id,
+            memory: spec.memory,
+            redactor: RwLock::new(Redactor::none()),
+            execs: AtomicU64::new(0),
+            oom_kills: AtomicU64::new(0),
+            destroyed: AtomicBool::new(false),
+            egress,
+        };
+        if let Err(error) = self.docker.start_container(&sandbox.id, None).await {
+            let _ = sandbox.remove().await;
+            return Err(SandboxError::Create(engine_message(&error)));
+        }
+        Ok(sandbox)
+    }
+
+    async fn orphans(&self, live: &[String]) -> Result<usize, SandboxError> {
+        let options = ListContainersOptionsBuilder::new()
+            .all(true)
+            .filters(&HashMap::from([("label", vec![RUN_LABEL])]))
+            .build();
+        let containers = self
+            .docker
+            .list_containers(Some(options))
+            .await
+            .map_err(|e| engine_error(&e))?;
+        let mut removed = 0;
+        for container in containers {
+            let run = container
+                .labels
+                .as_ref()
+                .and_then(|l| l.get(RUN_LABEL))
+                .cloned()
+                .unwrap_or_default();
+            if live.contains(&run) {
+                continue;
+            }
+            let Some(id) = container.id else { continue };
+            match self
+                .docker
+                .remove_container(&id, Some(force_remove()))
+                .await
+            {
+                Ok(()) => {
+                    removed += 1;
+                    let _ = std::fs::remove_dir_all(self.egress_root.join(sanitize(&run)));
+                    tracing::info!(run, container = %id, "removed the sandbox of a run that is not live");
+                }
+                Err(error) if status_of(&error) == Some(404) => {}
+                Err(error) => return Err(engine_error(&error)),
+            }
+        }
+        Ok(removed)
+    }
+}
+
+impl Engine for DockerEngine {
+    fn create<'a>(
+        &'a self,
+        spec: &'a ContainerSpec,
+    ) -> BoxFuture<'a, Result<Box<dyn Sandbox>, SandboxError>> {
+        Box::pin(async move {
+            let sandbox = self.create_sandbox(spec).await?;
+            Ok(Box::new(sandbox) as Box<dyn Sandbox>)
+        })
+    }
+
+    fn remove_orphans<'a>(
+        &'a self,
+        live: &'a [String],
+    ) -> BoxFuture<'a, Result<usize, SandboxError>> {
+        Box::pin(self.orphans(live))
+    }
+}
+
+struct Egress {
+    dir: EgressDir,
+    cancel: CancellationToken,
+    task: std::sync::Mutex<Option<tokio::task::JoinHandle<()>>>,
+}
+
+/// A running hardened container.
+pub struct DockerSandbox {
+    docker: Docker,
+    id: String,
+    memory: u64,
+    redactor: RwLock<Redactor>,
+    execs: AtomicU64,
+    /// OOM kills already accounted for, to tell a new one from an old one.
+    oom_kills: AtomicU64,
+    destroyed: AtomicBool,
+    egress: Option<Egress>,
+}
+
+/// How the read loop of an exec ended.
+enum Ending {
+    Eof,
+    TimedOut(Duration),
+    Cancelled,
+}
+
+impl DockerSandbox {
+    fn redactor(&self) -> Redactor {
+        self.redactor
+            .read()
+            .map_or_else(|e| e.into_inner().clone(), |r| r.clone())
+    }
+
+    async fn run(
+        &self,
+        request: &ExecRequest,
+        sink: OutputSink<'_>,
+        cancel: &CancellationToken,
+    ) -> Result<ExecOutcome, SandboxError> {
+        let started = Instant::now();
+        let redactor = self.redactor();
+        let shown = redactor.redact_str(&describe(&request.argv)).into_owned();
+        self.execs.fetch_add(1, Ordering::Relaxed);
+        let mut cmd = vec![
+            "sh".to_owned(),
+            "-c".to_owned(),
+            WRAPPER.to_owned(),
+            "maxions".to_owned(),
+        ];
+        cmd.extend(request.argv.iter().cloned());
+        let mut env: Vec<String> = request
+            .env
+            .iter()
+            .map(|(k, v)| format!("{k}={v}"))
+            .collect();
+        env.extend(
+            request
+                .secrets
+                .iter()
+                .map(|s| format!("{}={}", s.name(), s.expose())),
+        );
+        let options = CreateExecOptions {
+            attach_stdin: Some(request.stdin.is_some()),
+            attach_stdout: Some(true),
+            attach_stderr: Some(true),
+            tty: Some(false),
+            env: Some(env),
+            cmd: Some(cmd),
+            working_dir: Some(
+                request
+                    .workdir
+                    .clone()
+                    .unwrap_or_else(|| WORKSPACE.to_owned()),
+            ),
+            ..CreateExecOptions::default()
+        };
+        let exec = self
+            .docker
+            .create_exec(&self.id, options)
+            .await
+            .map_err(|e| self.lost(&shown, &e))?;
+        let started_exec = self
+            .docker
+            .start_exec(
+                &exec.id,
+                Some(StartExecOptions {
+                    output_capacity: Some(64 << 10),
+                    ..StartExecOptions::default()
+                }),
+            )
+            .await
+            .map_err(|e| self.lost(&shown, &e))?;
+        let StartExecResults::Attached { mut output, input } = started_exec else {
+            return Err(SandboxError::Engine("the exec started detached".into()));
+        };
+
+        // Feed stdin beside reading output: a command may print before it has read everything.
+        let feeder = {
+            let bytes = request.stdin.clone();
+            let mut input = input;
+            tokio::spawn(async move {
+                if let Some(bytes) = bytes {
+                    let _ = input.write_all(&bytes).await;
+                }
+                // End of file: a command reading stdin ends instead of waiting forever.
+                let _ = input.shutdown().await;
+            })
+        };
+
+        let mut out = Collector {
+            sink,
+            streams: [redactor.stream(), redactor.stream()],
+            counts: [0; 2],
+            tail: Tail::new(TAIL_BYTES),
+            redacted: Vec::new(),
+            pid: PidLine::default(),
+        };
+
+        let deadline = request.timeout.map(|t| tokio::time::Instant::now() + t);
+        let sleep_until_deadline = async {
+            match deadline {
+                Some(at) => tokio::time::sleep_until(at).await,
+                None => std::future::pending().await,
+            }
+        };
+        tokio::pin!(sleep_until_deadline);
+        let mut stream_error = None;
+        let ending = loop {
+            tokio::select! {
+                biased;
+                () = cancel.cancelled() => break Ending::Cancelled,
+                () = &mut sleep_until_deadline => {
+                    break Ending::TimedOut(request.timeout.unwrap_or_default());
+                }
+                item = tokio::time::timeout(WATCHDOG, output.next()) => match item {
+                    Ok(Some(Ok(LogOutput::StdOut { message } | LogOutput::Console { message }))) => {
+                        out.emit(OutputStream::Stdout, &message);
+                    }
+                    Ok(Some(Ok(LogOutput::StdErr { message }))) => {
+                        out.emit(OutputStream::Stderr, &message);
+                    }
+                    Ok(Some(Ok(LogOutput::StdIn { .. }))) => {}
+                    Ok(Some(Err(error))) => {
+                        stream_error = Some(error.to_string());
+                        break Ending::Eof;
+                    }
+                    Ok(None) => break Ending::Eof,
+                    // Quiet for a while: fine, as long as the engine is still there.
+                    Err(_) => {
+                        if let Err(error) = self.docker.inspect_exec(&exec.id).await {
+                            feeder.abort();
+                            return Err(self.lost(&shown, &error));
+                        }
+                    }
+                },
+            }
+        };
+
+        if !matches!(ending, Ending::Eof) {
+            match out.pid.pid() {
+                Some(pid) => self.kill_group(pid).await,
+                // Killed before the wrapper said who it is: it may still start, so wait a
+                // moment for its pid line, then kill.
+                None => {
+                    let _ = tokio::time::timeout(Duration::from_secs(2), async {
+                        while out.pid.pid().is_none() {
+                            match output.next().await {
+                                Some(Ok(LogOutput::StdErr { message })) => {
+                                    out.emit(OutputStream::Stderr, &message);
+                                }
+                                Some(Ok(LogOutput::StdOut { message })) => {
+                                    out.emit(OutputStream::Stdout, &message);
+                                }
+                                Some(Ok(_)) => {}
+                                Some(Err(_)) | None => break,
+                            }
+                        }
+                    })
+                    .await;
+                    if let Some(pid) = out.pid.pid() {
+                        self.kill_group(pid).await;
+                    }
+                }
+            }
+            // Keep what the command printed before it died, but do not wait on it forever.
+            let _ = tokio::time::timeout(DRAIN, async {
+                while let Some(Ok(item)) = output.next().await {
+                    match item {
+                        LogOutput::StdOut { message } | LogOutput::Console { message } => {
+                            out.emit(OutputStream::Stdout, &message);
+                        }
+                        LogOutput::StdErr { message } => {
+                            out.emit(OutputStream::Stderr, &message);
+                        }
+                        LogOutput::StdIn { .. } => {}
+                    }
+                }
+            })
+            .await;
+        }
+        feeder.abort();
+        out.finish();
+
+        let status = match ending {
+            Ending::TimedOut(after) => ExecStatus::TimedOut(after),
+            Ending::Cancelled => ExecStatus::Cancelled,
+            Ending::Eof => self.exit_status(&exec.id, &shown, stream_error).await?,
+        };
+        Ok(ExecOutcome {
+            status,
+            duration: started.elapsed(),
+            stdout_bytes: out.counts[0],
+            stderr_bytes: out.counts[1],
+            tail: out.tail.into_vec(),
+        })
+    }
+
+    /// How an exec whose output ended actually ended: its exit code, an OOM kill, or the loss
+    /// of the container or the engine.
+    async fn exit_status(
+        &self,
+        exec_id: &str,
+        shown: &str,
+        stream_error: Option<String>,
+    ) -> Result<ExecStatus, SandboxError> {
+        let inspected = match self.docker.inspect_exec(exec_id).await {
+            Ok(inspected) => inspected,
+            Err(error) => return Err(self.lost(shown, &error)),
+        };
+        let code = inspected
+            .exit_code
+            .filter(|_| inspected.running != Some(true));
+        if code.is_none() || code.is_some_and(|c| c >= 128) || stream_error.is_some() {
+            // The container may be gone (killed from outside, engine restarting).
+            self.ensure_running(shown, stream_error.as_deref()).await?;
+        }
+        let Some(code) = code else {
+            return Err(SandboxError::EngineLost {
+                command: shown.to_owned(),
+                detail: stream_error
+                    .unwrap_or_else(|| "the output ended before the command".into()),
+            });
+        };
+        if code == 137 && self.new_oom_kill().await {
+            return Ok(ExecStatus::OutOfMemory { limit: self.memory });
+        }
+        Ok(ExecStatus::Exited(code))
+    }
+
+    async fn ensure_running(&self, shown: &str, detail: Option<&str>) -> Result<(), SandboxError> {
+        match self.docker.inspect_container(&self.id, None).await {
+            Ok(container) => {
+                let state = container.state.unwrap_or_default();
+                if state.running == Some(true) && state.restarting != Some(true) {
+                    return Ok(());
+                }
+                let mut text = state
+                    .status
+                    .map_or_else(|| "not running".to_owned(), |s| s.to_string());
+                if let Some(code) = state.exit_code {
+                    text.push_str(&format!(", exit code {code}"));
+                }
+                if state.oom_killed == Some(true) {
+                    text.push_str(", out of memory");
+                }
+                Err(SandboxError::ContainerGone {
+                    id: short(&self.id).to_owned(),
+                    command: shown.to_owned(),
+                    state: text,
+                })
+            }
+            Err(error) if status_of(&error) == Some(404) => Err(SandboxError::ContainerGone {
+                id: short(&self.id).to_owned(),
+                command: shown.to_owned(),
+                state: "removed".into(),
+            }),
+            Err(error) => Err(SandboxError::EngineLost {
+                command: shown.to_owned(),
+                detail: detail.map_or_else(|| unreachable_reason(&error), str::to_owned),
+            }),
+        }
+    }
+
+    /// Whether the kernel's OOM killer struck in this container since the last look. Read from
+    /// inside (cgroup v2 `memory.events`, or v1 `memory.oom_control`) so that it works with a
+    /// remote engine too; the container's `OOMKilled` flag is the fallback.
+    async fn new_oom_kill(&self) -> bool {
+        let script = "cat /sys/fs/cgroup/memory.events 2>/dev/null || cat /sys/fs/cgroup/memory/memory.oom_control";
+        if let Ok((0, text)) = self.quiet_exec(&["sh", "-c", script]).await {
+            let count = String::from_utf8_lossy(&text)
+                .lines()
+                .find_map(|l| l.strip_prefix("oom_kill ")?.trim().parse::<u64>().ok());
+            if let Some(count) = count {
+                let seen = self.oom_kills.swap(count, Ordering::AcqRel);
+                return count > seen;
+            }
+        }
+        self.docker
+            .inspect_container(&self.id, None)
+            .await
+            .ok()
+            .and_then(|c| c.state?.oom_killed)
+            .unwrap_or(false)
+    }
+
+    /// Kills the process group of a timed-out or cancelled exec through the reaper (no new
+    /// process needed), and with a `kill` exec as well in case the reaper is gone.
+    async fn kill_group(&self, pid: u32) {
+        let options = bollard::query_parameters::AttachContainerOptionsBuilder::new()
+            .stdin(true)
+            .stream(true)
+            .build();
+        if let Ok(attached) = self.docker.attach_container(&self.id, Some(options)).await {
+            let mut input = attached.input;
+            let _ = input.write_all(format!("{pid}\n").as_bytes()).await;
+            let _ = input.flush().await;
+        }
+        let _ = tokio::time::timeout(
+            Duration::from_secs(10),
+            self.quiet_exec(&["kill", "-9", &format!("-{pid}")]),
+        )
+        .await;
+    }
+
+    /// A short internal command: its exit code and (at most 64 KiB of) stdout.
+    async fn quiet_exec(&self, argv: &[&str]) -> Result<(i64, Vec<u8>), SandboxError> {
+        let options = CreateExecOptions {
+            attach_stdout: Some(true),
+            attach_stderr: Some(true),
+            cmd: Some(argv.iter().map(|s| (*s).to_owned()).collect()),
+            ..CreateExecOptions::default()
+        };
+        let shown = describe(&argv.iter().map(|s| (*s).to_owned()).collect::<Vec<_>>());
+        let exec = self
+            .docker
+            .create_exec(&self.id, options)
+            .await
+            .map_err(|e| self.lost(&shown, &e))?;
+        let mut stdout = Vec::new();
+        if let StartExecResults::Attached { mut output, .. } = self
+            .docker
+            .start_exec(&exec.id, None)
+            .await
+            .map_err(|e| self.lost(&shown, &e))?
+        {
+            let read = tokio::time::timeout(Duration::from_secs(30), async {
+                while let Some(Ok(item)) = output.next().await {
+                    if let LogOutput::StdOut { message } = item
+                        && stdout.len() < 64 << 10
+                    {
+                        stdout.extend_from_slice(&message);
+                    }
+                }
+            });
+            if read.await.is_err() {
+                return Err(SandboxError::EngineLost {
+                    command: shown,
+                    detail: "no answer within 30 s".into(),
+                });
+            }
+        }
+        let code = self
+            .docker
+            .inspect_exec(&exec.id)
+            .await
+            .map_err(|e| self.lost(&shown, &e))?
+            .exit_code
+            .unwrap_or(-1);
+        Ok((code, stdout))
+    }
+
+    fn lost(&self, shown: &str, error: &bollard::errors::Error) -> SandboxError {
+        match status_of(error) {
+            Some(404 | 409) => SandboxError::ContainerGone {
+                id: short(&self.id).to_owned(),
+                command: shown.to_owned(),
+                state: engine_message(error),
+            },
+            Some(_) => SandboxError::Engine(engine_message(error)),
+            None => SandboxError::EngineLost {
+                command: shown.to_owned(),
+                detail: unreachable_reason(error),
+            },
+        }
+    }
+
+    async fn remove(&self) -> Result<(), SandboxError> {
+        if self.destroyed.swap(true, Ordering::AcqRel) {
+            return Ok(());
+        }
+        if let Some(egress) = &self.egress {
+            egress.cancel.cancel();
+            let task = egress.task.lock().ok().and_then(|mut t| t.take());
+            if let Some(task) = task {
+                let _ = tokio::time::timeout(Duration::from_secs(5), task).await;
+            }
+            let _ = std::fs::remove_dir_all(egress.dir.host_dir());
+        }
+        match self
+            .docker
+            .remove_container(&self.id, Some(force_remove()))
+            .await
+        {
+            Ok(()) => Ok(()),
+            Err(error) if status_of(&error) == Some(404) => Ok(()),
+            Err(error) => {
+                self.destroyed.store(false, Ordering::Release);
+                Err(SandboxError::Engine(format!(
+                    "cannot remove sandbox {}: {}; it will be removed at the next start of maxions",
+                    short(&self.id),
+                    engine_message(&error)
+                )))
+            }
+        }
+    }
+
+    async fn write(&self, path: &str, contents: &[u8], mode: u32) -> Result<(), SandboxError> {
+        let request = ExecRequest::new([
+            "sh",
+            "-c",
+            r#"mkdir -p -- "$(dirname -- "$0")" && cat >"$0" && chmod "$1" -- "$0""#,
+            path,
+            &format!("{mode:o}"),
+        ])
+        .stdin(contents.to_vec())
+        .timeout(Duration::from_secs(120));
+        let mut errors = Vec::new();
+        let mut sink = |which: OutputStream, bytes: &[u8]| {
+            if which == OutputStream::Stderr && errors.len() < 4096 {
+                errors.extend_from_slice(bytes);
+            }
+        };
+        let outcome = self
+            .run(&request, &mut sink, &CancellationToken::new())
+            .await?;
+        if outcome.status.success() {
+            Ok(())
+        } else {
+            Err(SandboxError::File {
+                path: path.to_owned(),
+                detail: file_error(&outcome.status, &errors),
+            })
+        }
+    }
+
+    async fn read(&self, path: &str, limit: usize) -> Result<FileContents, SandboxError> {
+        let request = ExecRequest::new(["head", "-c", &(limit + 1).to_string(), "--", path])
+            .timeout(Duration::from_secs(120));
+        let mut bytes = Vec::new();
+        let mut errors = Vec::new();
+        let mut sink = |which: OutputStream, chunk: &[u8]| match which {
+            OutputStream::Stdout => bytes.extend_from_slice(chunk),
+            OutputStream::Stderr if errors.len() < 4096 => errors.extend_from_slice(chunk),
+            OutputStream::Stderr => {}
+        };
+        let outcome = self
+            .run(&request, &mut sink, &CancellationToken::new())
+            .await?;
+        if !outcome.status.success() {
+            return Err(SandboxError::File {
+                path: path.to_owned(),
+                detail: file_error(&outcome.status, &errors),
+            });
+        }
+        // Redaction may have shortened it; the byte count before redaction tells the truth.
+        let truncated = outcome.stdout_bytes > limit as u64;
+        bytes.truncate(limit);
+        Ok(FileContents { bytes, truncated })
+    }
+}
+
+impl Sandbox for DockerSandbox {
+    fn id(&self) -> &str {
+        &self.id
+    }
+
+    fn set_redactor(&self, redactor: Redactor) {
+        match self.redactor.write() {
+            Ok(mut slot) => *slot = redactor,
+            Err(poisoned) => *poisoned.into_inner() = redactor,
+        }
+    }
+
+    fn exec<'a>(
+        &'a self,
+        request: &'a ExecRequest,
+        sink: OutputSink<'a>,
+        cancel: &'a CancellationToken,
+    ) -> BoxFuture<'a, Result<ExecOutcome, SandboxError>> {
+        Box::pin(self.run(request, sink, cancel))
+    }
+
+    fn write_file<'a>(
+        &'a self,
+        path: &'a str,
+        contents: &'a [u8],
+        mode: u32,
+    ) -> BoxFuture<'a, Result<(), SandboxError>> {
+        Box::pin(self.write(path, contents, mode))
+    }
+
+    fn read_file<'a>(
+        &'a self,
+        path: &'a str,
+        limit: usize,
+    ) -> BoxFuture<'a, Result<FileContents, SandboxError>> {
+        Box::pin(self.read(path, limit))
+    }
+
+    fn destroy(&self) -> BoxFuture<'_, Result<(), SandboxError>> {
+        Box::pin(self.remove())
+    }
+}
+
+fn file_error(status: &ExecStatus, stderr: &[u8]) -> String {
+    let text = String::from_utf8_lossy(stderr);
+    let text = text.trim();
+    if text.is_empty() {
+        status.to_string()
+    } else {
+        // `head: cannot open '/x' for reading: No such file or directory` → the reason only.
+        text.rsplit(": ").next().unwrap_or(text).to_owned()
+    }
+}
+
+/// Where an exec's output goes: pid line split off, redacted per stream, counted, its tail kept,
+/// then handed to the caller's sink.
+struct Collector<'s> {
+    sink: OutputSink<'s>,
+    streams: [RedactStream; 2],
+    counts: [u64; 2],
+    tail: Tail,
+    redacted: Vec<u8>,
+    /// The wrapper's first stderr line is its pid, not the command's output.
+    pid: PidLine,
+}
+
+impl Collector<'_> {
+    fn emit(&mut self, which: OutputStream, bytes: &[u8]) {
+        let bytes = match which {
+            OutputStream::Stderr => self.pid.strip(bytes),
+            OutputStream::Stdout => bytes,
+        };
+        if bytes.is_empty() {
+            return;
+        }
+        let index = which as usize;
+        self.counts[index] += bytes.len() as u64;
+        self.redacted.clear();
+        self.streams[index].write(bytes, &mut self.redacted);
+        self.send(which);
+    }
+
+    /// Flushes what the redactors held back in case a secret continued.
+    fn finish(&mut self) {
+        for (index, which) in [OutputStream::Stdout, OutputStream::Stderr]
+            .into_iter()
+            .enumerate()
+        {
+            self.redacted.clear();
+            self.streams[index].finish(&mut self.redacted);
+            self.send(which);
+        }
+    }
+
+    fn send(&mut self, which: OutputStream) {
+        if !self.redacted.is_empty() {
+            self.tail.push(&self.redacted);
+            (self.sink)(which, &self.redacted);
+        }
+    }
+}
+
+/// Separates the wrapper's pid line from the rest of stderr, across chunks.
+#[derive(Default)]
+struct PidLine {
+    line: Vec<u8>,
+    pid: Option<u32>,
+    done: bool,
+}
+
+impl PidLine {
+    /// The part of `chunk` that is the command's own stderr.
+    fn strip<'c>(&mut self, chunk: &'c [u8]) -> &'c [u8] {
+        if self.done {
+            return chunk;
+        }
+        match chunk.iter().position(|&b| b == b'\n') {
+            Some(at) => {
+                self.line.extend_from_slice(&chunk[..at]);
+                self.pid = std::str::from_utf8(&self.line)
+                    .ok()
+                    .and_then(|l| l.trim().parse().ok());
+                self.done = true;
+                &chunk[at + 1..]
+            }
+            // A pid line is short: anything longer means the wrapper never ran.
+            None if self.line.len() + chunk.len() > 32 => {
+                self.done = true;
+                chunk
+            }
+            None => {
+                self.line.extend_from_slice(chunk);
+                &[]
+            }
+        }
+    }
+
+    fn pid(&self) -> Option<u32> {
+        self.pid
+    }
+}
+
+fn shell_quote(text: &str) -> String {
+    format!("'{}'", text.replace('\'', r"'\''"))
+}
+
+fn force_remove() -> bollard::query_parameters::RemoveContainerOptions {
+    RemoveContainerOptionsBuilder::new()
+        .force(true)
+        .v(true)
+        .build()
+}
+
+fn status_of(error: &bollard::errors::Error) -> Option<u16> {
+    match error {
+        bollard::errors::Error::DockerResponseServerError { status_code, .. } => Some(*status_code),
+        _ => None,
+    }
+}
+
+fn engine_message(error: &bollard::errors::Error) -> String {
+    match error {
+        bollard::errors::Error::DockerResponseServerError { message, .. } => message.clone(),
+        other => other.to_string(),
+    }
+}
+
+fn engine_error(error: &bollard::errors::Error) -> SandboxError {
+    match status_of(error) {
+        Some(_) => SandboxError::Engine(engine_message(error)),
+        None => SandboxError::EngineUnreachable(unreachable_reason(error)),
+    }
+}
+
+/// The root cause of a connection failure, without bollard's layers of wrapping.
+fn unreachable_reason(error: &bollard::errors::Error) -> String {
+    let mut source: &dyn std::error::Error = error;
+    while let Some(next) = source.source() {
+        source = next;
+    }
+    let text = source.to_string();
+    if text == error.to_string() {
+        text
+    } else {
+        format!("{error}: {text}")
+    }
+}
+
+/// A command as shown in messages: at most 80 characters of it.
+fn describe(argv: &[String]) -> String {
+    let joined = argv.join(" ");
+    let line = joined.lines().next().unwrap_or_default();
+    if line.chars().count() > 80 || line.len() < joined.len() {
+        format!("{}…", line.chars().take(80).collect::<String>())
+    } else {
+        line.to_owned()
+    }
+}
+
+fn short(id: &str) -> &str {
+    &id[..id.len().min(12)]
+}
+
+/// A run id made safe for a container name and a directory name.
+fn sanitize(run_id: &str) -> String {
+    run_id
+        .chars()
+        .map(|c| {
+            if c.is_ascii_alphanumeric() || c == '-' || c == '_' {
+                c
+            } else {
+                '_'
+            }
+        })
+        .collect()
+}
+
+/// Where a test or tool can find an egress directory, given the engine's root.
+#[must_use]
+pub fn egress_dir(root: &Path, run_id: &str) -> PathBuf {
+    root.join(sanitize(run_id))
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    #[test]
+    fn describe_keeps_messages_short_and_on_one_line() {
+        assert_eq!(describe(&["echo".into(), "hi".into()]), "echo hi");
+        let long = describe(&["sh".into(), "-c".into(), "x".repeat(200)]);
+        assert_eq!(long.chars().count(), 81);
+        assert_eq!(
+            describe(&["sh".into(), "-c".into(), "a\nb".into()]),
+            "sh -c a…"
+        );
+    }
+
+    #[test]
+    fn sanitize_keeps_names_docker_accepts() {
+        assert_eq!(sanitize("0193-7a"), "0193-7a");
+        assert_eq!(sanitize("a/b c"), "a_b_c");
+    }
+}
