@@ -8,8 +8,8 @@
 
 use std::collections::HashMap;
 use std::path::{Path, PathBuf};
-use std::sync::RwLock;
 use std::sync::atomic::{AtomicBool, AtomicU64, Ordering};
+use std::sync::{Arc, RwLock};
 use std::time::{Duration, Instant};
 
 use bollard::Docker;
@@ -24,7 +24,7 @@ use tokio::io::AsyncWriteExt;
 use tokio_util::sync::CancellationToken;
 
 use super::egress::relay::{self, EgressDir};
-use super::egress::{EgressEvent, EgressProxy};
+use super::egress::{BoxFuture as ResolveFuture, EgressEvent, EgressProxy, Resolver};
 use super::redact::{RedactStream, Redactor};
 use super::{
     BoxFuture, ContainerSpec, Engine, ExecOutcome, ExecRequest, ExecStatus, FileContents,
@@ -34,6 +34,8 @@ use super::{
 
 /// The label every maxions container carries, valued with its run id.
 pub const RUN_LABEL: &str = "maxions.run";
+/// Which maxions (daemon, CLI, test) made a container: orphan removal touches only its own.
+pub const INSTANCE_LABEL: &str = "maxions.instance";
 /// How long an exec may stay silent before maxions checks that the engine is still there.
 const WATCHDOG: Duration = Duration::from_secs(20);
 /// After a kill, how long to wait for the rest of the output.
@@ -55,6 +57,8 @@ pub struct DockerEngine {
     docker: Docker,
     egress_root: PathBuf,
     local: bool,
+    instance: String,
+    resolver: Option<Arc<dyn Resolver>>,
 }
 
 impl DockerEngine {
@@ -63,11 +67,21 @@ impl DockerEngine {
     /// # Errors
     /// [`SandboxError::EngineUnreachable`] when it does not.
     pub async fn connect() -> Result<Self, SandboxError> {
-        let host = std::env::var("DOCKER_HOST").unwrap_or_default();
-        let docker = if host.is_empty() || host.starts_with("unix://") {
+        Self::connect_to(&std::env::var("DOCKER_HOST").unwrap_or_default()).await
+    }
+
+    /// Connects to the engine at `host` (`unix:///path`, `tcp://host:port`; empty for the local
+    /// socket).
+    ///
+    /// # Errors
+    /// [`SandboxError::EngineUnreachable`] when it does not answer.
+    pub async fn connect_to(host: &str) -> Result<Self, SandboxError> {
+        let docker = if host.is_empty() {
             Docker::connect_with_unix_defaults()
+        } else if let Some(path) = host.strip_prefix("unix://") {
+            Docker::connect_with_unix(path, API_TIMEOUT, bollard::API_DEFAULT_VERSION)
         } else {
-            Docker::connect_with_defaults()
+            Docker::connect_with_http(host, API_TIMEOUT, bollard::API_DEFAULT_VERSION)
         }
         .map_err(|e| SandboxError::EngineUnreachable(e.to_string()))?;
         let docker = docker
@@ -83,7 +97,24 @@ impl DockerEngine {
             docker,
             egress_root: std::env::temp_dir().join("maxions-egress"),
             local: host.is_empty() || host.starts_with("unix://"),
+            instance: "default".to_owned(),
+            resolver: None,
         })
+    }
+
+    /// Names this maxions among others using the same engine (two daemons, tests running side
+    /// by side): containers carry it, and [`Engine::remove_orphans`] removes only its own.
+    #[must_use]
+    pub fn with_instance(mut self, name: impl Into<String>) -> Self {
+        self.instance = name.into();
+        self
+    }
+
+    /// How the egress proxies resolve names (tests map allowed names to 127.0.0.1).
+    #[must_use]
+    pub fn with_egress_resolver(mut self, resolver: impl Resolver) -> Self {
+        self.resolver = Some(Arc::new(resolver));
+        self
     }
 
     /// Where the egress directories of allowlisted sandboxes are made (one per run).
@@ -121,7 +152,10 @@ impl DockerEngine {
         }
 
         let name = format!("maxions-{}", sanitize(&spec.run_id));
-        let labels = HashMap::from([(RUN_LABEL.to_owned(), spec.run_id.clone())]);
+        let labels = HashMap::from([
+            (RUN_LABEL.to_owned(), spec.run_id.clone()),
+            (INSTANCE_LABEL.to_owned(), self.instance.clone()),
+        ]);
         let mut env: Vec<String> = spec.env.iter().map(|(k, v)| format!("{k}={v}")).collect();
         let mut mounts = vec![Mount {
             target: Some(WORKSPACE.to_owned()),
@@ -152,13 +186,14 @@ impl DockerEngine {
                 })?;
                 let cancel = CancellationToken::new();
                 let sink = spec.on_egress.clone();
-                let proxy =
-                    EgressProxy::new(policy.clone()).on_event(
-                        move |event: EgressEvent| match &sink {
-                            Some(sink) => sink(event),
-                            None => tracing::info!(?event, "egress"),
-                        },
-                    );
+                let mut proxy = EgressProxy::new(policy.clone());
+                if let Some(resolver) = &self.resolver {
+                    proxy = proxy.with_resolver(SharedResolver(Arc::clone(resolver)));
+                }
+                let proxy = proxy.on_event(move |event: EgressEvent| match &sink {
+                    Some(sink) => sink(event),
+                    None => tracing::info!(?event, "egress"),
+                });
                 let task = tokio::spawn(proxy.serve_unix(listener, cancel.clone()));
                 mounts.push(Mount {
                     target: Some(relay::CONTAINER_DIR.to_owned()),
@@ -244,18 +279,24 @@ impl DockerEngine {
             oom_kills: AtomicU64::new(0),
             destroyed: AtomicBool::new(false),
             egress,
+            reaper: tokio::sync::Mutex::new(None),
         };
         if let Err(error) = self.docker.start_container(&sandbox.id, None).await {
             let _ = sandbox.remove().await;
             return Err(SandboxError::Create(engine_message(&error)));
         }
+        // Open the line to the reaper now, so that no step pays for it.
+        *sandbox.reaper.lock().await = sandbox.attach_reaper().await;
         Ok(sandbox)
     }
 
     async fn orphans(&self, live: &[String]) -> Result<usize, SandboxError> {
         let options = ListContainersOptionsBuilder::new()
             .all(true)
-            .filters(&HashMap::from([("label", vec![RUN_LABEL])]))
+            .filters(&HashMap::from([(
+                "label",
+                vec![format!("{INSTANCE_LABEL}={}", self.instance)],
+            )]))
             .build();
         let containers = self
             .docker
@@ -311,6 +352,18 @@ impl Engine for DockerEngine {
     }
 }
 
+/// Lets one resolver serve the proxies of many sandboxes.
+struct SharedResolver(Arc<dyn Resolver>);
+
+impl Resolver for SharedResolver {
+    fn resolve<'a>(
+        &'a self,
+        host: &'a str,
+    ) -> ResolveFuture<'a, std::io::Result<Vec<std::net::IpAddr>>> {
+        self.0.resolve(host)
+    }
+}
+
 struct Egress {
     dir: EgressDir,
     cancel: CancellationToken,
@@ -328,6 +381,8 @@ pub struct DockerSandbox {
     oom_kills: AtomicU64,
     destroyed: AtomicBool,
     egress: Option<Egress>,
+    /// An open attach to the reaper's stdin: killing a process group costs one small write.
+    reaper: tokio::sync::Mutex<Option<std::pin::Pin<Box<dyn tokio::io::AsyncWrite + Send>>>>,
 }
 
 /// How the read loop of an exec ended.
@@ -513,6 +568,12 @@ impl DockerSandbox {
         }
         feeder.abort();
         out.finish();
+        if matches!(ending, Ending::Eof)
+            && let Some(pid) = out.pid.pid()
+        {
+            // What the step left running in the background ends with it.
+            self.reap(pid).await;
+        }
 
         let status = match ending {
             Ending::TimedOut(after) => ExecStatus::TimedOut(after),
@@ -544,7 +605,10 @@ impl DockerSandbox {
             .exit_code
             .filter(|_| inspected.running != Some(true));
         if code.is_none() || code.is_some_and(|c| c >= 128) || stream_error.is_some() {
-            // The container may be gone (killed from outside, engine restarting).
+            // The container may be gone (killed from outside, engine restarting); the engine
+            // may take a moment to notice that it died, so look twice.
+            self.ensure_running(shown, stream_error.as_deref()).await?;
+            tokio::time::sleep(Duration::from_millis(300)).await;
             self.ensure_running(shown, stream_error.as_deref()).await?;
         }
         let Some(code) = code else {
@@ -616,17 +680,43 @@ impl DockerSandbox {
             .unwrap_or(false)
     }
 
-    /// Kills the process group of a timed-out or cancelled exec through the reaper (no new
-    /// process needed), and with a `kill` exec as well in case the reaper is gone.
-    async fn kill_group(&self, pid: u32) {
+    async fn attach_reaper(&self) -> Option<std::pin::Pin<Box<dyn tokio::io::AsyncWrite + Send>>> {
         let options = bollard::query_parameters::AttachContainerOptionsBuilder::new()
             .stdin(true)
             .stream(true)
             .build();
-        if let Ok(attached) = self.docker.attach_container(&self.id, Some(options)).await {
-            let mut input = attached.input;
-            let _ = input.write_all(format!("{pid}\n").as_bytes()).await;
-            let _ = input.flush().await;
+        self.docker
+            .attach_container(&self.id, Some(options))
+            .await
+            .ok()
+            .map(|attached| attached.input)
+    }
+
+    /// Kills an exec's process group through the reaper (no new process needed, so it works even
+    /// when a fork bomb holds every process slot). Returns whether the reaper got the order.
+    async fn reap(&self, pid: u32) -> bool {
+        let line = format!("{pid}\n");
+        let mut slot = self.reaper.lock().await;
+        for _ in 0..2 {
+            if slot.is_none() {
+                *slot = self.attach_reaper().await;
+            }
+            if let Some(input) = slot.as_mut()
+                && input.write_all(line.as_bytes()).await.is_ok()
+                && input.flush().await.is_ok()
+            {
+                return true;
+            }
+            *slot = None;
+        }
+        false
+    }
+
+    /// Kills the process group of a timed-out or cancelled exec: through the reaper, or with a
+    /// `kill` exec when the reaper cannot be reached.
+    async fn kill_group(&self, pid: u32) {
+        if self.reap(pid).await {
+            return;
         }
         let _ = tokio::time::timeout(
             Duration::from_secs(10),

@@ -2,6 +2,7 @@
 
 mod egress;
 mod redact;
+mod sandbox;
 mod support;
 mod templates;
 mod validate;

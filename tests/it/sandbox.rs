@@ -1,0 +1,724 @@
+//! The Docker sandbox, proven from inside real containers: hardening, limits, streaming exec,
+//! timeouts and cancellation, files, secrets, egress and faults.
+
+use std::sync::{Arc, Mutex};
+use std::time::{Duration, Instant};
+
+use maxions::sandbox::egress::{Decision, EgressEvent, EgressPolicy, StaticResolver};
+use maxions::sandbox::redact::Redactor;
+use maxions::sandbox::{
+    ContainerSpec, DockerEngine, Engine, ExecOutcome, ExecRequest, ExecStatus, NetworkPolicy,
+    OutputStream, Sandbox, SandboxError, TAIL_BYTES,
+};
+use maxions::secret::Secret;
+use tokio_util::sync::CancellationToken;
+
+use crate::support::docker::{Guard, engine, spec, unique};
+
+#[derive(Debug, Default)]
+struct Captured {
+    stdout: Vec<u8>,
+    stderr: Vec<u8>,
+    chunks: Vec<(OutputStream, Instant, usize)>,
+}
+
+impl Captured {
+    fn stdout(&self) -> String {
+        String::from_utf8_lossy(&self.stdout).into_owned()
+    }
+    fn stderr(&self) -> String {
+        String::from_utf8_lossy(&self.stderr).into_owned()
+    }
+}
+
+async fn exec_with(
+    sandbox: &dyn Sandbox,
+    request: &ExecRequest,
+    cancel: &CancellationToken,
+) -> (ExecOutcome, Captured) {
+    let mut captured = Captured::default();
+    let mut sink = |which: OutputStream, bytes: &[u8]| {
+        captured.chunks.push((which, Instant::now(), bytes.len()));
+        match which {
+            OutputStream::Stdout => captured.stdout.extend_from_slice(bytes),
+            OutputStream::Stderr => captured.stderr.extend_from_slice(bytes),
+        }
+    };
+    let outcome = sandbox
+        .exec(request, &mut sink, cancel)
+        .await
+        .expect("the exec itself works");
+    (outcome, captured)
+}
+
+async fn sh(sandbox: &dyn Sandbox, script: &str) -> (ExecOutcome, Captured) {
+    exec_with(
+        sandbox,
+        &ExecRequest::shell(script).timeout(Duration::from_secs(60)),
+        &CancellationToken::new(),
+    )
+    .await
+}
+
+/// The processes in the container other than the init, the reaper and the probe itself.
+async fn stray_processes(sandbox: &dyn Sandbox) -> String {
+    let (_, out) = sh(
+        sandbox,
+        r#"for p in /proc/[0-9]*; do [ "${p#/proc/}" = "$$" ] && continue; read -r s <"$p/stat" 2>/dev/null || continue; echo "$s"; done"#,
+    )
+    .await;
+    out.stdout()
+        .lines()
+        .filter(|l| !l.contains("(docker-init)") && !l.contains(" 1 ") && !l.contains("(cut)"))
+        .filter(|l| {
+            // the reaper is the init's only direct child that is a `sh` reading stdin
+            let fields: Vec<&str> = l.split_whitespace().collect();
+            !(fields.get(1) == Some(&"(sh)") && fields.get(3) == Some(&"1"))
+        })
+        .collect::<Vec<_>>()
+        .join("\n")
+}
+
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn hardening_holds_inside_the_container() {
+    let Some(engine) = engine("hardening").await else {
+        return;
+    };
+    let mut spec = spec("hardening");
+    spec.memory = 256 << 20;
+    spec.pids = 128;
+    spec.cpus = Some(0.5);
+    let sandbox = Guard::create(&engine, &spec).await;
+
+    let (outcome, out) = sh(
+        &*sandbox,
+        r"id -u
+grep -E '^(CapEff|CapPrm|CapBnd|NoNewPrivs|Seccomp):' /proc/self/status
+touch /etc/maxions-probe 2>/dev/null && echo etc-writable || echo etc-read-only
+touch /usr/bin/maxions-probe 2>/dev/null && echo usr-writable || echo usr-read-only
+touch /workspace/probe && echo workspace-writable
+touch /tmp/probe && echo tmp-writable
+su -c true root </dev/null 2>/dev/null && echo became-root || echo no-root",
+    )
+    .await;
+    assert!(outcome.status.success(), "{outcome:?} {}", out.stderr());
+    let text = out.stdout();
+    let uid: u32 = text.lines().next().unwrap().trim().parse().unwrap();
+    assert_ne!(uid, 0, "runs as a non-root user");
+    for line in [
+        "CapEff:\t0000000000000000",
+        "CapPrm:\t0000000000000000",
+        "CapBnd:\t0000000000000000",
+        "NoNewPrivs:\t1",
+        "Seccomp:\t2",
+        "etc-read-only",
+        "usr-read-only",
+        "workspace-writable",
+        "tmp-writable",
+        "no-root",
+    ] {
+        assert!(text.contains(line), "expected `{line}` in:\n{text}");
+    }
+
+    // What the engine was asked for, as `docker inspect` shows it.
+    let inspect = engine
+        .client()
+        .inspect_container(sandbox.id(), None)
+        .await
+        .unwrap();
+    let host = inspect.host_config.unwrap();
+    assert_eq!(host.readonly_rootfs, Some(true));
+    assert_eq!(host.privileged, Some(false));
+    assert_eq!(host.cap_drop, Some(vec!["ALL".to_owned()]));
+    assert!(host.cap_add.unwrap_or_default().is_empty());
+    assert_eq!(
+        host.security_opt,
+        Some(vec!["no-new-privileges".to_owned()])
+    );
+    assert_eq!(host.memory, Some(256 << 20));
+    assert_eq!(
+        host.memory_swap,
+        Some(256 << 20),
+        "no swap beyond the limit"
+    );
+    assert_eq!(host.pids_limit, Some(128));
+    assert_eq!(host.nano_cpus, Some(500_000_000));
+    assert_eq!(host.network_mode.as_deref(), Some("none"));
+    let mounts = inspect.mounts.unwrap_or_default();
+    assert_eq!(mounts.len(), 1, "only the workspace volume: {mounts:?}");
+    assert_eq!(mounts[0].destination.as_deref(), Some("/workspace"));
+    assert_eq!(mounts[0].typ.as_deref(), Some("volume"));
+}
+
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn a_fork_bomb_hits_the_pids_limit_and_the_container_survives() {
+    let Some(engine) = engine("forkbomb").await else {
+        return;
+    };
+    let mut spec = spec("forkbomb");
+    spec.pids = 64;
+    let sandbox = Guard::create(&engine, &spec).await;
+
+    let (outcome, out) = exec_with(
+        &*sandbox,
+        &ExecRequest::new(["bash", "-c", "bomb() { bomb | bomb & }; bomb; sleep 60"])
+            .timeout(Duration::from_secs(4)),
+        &CancellationToken::new(),
+    )
+    .await;
+    assert_eq!(outcome.status, ExecStatus::TimedOut(Duration::from_secs(4)));
+    assert!(
+        out.stderr().contains("Resource temporarily unavailable"),
+        "the bomb ran into the limit: {}",
+        out.stderr()
+    );
+    // Every bomb process is gone and the sandbox still works.
+    let (after, alive) = sh(&*sandbox, "echo alive").await;
+    assert!(after.status.success());
+    assert_eq!(alive.stdout(), "alive\n");
+    assert_eq!(stray_processes(&*sandbox).await, "");
+}
+
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn an_allocation_beyond_the_memory_limit_is_reported_as_out_of_memory() {
+    let Some(engine) = engine("oom").await else {
+        return;
+    };
+    let mut spec = spec("oom");
+    spec.memory = 64 << 20;
+    let sandbox = Guard::create(&engine, &spec).await;
+
+    // `tail` keeps the whole last "line" of /dev/zero in memory: it grows until killed.
+    let (outcome, _) = sh(&*sandbox, "head -c 512m /dev/zero | tail -n 1 >/dev/null").await;
+    // The pipeline's status is tail's: killed with SIGKILL by the OOM killer.
+    assert_eq!(outcome.status, ExecStatus::OutOfMemory { limit: 64 << 20 });
+    assert!(
+        outcome.status.to_string().contains("out of memory"),
+        "{}",
+        outcome.status
+    );
+    // A plain SIGKILL that is not the OOM killer's stays an exit code.
+    let (killed, _) = sh(&*sandbox, "kill -9 $$").await;
+    assert_eq!(killed.status, ExecStatus::Exited(137));
+    let (after, _) = sh(&*sandbox, "true").await;
+    assert!(after.status.success(), "the sandbox survives an OOM kill");
+}
+
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn output_streams_as_it_comes_and_stdin_ends() {
+    let Some(engine) = engine("stream").await else {
+        return;
+    };
+    let sandbox = Guard::create(&engine, &spec("stream")).await;
+
+    let started = Instant::now();
+    let (outcome, out) = sh(
+        &*sandbox,
+        "for i in 1 2 3; do echo out$i; echo err$i >&2; sleep 0.4; done; exit 3",
+    )
+    .await;
+    let total = started.elapsed();
+    assert_eq!(outcome.status, ExecStatus::Exited(3));
+    assert_eq!(out.stdout(), "out1\nout2\nout3\n");
+    assert_eq!(
+        out.stderr(),
+        "err1\nerr2\nerr3\n",
+        "the wrapper's pid line is not output"
+    );
+    let first = out.chunks.first().expect("some output").1;
+    assert!(
+        first.duration_since(started) + Duration::from_millis(600) < total,
+        "the first chunk came before the command ended"
+    );
+    assert_eq!(outcome.stdout_bytes, 15);
+    assert_eq!(outcome.stderr_bytes, 15);
+
+    // No stdin given: a command reading it sees end-of-file at once.
+    let (outcome, out) = exec_with(
+        &*sandbox,
+        &ExecRequest::new(["cat"]).timeout(Duration::from_secs(20)),
+        &CancellationToken::new(),
+    )
+    .await;
+    assert_eq!(outcome.status, ExecStatus::Exited(0));
+    assert_eq!(out.stdout(), "");
+    // Stdin given: the command reads it, then end-of-file.
+    let prompt = "line one\n$(touch /tmp/pwned) `id` 'q' \"d\"\n";
+    let (outcome, out) = exec_with(
+        &*sandbox,
+        &ExecRequest::new(["sh", "-c", "cat; echo; wc -c"])
+            .stdin(prompt)
+            .timeout(Duration::from_secs(20)),
+        &CancellationToken::new(),
+    )
+    .await;
+    assert!(outcome.status.success());
+    assert_eq!(out.stdout(), format!("{prompt}\n0\n"));
+    let (_, pwned) = sh(&*sandbox, "ls /tmp/pwned 2>&1 || true").await;
+    assert!(
+        pwned.stdout().contains("No such file"),
+        "stdin is data, never run"
+    );
+}
+
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn huge_binary_and_invalid_utf8_output_stays_bounded() {
+    let Some(engine) = engine("huge").await else {
+        return;
+    };
+    let sandbox = Guard::create(&engine, &spec("huge")).await;
+
+    let size: u64 = 256 << 20;
+    let mut seen = 0_u64;
+    let mut biggest = 0;
+    let mut sink = |_: OutputStream, bytes: &[u8]| {
+        seen += bytes.len() as u64;
+        biggest = biggest.max(bytes.len());
+    };
+    let outcome = sandbox
+        .exec(
+            &ExecRequest::shell(format!("head -c {size} /dev/urandom")),
+            &mut sink,
+            &CancellationToken::new(),
+        )
+        .await
+        .unwrap();
+    assert!(outcome.status.success());
+    assert_eq!(outcome.stdout_bytes, size);
+    assert_eq!(seen, size);
+    assert!(biggest <= 1 << 20, "chunks stay small: {biggest}");
+    assert_eq!(outcome.tail.len(), TAIL_BYTES, "only the tail is kept");
+
+    let (outcome, out) = sh(&*sandbox, r"printf 'ok \377\376 \300 end'").await;
+    assert!(outcome.status.success());
+    assert_eq!(out.stdout, b"ok \xff\xfe \xc0 end");
+}
+
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn a_timeout_kills_the_whole_process_group() {
+    let Some(engine) = engine("timeout").await else {
+        return;
+    };
+    let sandbox = Guard::create(&engine, &spec("timeout")).await;
+
+    let started = Instant::now();
+    let (outcome, out) = exec_with(
+        &*sandbox,
+        &ExecRequest::shell("echo started; sleep 1000 & sleep 1000 & sleep 1000; echo never")
+            .timeout(Duration::from_secs(1)),
+        &CancellationToken::new(),
+    )
+    .await;
+    assert_eq!(outcome.status, ExecStatus::TimedOut(Duration::from_secs(1)));
+    assert_eq!(outcome.status.to_string(), "timed out after 1s");
+    assert_eq!(
+        out.stdout(),
+        "started\n",
+        "output before the timeout is kept"
+    );
+    assert!(started.elapsed() < Duration::from_secs(30));
+    assert_eq!(stray_processes(&*sandbox).await, "", "no sleep survives");
+
+    // What a step leaves in the background ends with it, too.
+    let (outcome, _) = sh(&*sandbox, "sleep 1000 & echo bye").await;
+    assert!(outcome.status.success());
+    tokio::time::sleep(Duration::from_millis(200)).await;
+    assert_eq!(stray_processes(&*sandbox).await, "");
+}
+
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn cancellation_stops_a_step_and_its_children() {
+    let Some(engine) = engine("cancel").await else {
+        return;
+    };
+    let sandbox = Guard::create(&engine, &spec("cancel")).await;
+
+    let cancel = CancellationToken::new();
+    let trigger = cancel.clone();
+    tokio::spawn(async move {
+        tokio::time::sleep(Duration::from_millis(800)).await;
+        trigger.cancel();
+    });
+    let (outcome, _) = exec_with(
+        &*sandbox,
+        &ExecRequest::shell("sleep 1000 & while :; do sleep 1; done"),
+        &cancel,
+    )
+    .await;
+    assert_eq!(outcome.status, ExecStatus::Cancelled);
+    assert_eq!(stray_processes(&*sandbox).await, "");
+}
+
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn files_go_in_and_come_out() {
+    let Some(engine) = engine("files").await else {
+        return;
+    };
+    let sandbox = Guard::create(&engine, &spec("files")).await;
+
+    let script = b"#!/bin/sh\necho from the script: \"$1\"\n";
+    sandbox
+        .write_file("/workspace/tools/run.sh", script, 0o755)
+        .await
+        .unwrap();
+    sandbox
+        .write_file("/tmp/notes.txt", "tmp works\n".as_bytes(), 0o600)
+        .await
+        .unwrap();
+    let (outcome, out) = sh(
+        &*sandbox,
+        "/workspace/tools/run.sh 'a b'; stat -c '%a %U' /tmp/notes.txt",
+    )
+    .await;
+    assert!(outcome.status.success(), "{}", out.stderr());
+    assert_eq!(out.stdout(), "from the script: a b\n600 sandbox\n");
+
+    let read = sandbox.read_file("/tmp/notes.txt", 1024).await.unwrap();
+    assert_eq!(read.bytes, b"tmp works\n");
+    assert!(!read.truncated);
+    let cut = sandbox
+        .read_file("/workspace/tools/run.sh", 9)
+        .await
+        .unwrap();
+    assert_eq!(cut.bytes, b"#!/bin/sh");
+    assert!(cut.truncated);
+
+    let missing = sandbox.read_file("/tmp/absent", 10).await.unwrap_err();
+    assert!(
+        missing.to_string().contains("/tmp/absent") && missing.to_string().contains("No such file"),
+        "{missing}"
+    );
+    let refused = sandbox
+        .write_file("/etc/evil", b"x", 0o644)
+        .await
+        .unwrap_err()
+        .to_string();
+    assert!(refused.contains("/etc/evil"), "{refused}");
+}
+
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn secrets_reach_only_their_exec_and_never_leave_unmasked() {
+    let Some(engine) = engine("secrets").await else {
+        return;
+    };
+    let sandbox = Guard::create(&engine, &spec("secrets")).await;
+    let token = Secret::new("DEPLOY_TOKEN", "tok-4f9a1c77e2").unwrap();
+    sandbox.set_redactor(Redactor::new([&token]).unwrap());
+
+    // Printed whole, split across two writes (and chunks), and into a file read back.
+    let (outcome, out) = exec_with(
+        &*sandbox,
+        &ExecRequest::shell(
+            r#"echo "token=$DEPLOY_TOKEN"; printf 'tok-4f9a'; sleep 0.3; printf '1c77e2\n' >&1; echo "$DEPLOY_TOKEN" >/tmp/leak; echo "$DEPLOY_TOKEN" >&2"#,
+        )
+        .secret(token.clone()),
+        &CancellationToken::new(),
+    )
+    .await;
+    assert!(outcome.status.success());
+    assert_eq!(out.stdout(), "token=***\n***\n");
+    assert_eq!(out.stderr(), "***\n");
+    assert!(!String::from_utf8_lossy(&outcome.tail).contains("4f9a1c77"));
+    let read = sandbox.read_file("/tmp/leak", 100).await.unwrap();
+    assert_eq!(read.bytes, b"***\n");
+
+    // Another exec does not see it.
+    let (_, other) = sh(&*sandbox, r#"echo "[${DEPLOY_TOKEN:-unset}]""#).await;
+    assert_eq!(other.stdout(), "[unset]\n");
+    // And the container's configuration never held it.
+    let inspect = engine
+        .client()
+        .inspect_container(sandbox.id(), None)
+        .await
+        .unwrap();
+    let config = serde_json::to_string(&inspect).unwrap();
+    assert!(
+        !config.contains("tok-4f9a1c77e2"),
+        "docker inspect shows no secret"
+    );
+    assert!(!config.contains("DEPLOY_TOKEN"));
+}
+
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn allowlisted_egress_goes_through_the_proxy_only() {
+    let Some(engine) = engine("egress").await else {
+        return;
+    };
+    // The one upstream: an HTTP server on the host's 127.0.0.1.
+    let listener = tokio::net::TcpListener::bind("127.0.0.1:0").await.unwrap();
+    let port = listener.local_addr().unwrap().port();
+    tokio::spawn(async move {
+        use tokio::io::{AsyncReadExt, AsyncWriteExt};
+        while let Ok((mut stream, _)) = listener.accept().await {
+            let mut buf = [0; 4096];
+            let _ = stream.read(&mut buf).await;
+            let _ = stream
+                .write_all(
+                    b"HTTP/1.1 200 OK\r\nContent-Length: 8\r\nConnection: close\r\n\r\nupstream",
+                )
+                .await;
+        }
+    });
+    let loopback = "127.0.0.1".parse().unwrap();
+    let engine = engine.with_egress_resolver(
+        StaticResolver::new()
+            .with("allowed.test", [loopback])
+            .with("other.test", [loopback]),
+    );
+    let events = Arc::new(Mutex::new(Vec::<EgressEvent>::new()));
+    let mut spec: ContainerSpec = spec("egress");
+    spec.network = NetworkPolicy::Allowlist(
+        EgressPolicy::parse([format!("allowed.test:{port}")])
+            .unwrap()
+            .allow_loopback_for_tests(),
+    );
+    spec.on_egress = Some({
+        let events = Arc::clone(&events);
+        Arc::new(move |event| events.lock().unwrap().push(event))
+    });
+    let sandbox = Guard::create(&engine, &spec).await;
+
+    let (outcome, out) = sh(
+        &*sandbox,
+        &format!(
+            "curl -sS --max-time 10 http://allowed.test:{port}/ ; echo; \
+             curl -sS --max-time 10 -o /dev/null -w '%{{http_code}}' http://other.test:{port}/ ; echo; \
+             ip -o addr 2>/dev/null | grep -v ' lo ' | grep -c inet || true"
+        ),
+    )
+    .await;
+    assert!(outcome.status.success(), "{}", out.stderr());
+    let stdout = out.stdout();
+    let lines: Vec<&str> = stdout.lines().collect();
+    assert_eq!(lines[0], "upstream", "{}", out.stderr());
+    assert_eq!(
+        lines[1], "403",
+        "a name off the list is refused by the proxy"
+    );
+    let events = events.lock().unwrap().clone();
+    let allowed: Vec<_> = events
+        .iter()
+        .filter(|e| e.decision == Decision::Allowed)
+        .collect();
+    let denied: Vec<_> = events
+        .iter()
+        .filter(|e| e.decision == Decision::Denied)
+        .collect();
+    assert_eq!(allowed.len(), 1, "{events:?}");
+    assert_eq!(allowed[0].host.as_deref(), Some("allowed.test"));
+    assert_eq!(denied.len(), 1, "{events:?}");
+    assert_eq!(denied[0].host.as_deref(), Some("other.test"));
+    assert!(!denied[0].dialed, "refused before any dial");
+
+    // The container's network is `none`: the relay on loopback is the only way out.
+    let inspect = engine
+        .client()
+        .inspect_container(sandbox.id(), None)
+        .await
+        .unwrap();
+    assert_eq!(
+        inspect.host_config.unwrap().network_mode.as_deref(),
+        Some("none")
+    );
+}
+
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn a_missing_image_says_to_build_it() {
+    let Some(engine) = engine("noimage").await else {
+        return;
+    };
+    let spec = ContainerSpec::new(&unique("noimage"), "maxions/absent:never");
+    let error = engine.create(&spec).await.err().expect("no such image");
+    assert!(matches!(error, SandboxError::ImageMissing(_)));
+    assert!(error.to_string().contains("maxions image build"), "{error}");
+}
+
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn an_engine_that_is_not_running_gives_a_clear_error() {
+    let dir = tempfile::tempdir().unwrap();
+    let host = format!("unix://{}/docker.sock", dir.path().display());
+    let error = DockerEngine::connect_to(&host)
+        .await
+        .err()
+        .expect("nothing listens there");
+    let text = error.to_string();
+    assert!(
+        matches!(error, SandboxError::EngineUnreachable(_)),
+        "{text}"
+    );
+    assert!(text.contains("scripts/docker-engine.sh"), "{text}");
+}
+
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn a_container_killed_from_outside_ends_the_exec_with_a_clear_error() {
+    let Some(engine) = engine("killed").await else {
+        return;
+    };
+    let sandbox = Guard::create(&engine, &spec("killed")).await;
+    let id = sandbox.id().to_owned();
+    let client = engine.client().clone();
+    tokio::spawn(async move {
+        tokio::time::sleep(Duration::from_millis(800)).await;
+        let _ = client.kill_container(&id, None).await;
+    });
+    let started = Instant::now();
+    let mut sink = |_: OutputStream, _: &[u8]| {};
+    let error = sandbox
+        .exec(
+            &ExecRequest::shell("sleep 60"),
+            &mut sink,
+            &CancellationToken::new(),
+        )
+        .await
+        .expect_err("the container died under the exec");
+    assert!(started.elapsed() < Duration::from_secs(30), "no hang");
+    assert!(
+        matches!(error, SandboxError::ContainerGone { .. }),
+        "{error}"
+    );
+    assert!(error.to_string().contains("killed from outside"), "{error}");
+}
+
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn losing_the_engine_mid_exec_is_an_error_not_a_hang() {
+    let Some(real) = engine("lost").await else {
+        return;
+    };
+    // An engine socket we can pull the plug on: a relay to the real one.
+    let dir = tempfile::tempdir().unwrap();
+    let socket = dir.path().join("docker.sock");
+    let listener = tokio::net::UnixListener::bind(&socket).unwrap();
+    let plug = CancellationToken::new();
+    let relay = tokio::spawn({
+        let plug = plug.clone();
+        async move {
+            let tracker = tokio_util::task::TaskTracker::new();
+            loop {
+                let Ok((mut client, _)) = (tokio::select! {
+                    () = plug.cancelled() => break,
+                    accepted = listener.accept() => accepted,
+                }) else {
+                    break;
+                };
+                let plug = plug.clone();
+                tracker.spawn(async move {
+                    let mut upstream = tokio::net::UnixStream::connect("/var/run/docker.sock")
+                        .await
+                        .unwrap();
+                    tokio::select! {
+                        () = plug.cancelled() => {}
+                        _ = tokio::io::copy_bidirectional(&mut client, &mut upstream) => {}
+                    }
+                });
+            }
+        }
+    });
+    let engine = DockerEngine::connect_to(&format!("unix://{}", socket.display()))
+        .await
+        .unwrap()
+        .with_instance("test-lost");
+    let sandbox = Guard::create(&engine, &spec("lost")).await;
+    let pull = plug.clone();
+    tokio::spawn(async move {
+        tokio::time::sleep(Duration::from_millis(800)).await;
+        pull.cancel();
+    });
+    let started = Instant::now();
+    let mut sink = |_: OutputStream, _: &[u8]| {};
+    let error = sandbox
+        .exec(
+            &ExecRequest::shell("sleep 60"),
+            &mut sink,
+            &CancellationToken::new(),
+        )
+        .await
+        .expect_err("the engine went away");
+    assert!(started.elapsed() < Duration::from_secs(30), "no hang");
+    assert!(
+        matches!(
+            error,
+            SandboxError::EngineLost { .. } | SandboxError::EngineUnreachable(_)
+        ),
+        "{error}"
+    );
+    relay.abort();
+    // The container is still there (the engine did not die): the guard removes it via the CLI.
+    drop(sandbox);
+    let _ = real;
+}
+
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn orphans_of_dead_runs_are_removed_and_live_ones_kept() {
+    let Some(engine) = engine("orphans").await else {
+        return;
+    };
+    let live = Guard::create(&engine, &spec("orphans-live")).await;
+    let dead_spec = spec("orphans-dead");
+    let dead = engine.create(&dead_spec).await.unwrap();
+    let dead_id = dead.id().to_owned();
+    drop(dead); // the process that made it "died" without destroying it
+
+    let removed = engine
+        .remove_orphans(&[live_run_id(&engine, &*live).await])
+        .await
+        .unwrap();
+    assert_eq!(removed, 1);
+    assert!(
+        engine
+            .client()
+            .inspect_container(&dead_id, None)
+            .await
+            .is_err()
+    );
+    assert!(
+        engine
+            .client()
+            .inspect_container(live.id(), None)
+            .await
+            .is_ok()
+    );
+}
+
+async fn live_run_id(engine: &DockerEngine, sandbox: &dyn Sandbox) -> String {
+    engine
+        .client()
+        .inspect_container(sandbox.id(), None)
+        .await
+        .unwrap()
+        .config
+        .unwrap()
+        .labels
+        .unwrap()["maxions.run"]
+        .clone()
+}
+
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn destroy_removes_the_container_and_its_workspace() {
+    let Some(engine) = engine("destroy").await else {
+        return;
+    };
+    let spec = spec("destroy");
+    let sandbox = engine.create(&spec).await.unwrap();
+    let id = sandbox.id().to_owned();
+    let volumes = |engine: DockerEngine, run: String| async move {
+        let filters =
+            std::collections::HashMap::from([("label", vec![format!("maxions.run={run}")])]);
+        engine
+            .client()
+            .list_volumes(Some(
+                bollard::query_parameters::ListVolumesOptionsBuilder::new()
+                    .filters(&filters)
+                    .build(),
+            ))
+            .await
+            .unwrap()
+            .volumes
+            .unwrap_or_default()
+            .len()
+    };
+    assert_eq!(volumes(engine.clone(), spec.run_id.clone()).await, 1);
+    sandbox.destroy().await.unwrap();
+    sandbox.destroy().await.unwrap(); // idempotent
+    assert!(engine.client().inspect_container(&id, None).await.is_err());
+    assert_eq!(volumes(engine.clone(), spec.run_id.clone()).await, 0);
+}
