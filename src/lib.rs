@@ -1,10 +1,12 @@
 //! maxions: run unattended, one-shot coding agents from declarative YAML.
 //!
 //! The pipeline reads top-down: `config` (load and validate YAML) → `template` (render steps) →
-//! `sandbox` (where steps execute) → `cli` (the thin edge that shows results to a person).
+//! `sandbox` (where steps execute) → `forge` (where branches are pushed
+//! and pull requests opened) → `cli` (the thin edge that shows results to a person).
 
 pub mod cli;
 pub mod config;
+pub mod forge;
 pub mod sandbox;
 pub mod secret;
 pub mod template;

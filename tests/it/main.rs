@@ -1,6 +1,7 @@
 //! maxions' integration tests: one test binary, shared helpers in `support`.
 
 mod egress;
+mod forge;
 mod redact;
 mod sandbox;
 mod support;

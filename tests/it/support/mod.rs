@@ -3,6 +3,8 @@
 
 pub mod cli;
 pub mod docker;
+pub mod git_http;
+pub mod github;
 
 use std::path::{Path, PathBuf};
 

@@ -1,0 +1,981 @@
+//! GitHub (and GitHub Enterprise) through octocrab. Authenticates as a GitHub App (a JWT signed
+//! with the App's private key buys an installation token, minted afresh for every run and scoped
+//! to the one repository) or with a personal access token.
+//!
+//! Every GitHub failure becomes a [`ForgeError`] that says what maxions was doing and what to
+//! check; text that comes back from GitHub is scrubbed of the tokens in play first.
+
+use std::fmt;
+use std::time::Duration;
+
+use chrono::{DateTime, Utc};
+use octocrab::models::AppId;
+use octocrab::models::pulls::PullRequest;
+use octocrab::{EncodingKey, Octocrab};
+use serde::Deserialize;
+use serde_json::{Value, json};
+
+use super::{BoxFuture, Forge, ForgeError, GitCredentials, PullRequestOutcome, PullRequestSpec};
+use crate::config::RepoRef;
+use crate::config::daemon::{GithubApp, GithubConfig};
+use crate::secret::Secret;
+
+const CONNECT_TIMEOUT: Duration = Duration::from_secs(10);
+const READ_TIMEOUT: Duration = Duration::from_secs(60);
+const WRITE_TIMEOUT: Duration = Duration::from_secs(60);
+
+/// GitHub as a [`Forge`].
+///
+/// HTTP clients are built per operation, inside the caller's runtime (octocrab's client spawns a
+/// task on the runtime it is built in), so a `GitHub` can be made anywhere, even outside any
+/// runtime, and shared between runs.
+pub struct GitHub {
+    api_url: String,
+    graphql_url: String,
+    auth: Auth,
+}
+
+enum Auth {
+    App(App),
+    Token(Secret),
+}
+
+struct App {
+    id: u64,
+    installation_id: u64,
+    /// Where the key came from, for messages ("environment variable `X`"); never the key.
+    key_origin: String,
+    key: EncodingKey,
+}
+
+impl GitHub {
+    /// Builds the forge from `maxions.yaml`'s `github` section, reading the App's private key or
+    /// the token from the process environment or the named file. A relative `private_key_file`
+    /// is read relative to the current directory: resolve it against the config file first.
+    ///
+    /// # Errors
+    /// A missing variable or file, a key that is not an RSA PEM key, an unusable token or API
+    /// URL; each message names what to fix and none contains the secret.
+    pub fn from_config(config: &GithubConfig) -> Result<Self, ForgeError> {
+        Self::from_config_with_env(config, |name| std::env::var(name).ok())
+    }
+
+    /// [`Self::from_config`] with the environment given as a function (for tests and for
+    /// callers that keep their own environment).
+    ///
+    /// # Errors
+    /// As [`Self::from_config`].
+    pub fn from_config_with_env(
+        config: &GithubConfig,
+        env: impl Fn(&str) -> Option<String>,
+    ) -> Result<Self, ForgeError> {
+        if let Some(app) = &config.app {
+            let (origin, pem) = read_private_key(app, &env)?;
+            return Self::app(
+                &config.api_url,
+                app.app_id,
+                app.installation_id,
+                &pem,
+                origin,
+            );
+        }
+        if let Some(var) = &config.token_env {
+            let value = env(var)
+                .filter(|value| !value.trim().is_empty())
+                .ok_or_else(|| ForgeError::MissingEnv {
+                    var: var.clone(),
+                    what: "the GitHub token",
+                })?;
+            let token =
+                Secret::new(var.clone(), value.trim()).map_err(|err| ForgeError::InvalidToken {
+                    origin: format!("environment variable `{var}`"),
+                    problem: err.to_string(),
+                })?;
+            return Self::with_token(&config.api_url, token);
+        }
+        Err(ForgeError::NotConfigured)
+    }
+
+    /// Authenticates as GitHub App `app_id`, minting tokens for installation `installation_id`.
+    /// `private_key_pem` is the App's private key as GitHub issues it
+    /// (`-----BEGIN RSA PRIVATE KEY-----`).
+    ///
+    /// # Errors
+    /// [`ForgeError::InvalidPrivateKey`] or [`ForgeError::InvalidApiUrl`].
+    pub fn with_app(
+        api_url: &str,
+        app_id: u64,
+        installation_id: u64,
+        private_key_pem: &str,
+    ) -> Result<Self, ForgeError> {
+        Self::app(
+            api_url,
+            app_id,
+            installation_id,
+            private_key_pem,
+            "the key given".to_owned(),
+        )
+    }
+
+    fn app(
+        api_url: &str,
+        app_id: u64,
+        installation_id: u64,
+        pem: &str,
+        key_origin: String,
+    ) -> Result<Self, ForgeError> {
+        let api_url = check_api_url(api_url)?;
+        let key = parse_private_key(app_id, pem, &key_origin)?;
+        Ok(Self {
+            graphql_url: graphql_url(&api_url),
+            api_url,
+            auth: Auth::App(App {
+                id: app_id,
+                installation_id,
+                key_origin,
+                key,
+            }),
+        })
+    }
+
+    /// Authenticates with a personal access token (fine-grained tokens are recommended). The
+    /// secret's name (the environment variable it came from) appears in messages.
+    ///
+    /// # Errors
+    /// [`ForgeError::InvalidToken`] or [`ForgeError::InvalidApiUrl`].
+    pub fn with_token(api_url: &str, token: Secret) -> Result<Self, ForgeError> {
+        let api_url = check_api_url(api_url)?;
+        check_token_text(token.expose()).map_err(|problem| ForgeError::InvalidToken {
+            origin: format!("`{}`", token.name()),
+            problem: problem.to_owned(),
+        })?;
+        Ok(Self {
+            graphql_url: graphql_url(&api_url),
+            api_url,
+            auth: Auth::Token(token),
+        })
+    }
+
+    /// The REST API base URL, without a trailing slash.
+    #[must_use]
+    pub fn api_url(&self) -> &str {
+        &self.api_url
+    }
+
+    /// Mints an installation token for `repo` only, with `permissions` (all the installation's
+    /// permissions when `None`).
+    async fn mint(
+        &self,
+        app: &App,
+        repo: &RepoRef,
+        permissions: Option<Value>,
+    ) -> Result<(Secret, Option<DateTime<Utc>>), ForgeError> {
+        #[derive(Deserialize)]
+        struct AccessToken {
+            token: String,
+            #[serde(default)]
+            expires_at: Option<String>,
+        }
+        let ctx = Ctx::new(
+            Doing::Mint,
+            repo,
+            format!(
+                "minting an installation token for {} (App {}, installation {})",
+                repo.full_name, app.id, app.installation_id
+            ),
+        );
+        let mut body = json!({ "repositories": [repo.name] });
+        if let Some(permissions) = permissions {
+            body["permissions"] = permissions;
+        }
+        let route = format!("/app/installations/{}/access_tokens", app.installation_id);
+        // A client that authenticates as the App itself (a fresh JWT per request).
+        let client = build_client(&self.api_url, ClientAuth::App(app.id, app.key.clone()))?;
+        let answer: AccessToken = client
+            .post(route, Some(&body))
+            .await
+            .map_err(|err| self.error(err, &ctx, &[]))?;
+        if let Err(problem) = check_token_text(&answer.token) {
+            return Err(ForgeError::UnexpectedResponse {
+                action: ctx.action,
+                reason: format!("the token GitHub returned is not usable: {problem}"),
+            });
+        }
+        let token = Secret::new("GITHUB_INSTALLATION_TOKEN", answer.token).map_err(|_| {
+            ForgeError::UnexpectedResponse {
+                action: ctx.action.clone(),
+                reason: "the token GitHub returned is too short".to_owned(),
+            }
+        })?;
+        let expires_at = answer
+            .expires_at
+            .and_then(|text| DateTime::parse_from_rfc3339(&text).ok())
+            .map(|time| time.with_timezone(&Utc));
+        Ok((token, expires_at))
+    }
+
+    /// A REST client for one operation on `repo`: with an App, behind a freshly minted token.
+    async fn session(&self, repo: &RepoRef) -> Result<Session, ForgeError> {
+        let token = match &self.auth {
+            Auth::Token(token) => token.clone(),
+            Auth::App(app) => self.mint(app, repo, None).await?.0,
+        };
+        let rest = build_client(&self.api_url, ClientAuth::Token(token.expose()))?;
+        Ok(Session { rest, token })
+    }
+
+    async fn find_open_pull_request(
+        &self,
+        session: &Session,
+        repo: &RepoRef,
+        head_branch: &str,
+    ) -> Result<Option<PullRequest>, ForgeError> {
+        let head = format!("{}:{head_branch}", repo.owner);
+        let ctx = Ctx::new(
+            Doing::Read,
+            repo,
+            format!(
+                "looking for the open pull request from `{head}` in {}",
+                repo.full_name
+            ),
+        );
+        let page = session
+            .rest
+            .pulls(&repo.owner, &repo.name)
+            .list()
+            .state(octocrab::params::State::Open)
+            .head(head)
+            .per_page(10u8)
+            .send()
+            .await
+            .map_err(|err| self.error(err, &ctx, &[session.token.expose()]))?;
+        // The `head` filter is GitHub's; checking the branch again costs nothing and guards
+        // against a server that ignores the filter.
+        Ok(page
+            .items
+            .into_iter()
+            .find(|pr| pr.head.ref_field == head_branch))
+    }
+
+    async fn update_pull_request(
+        &self,
+        session: &Session,
+        repo: &RepoRef,
+        spec: &PullRequestSpec,
+        existing: &PullRequest,
+    ) -> Result<PullRequest, ForgeError> {
+        let ctx = Ctx::new(
+            Doing::Write,
+            repo,
+            format!(
+                "updating pull request #{} in {}",
+                existing.number, repo.full_name
+            ),
+        );
+        let pulls = session.rest.pulls(&repo.owner, &repo.name);
+        let mut update = pulls
+            .update(existing.number)
+            .title(spec.title.clone())
+            .body(spec.body.clone());
+        if existing.base.ref_field != spec.base {
+            update = update.base(spec.base.clone());
+        }
+        update
+            .send()
+            .await
+            .map_err(|err| self.error(err, &ctx, &[session.token.expose()]))
+    }
+
+    /// Drafts cannot be toggled through REST, only through GraphQL.
+    async fn set_draft(
+        &self,
+        session: &Session,
+        repo: &RepoRef,
+        pr: &PullRequest,
+        draft: bool,
+    ) -> Result<(), ForgeError> {
+        let (mutation, doing) = if draft {
+            ("convertPullRequestToDraft", "converting")
+        } else {
+            ("markPullRequestReadyForReview", "marking")
+        };
+        let action = format!(
+            "{doing} pull request #{} in {} {}",
+            pr.number,
+            repo.full_name,
+            if draft {
+                "to a draft"
+            } else {
+                "ready for review"
+            }
+        );
+        let Some(node_id) = &pr.node_id else {
+            return Err(ForgeError::UnexpectedResponse {
+                action,
+                reason: "the pull request has no `node_id`".to_owned(),
+            });
+        };
+        let ctx = Ctx::new(Doing::Write, repo, action);
+        let client = build_client(&self.graphql_url, ClientAuth::Token(session.token.expose()))?;
+        let query = format!(
+            "mutation($id: ID!) {{ {mutation}(input: {{pullRequestId: $id}}) \
+             {{ pullRequest {{ isDraft }} }} }}"
+        );
+        let _: Value = client
+            .graphql(&json!({ "query": query, "variables": { "id": node_id } }))
+            .await
+            .map_err(|err| self.error(err, &ctx, &[session.token.expose()]))?;
+        Ok(())
+    }
+
+    async fn open_or_update(
+        &self,
+        repo: &RepoRef,
+        spec: &PullRequestSpec,
+    ) -> Result<PullRequestOutcome, ForgeError> {
+        let session = self.session(repo).await?;
+        let secrets = [session.token.expose()];
+        let existing = self
+            .find_open_pull_request(&session, repo, &spec.head_branch)
+            .await?;
+        let (pr, created) = if let Some(existing) = existing {
+            let pr = self
+                .update_pull_request(&session, repo, spec, &existing)
+                .await?;
+            (pr, false)
+        } else {
+            let created = session
+                .rest
+                .pulls(&repo.owner, &repo.name)
+                .create(&spec.title, &spec.head_branch, &spec.base)
+                .body(spec.body.clone())
+                .draft(spec.draft)
+                .send()
+                .await;
+            match created {
+                Ok(pr) => (pr, true),
+                // Someone (a concurrent run, a person) opened it between our look and our
+                // create: GitHub says so with a 422, and updating theirs is what we want.
+                Err(err) if is_already_exists(&err) => {
+                    let existing = self
+                        .find_open_pull_request(&session, repo, &spec.head_branch)
+                        .await?
+                        .ok_or_else(|| ForgeError::UnexpectedResponse {
+                            action: format!(
+                                "opening a pull request from `{}` in {}",
+                                spec.head_branch, repo.full_name
+                            ),
+                            reason: "GitHub says one already exists but lists none open".to_owned(),
+                        })?;
+                    let pr = self
+                        .update_pull_request(&session, repo, spec, &existing)
+                        .await?;
+                    (pr, false)
+                }
+                Err(err) => {
+                    let ctx = Ctx::new(
+                        Doing::CreatePull,
+                        repo,
+                        format!(
+                            "opening a pull request from `{}` into `{}` in {}",
+                            spec.head_branch, spec.base, repo.full_name
+                        ),
+                    );
+                    return Err(self.error(err, &ctx, &secrets));
+                }
+            }
+        };
+
+        let mut warnings = Vec::new();
+        let mut draft = pr.draft.unwrap_or(false);
+        if draft != spec.draft {
+            match self.set_draft(&session, repo, &pr, spec.draft).await {
+                Ok(()) => draft = spec.draft,
+                Err(err) => warnings.push(err.to_string()),
+            }
+        }
+        if !spec.labels.is_empty() {
+            let ctx = Ctx::new(
+                Doing::Labels,
+                repo,
+                format!(
+                    "adding labels {} to pull request #{}",
+                    spec.labels.join(", "),
+                    pr.number
+                ),
+            );
+            if let Err(err) = session
+                .rest
+                .issues(&repo.owner, &repo.name)
+                .add_labels(pr.number, &spec.labels)
+                .await
+            {
+                warnings.push(self.error(err, &ctx, &secrets).to_string());
+            }
+        }
+        if !spec.reviewers.is_empty() {
+            let (teams, users): (Vec<&String>, Vec<&String>) =
+                spec.reviewers.iter().partition(|name| name.contains('/'));
+            let teams: Vec<&str> = teams
+                .iter()
+                .filter_map(|team| team.rsplit_once('/').map(|(_, slug)| slug))
+                .collect();
+            let ctx = Ctx::new(
+                Doing::Reviewers,
+                repo,
+                format!(
+                    "requesting reviews from {} on pull request #{}",
+                    spec.reviewers.join(", "),
+                    pr.number
+                ),
+            );
+            let route = format!(
+                "/repos/{}/{}/pulls/{}/requested_reviewers",
+                repo.owner, repo.name, pr.number
+            );
+            let body = json!({ "reviewers": users, "team_reviewers": teams });
+            if let Err(err) = session.rest.post::<_, Value>(route, Some(&body)).await {
+                warnings.push(self.error(err, &ctx, &secrets).to_string());
+            }
+        }
+
+        Ok(PullRequestOutcome {
+            number: pr.number,
+            url: pr.html_url.map_or(pr.url, |url| url.to_string()),
+            created,
+            draft,
+            warnings,
+        })
+    }
+
+    async fn fetch_default_branch(&self, repo: &RepoRef) -> Result<String, ForgeError> {
+        let session = self.session(repo).await?;
+        let ctx = Ctx::new(Doing::Read, repo, format!("reading {}", repo.full_name));
+        let found = session
+            .rest
+            .repos(&repo.owner, &repo.name)
+            .get()
+            .await
+            .map_err(|err| self.error(err, &ctx, &[session.token.expose()]))?;
+        found
+            .default_branch
+            .ok_or_else(|| ForgeError::UnexpectedResponse {
+                action: ctx.action,
+                reason: "the repository has no `default_branch`".to_owned(),
+            })
+    }
+
+    /// Turns an octocrab error into a [`ForgeError`] for `ctx`, scrubbing `secrets` (and the
+    /// configured token) from any text GitHub or the transport sent back.
+    fn error(&self, err: octocrab::Error, ctx: &Ctx<'_>, secrets: &[&str]) -> ForgeError {
+        let scrub = |text: &str| {
+            let mut text = text.to_owned();
+            let pat = match &self.auth {
+                Auth::Token(token) => Some(token.expose()),
+                Auth::App(_) => None,
+            };
+            for secret in secrets.iter().copied().chain(pat) {
+                if !secret.is_empty() {
+                    text = text.replace(secret, "***");
+                }
+            }
+            text
+        };
+        let action = ctx.action.clone();
+        match err {
+            octocrab::Error::GitHub { source, .. } => {
+                let message = scrub(&source.message);
+                let details = scrub(&format_details(source.errors.as_deref()));
+                self.status_error(source.status_code.as_u16(), action, message, details, ctx)
+            }
+            octocrab::Error::Service { source, .. } => ForgeError::Unreachable {
+                api_url: self.api_url.clone(),
+                action,
+                reason: scrub(&chain(source.as_ref())),
+            },
+            octocrab::Error::Hyper { source, .. } => ForgeError::Unreachable {
+                api_url: self.api_url.clone(),
+                action,
+                reason: scrub(&chain(&source)),
+            },
+            octocrab::Error::Json { source, .. } => ForgeError::UnexpectedResponse {
+                action,
+                reason: scrub(&format!(
+                    "the answer does not have the expected shape at `{}`: {}",
+                    source.path(),
+                    source.inner()
+                )),
+            },
+            octocrab::Error::Serde { source, .. } => ForgeError::UnexpectedResponse {
+                action,
+                reason: scrub(&format!("the answer is not the expected JSON: {source}")),
+            },
+            octocrab::Error::JWT { .. } => ForgeError::InvalidPrivateKey {
+                origin: match &self.auth {
+                    Auth::App(app) => app.key_origin.clone(),
+                    Auth::Token(_) => "use".to_owned(),
+                },
+                problem: "it could not sign a token".to_owned(),
+            },
+            other => {
+                // octocrab's Display may append a backtrace after the first line.
+                let text = other.to_string();
+                ForgeError::UnexpectedResponse {
+                    action,
+                    reason: scrub(text.lines().next().unwrap_or("unknown error")),
+                }
+            }
+        }
+    }
+
+    fn status_error(
+        &self,
+        status: u16,
+        action: String,
+        message: String,
+        details: String,
+        ctx: &Ctx<'_>,
+    ) -> ForgeError {
+        let repo = &ctx.repo.full_name;
+        let token_origin = match &self.auth {
+            Auth::Token(token) => format!("the token in `{}`", token.name()),
+            Auth::App(_) => "the App's installation token".to_owned(),
+        };
+        match status {
+            401 => ForgeError::Unauthorized {
+                action,
+                message,
+                hint: match &self.auth {
+                    Auth::App(app) => format!(
+                        "check the App's private key ({}) and `github.app.app_id` ({}): the \
+                         key must belong to that App, and this machine's clock must be right \
+                         (the App's JWT is valid for minutes only)",
+                        app.key_origin, app.id
+                    ),
+                    Auth::Token(token) => format!(
+                        "check the token in `{}`: it may be mistyped, expired or revoked",
+                        token.name()
+                    ),
+                },
+            },
+            403 if message.to_ascii_lowercase().contains("rate limit") => ForgeError::Forbidden {
+                action,
+                message,
+                hint: "GitHub's rate limit is used up; wait for it to reset and run again"
+                    .to_owned(),
+            },
+            403 => ForgeError::Forbidden {
+                action,
+                message,
+                hint: match &self.auth {
+                    Auth::App(_) => format!(
+                        "the App needs the Contents (write) and Pull requests (write) \
+                         permissions on {repo}; grant them in the App's settings and accept \
+                         them in the installation"
+                    ),
+                    Auth::Token(_) => format!(
+                        "{token_origin} needs Contents (write) and Pull requests (write) on \
+                         {repo}"
+                    ),
+                },
+            },
+            404 => ForgeError::NotFound {
+                action,
+                message,
+                hint: match (&self.auth, ctx.doing) {
+                    (Auth::App(app), Doing::Mint) => format!(
+                        "check `github.app.installation_id` ({}): App {} has no such \
+                         installation",
+                        app.installation_id, app.id
+                    ),
+                    (Auth::App(_), _) => format!(
+                        "is the App installed on {repo}, with access to that repository? does \
+                         {repo} exist?"
+                    ),
+                    (Auth::Token(_), _) => format!(
+                        "does {repo} exist, and can {token_origin} see it? (a fine-grained \
+                         token must list the repository)"
+                    ),
+                },
+            },
+            422 => ForgeError::Rejected {
+                action,
+                message,
+                details,
+                hint: match ctx.doing {
+                    Doing::Mint => format!(
+                        "is the App installed on {repo}, with access to that repository? \
+                         GitHub mints no token for a repository the installation cannot reach"
+                    ),
+                    Doing::CreatePull => "check that the branch was pushed, that it differs \
+                                          from the base, and that the base branch exists"
+                        .to_owned(),
+                    Doing::Reviewers => format!(
+                        "reviewers must be collaborators on {repo} and cannot be the pull \
+                         request's author"
+                    ),
+                    Doing::Labels | Doing::Read | Doing::Write => "see GitHub's reasons".to_owned(),
+                },
+            },
+            _ => ForgeError::Api {
+                action,
+                status,
+                message: format!("{message}{details}"),
+                hint: if status >= 500 {
+                    "GitHub had a problem; run again later".to_owned()
+                } else {
+                    "see GitHub's message".to_owned()
+                },
+            },
+        }
+    }
+}
+
+impl Forge for GitHub {
+    fn git_credentials<'a>(
+        &'a self,
+        repo: &'a RepoRef,
+    ) -> BoxFuture<'a, Result<GitCredentials, ForgeError>> {
+        Box::pin(async move {
+            match &self.auth {
+                Auth::Token(token) => Ok(GitCredentials::new(
+                    GitCredentials::TOKEN_USERNAME,
+                    token.clone(),
+                    None,
+                )),
+                Auth::App(app) => {
+                    // Pushing needs nothing but Contents (write): the token that enters the
+                    // sandbox can do no more than that, on this one repository, for an hour.
+                    let (token, expires_at) = self
+                        .mint(app, repo, Some(json!({ "contents": "write" })))
+                        .await?;
+                    Ok(GitCredentials::new(
+                        GitCredentials::TOKEN_USERNAME,
+                        token,
+                        expires_at,
+                    ))
+                }
+            }
+        })
+    }
+
+    fn open_or_update_pull_request<'a>(
+        &'a self,
+        repo: &'a RepoRef,
+        spec: &'a PullRequestSpec,
+    ) -> BoxFuture<'a, Result<PullRequestOutcome, ForgeError>> {
+        Box::pin(self.open_or_update(repo, spec))
+    }
+
+    fn default_branch<'a>(
+        &'a self,
+        repo: &'a RepoRef,
+    ) -> BoxFuture<'a, Result<String, ForgeError>> {
+        Box::pin(self.fetch_default_branch(repo))
+    }
+}
+
+impl fmt::Debug for GitHub {
+    fn fmt(&self, f: &mut fmt::Formatter<'_>) -> fmt::Result {
+        let mut out = f.debug_struct("GitHub");
+        out.field("api_url", &self.api_url);
+        match &self.auth {
+            Auth::App(app) => out
+                .field("app_id", &app.id)
+                .field("installation_id", &app.installation_id)
+                .field("private_key", &format_args!("*** from {}", app.key_origin)),
+            Auth::Token(token) => out.field("token", &format_args!("*** from `{}`", token.name())),
+        };
+        out.finish()
+    }
+}
+
+/// A REST client and the token behind it, for one operation.
+struct Session {
+    rest: Octocrab,
+    token: Secret,
+}
+
+/// What maxions was doing when GitHub answered, to pick the hint.
+#[derive(Debug, Clone, Copy, PartialEq, Eq)]
+enum Doing {
+    Mint,
+    Read,
+    Write,
+    CreatePull,
+    Labels,
+    Reviewers,
+}
+
+struct Ctx<'a> {
+    doing: Doing,
+    repo: &'a RepoRef,
+    action: String,
+}
+
+impl<'a> Ctx<'a> {
+    fn new(doing: Doing, repo: &'a RepoRef, action: String) -> Self {
+        Self {
+            doing,
+            repo,
+            action,
+        }
+    }
+}
+
+enum ClientAuth<'a> {
+    App(u64, EncodingKey),
+    Token(&'a str),
+}
+
+fn build_client(base: &str, auth: ClientAuth<'_>) -> Result<Octocrab, ForgeError> {
+    let invalid = |problem: String| ForgeError::InvalidApiUrl {
+        url: base.to_owned(),
+        problem,
+    };
+    let builder = Octocrab::builder()
+        .base_uri(base)
+        .map_err(|_| invalid("it is not a valid URL".to_owned()))?
+        .set_connect_timeout(Some(CONNECT_TIMEOUT))
+        .set_read_timeout(Some(READ_TIMEOUT))
+        .set_write_timeout(Some(WRITE_TIMEOUT));
+    let builder = match auth {
+        ClientAuth::App(app_id, key) => builder.app(AppId(app_id), key),
+        ClientAuth::Token(token) => builder.personal_token(token.to_owned()),
+    };
+    builder
+        .build()
+        .map_err(|err| invalid(format!("no HTTP client could be built for it: {err}")))
+}
+
+fn check_api_url(url: &str) -> Result<String, ForgeError> {
+    let trimmed = url.trim().trim_end_matches('/');
+    let invalid = |problem: &str| ForgeError::InvalidApiUrl {
+        url: url.to_owned(),
+        problem: problem.to_owned(),
+    };
+    let Some((scheme, rest)) = trimmed.split_once("://") else {
+        return Err(invalid("it has no `https://`"));
+    };
+    if scheme != "https" && scheme != "http" {
+        return Err(invalid("only http:// and https:// are supported"));
+    }
+    if rest.is_empty() || rest.starts_with('/') {
+        return Err(invalid("it has no host"));
+    }
+    if rest.contains(['?', '#']) {
+        return Err(invalid("it must not have a query or fragment"));
+    }
+    if Octocrab::builder().base_uri(trimmed).is_err() {
+        return Err(invalid("it is not a valid URL"));
+    }
+    Ok(trimmed.to_owned())
+}
+
+/// GitHub serves GraphQL at `/graphql` on api.github.com, but at `/api/graphql` (not
+/// `/api/v3/graphql`) on GitHub Enterprise. octocrab posts to `<base>/graphql`.
+fn graphql_url(api_url: &str) -> String {
+    api_url
+        .strip_suffix("/v3")
+        .filter(|base| base.ends_with("/api"))
+        .unwrap_or(api_url)
+        .to_owned()
+}
+
+fn read_private_key(
+    app: &GithubApp,
+    env: &impl Fn(&str) -> Option<String>,
+) -> Result<(String, String), ForgeError> {
+    if let Some(var) = &app.private_key_env {
+        let pem = env(var)
+            .filter(|value| !value.trim().is_empty())
+            .ok_or_else(|| ForgeError::MissingEnv {
+                var: var.clone(),
+                what: "the GitHub App's private key",
+            })?;
+        return Ok((format!("environment variable `{var}`"), pem));
+    }
+    if let Some(path) = &app.private_key_file {
+        let pem = std::fs::read_to_string(path).map_err(|err| ForgeError::UnreadableKeyFile {
+            path: path.clone(),
+            reason: err.to_string(),
+        })?;
+        return Ok((format!("file `{}`", path.display()), pem));
+    }
+    Err(ForgeError::NoPrivateKey)
+}
+
+/// Parses the App's key and proves it can sign, so that a bad key fails at start-up with a
+/// message about the key, not later with a 401. No message quotes the key.
+fn parse_private_key(app_id: u64, pem: &str, origin: &str) -> Result<EncodingKey, ForgeError> {
+    let invalid = |problem: &str| ForgeError::InvalidPrivateKey {
+        origin: origin.to_owned(),
+        problem: problem.to_owned(),
+    };
+    let mut pem = pem.trim().to_owned();
+    // A PEM squeezed into one environment variable line often arrives with literal `\n`s.
+    if !pem.contains('\n') && pem.contains("\\n") {
+        pem = pem.replace("\\n", "\n");
+    }
+    if pem.is_empty() {
+        return Err(invalid("it is empty"));
+    }
+    if pem.contains("OPENSSH PRIVATE KEY") {
+        return Err(invalid(
+            "it is an OpenSSH key; a GitHub App uses an RSA key in PEM format",
+        ));
+    }
+    if !pem.contains("PRIVATE KEY-----") {
+        return Err(invalid(if pem.contains("PUBLIC KEY") {
+            "it is a public key, not the private key"
+        } else {
+            "it is not in PEM format (no `-----BEGIN RSA PRIVATE KEY-----` line)"
+        }));
+    }
+    let key = EncodingKey::from_rsa_pem(pem.as_bytes())
+        .map_err(|_| invalid("it is not an RSA private key in PEM format"))?;
+    octocrab::auth::create_jwt(AppId(app_id), &key)
+        .map_err(|_| invalid("it cannot sign a token (the key is damaged or not an RSA key)"))?;
+    Ok(key)
+}
+
+/// A token goes into an HTTP header: it must be printable ASCII without spaces.
+fn check_token_text(token: &str) -> Result<(), &'static str> {
+    if token.len() < Secret::MIN_LEN {
+        return Err("it is too short");
+    }
+    if !token.bytes().all(|b| b.is_ascii_graphic()) {
+        return Err("it contains spaces, line breaks or other characters no token has");
+    }
+    Ok(())
+}
+
+fn is_already_exists(err: &octocrab::Error) -> bool {
+    let octocrab::Error::GitHub { source, .. } = err else {
+        return false;
+    };
+    source.status_code.as_u16() == 422
+        && (source.message.contains("already exists")
+            || source
+                .errors
+                .iter()
+                .flatten()
+                .any(|detail| detail.to_string().contains("already exists")))
+}
+
+/// GitHub's `errors` list as `: first; second`, or an empty string.
+fn format_details(errors: Option<&[Value]>) -> String {
+    let parts: Vec<String> = errors
+        .unwrap_or_default()
+        .iter()
+        .map(|detail| {
+            if let Some(message) = detail.get("message").and_then(Value::as_str) {
+                return message.to_owned();
+            }
+            let field = |name: &str| detail.get(name).and_then(Value::as_str).unwrap_or("");
+            match (field("resource"), field("field"), field("code")) {
+                ("", "", "") => detail.to_string(),
+                (resource, name, code) => format!("{resource} {name} {code}").trim().to_owned(),
+            }
+        })
+        .collect();
+    if parts.is_empty() {
+        String::new()
+    } else {
+        format!(": {}", parts.join("; "))
+    }
+}
+
+/// An error and its sources, `outer: inner: innermost`, without repeats.
+fn chain(err: &(dyn std::error::Error + 'static)) -> String {
+    let mut parts: Vec<String> = Vec::new();
+    let mut next = Some(err);
+    while let Some(err) = next {
+        let text = err.to_string();
+        if !parts.iter().any(|part| part.contains(&text)) {
+            parts.push(text);
+        }
+        next = err.source();
+    }
+    parts.join(": ")
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    #[test]
+    fn graphql_lives_beside_the_enterprise_rest_api() {
+        assert_eq!(
+            graphql_url("https://api.github.com"),
+            "https://api.github.com"
+        );
+        assert_eq!(
+            graphql_url("https://ghe.example/api/v3"),
+            "https://ghe.example/api"
+        );
+        assert_eq!(
+            graphql_url("http://127.0.0.1:9/v3"),
+            "http://127.0.0.1:9/v3"
+        );
+    }
+
+    #[test]
+    fn api_urls_are_checked() {
+        assert_eq!(
+            check_api_url("https://api.github.com/").unwrap(),
+            "https://api.github.com"
+        );
+        for bad in ["api.github.com", "ftp://x", "https://", "https://x/?a=b"] {
+            assert!(
+                matches!(check_api_url(bad), Err(ForgeError::InvalidApiUrl { .. })),
+                "{bad}"
+            );
+        }
+    }
+
+    #[test]
+    fn keys_that_are_not_rsa_pem_are_refused_without_quoting_them() {
+        let cases = [
+            ("", "it is empty"),
+            ("-----BEGIN OPENSSH PRIVATE KEY-----\nabc\n", "OpenSSH"),
+            ("-----BEGIN PUBLIC KEY-----\nabc\n", "public key"),
+            ("hunter2hunter2", "not in PEM format"),
+            (
+                "-----BEGIN RSA PRIVATE KEY-----\nc2VjcmV0LWtleS1ieXRlcw==\n-----END RSA PRIVATE KEY-----\n",
+                "RSA private key",
+            ),
+        ];
+        for (pem, expected) in cases {
+            let Err(err) = parse_private_key(1, pem, "environment variable `KEY`") else {
+                panic!("{expected}: the key should be refused");
+            };
+            let err = err.to_string();
+            assert!(err.contains(expected), "{err}");
+            assert!(err.contains("environment variable `KEY`"), "{err}");
+            for secret in ["abc", "hunter2", "c2VjcmV0"] {
+                assert!(!err.contains(secret), "{err}");
+            }
+        }
+    }
+
+    #[test]
+    fn tokens_must_fit_in_a_header() {
+        assert!(check_token_text("ghp_abc123").is_ok());
+        assert!(check_token_text("ghp_abc\n123").is_err());
+        assert!(check_token_text("ab").is_err());
+    }
+
+    #[test]
+    fn validation_details_are_readable() {
+        let details = [
+            json!({"message": "A pull request already exists for octo:x."}),
+            json!({"resource": "PullRequest", "field": "base", "code": "invalid"}),
+        ];
+        assert_eq!(
+            format_details(Some(&details)),
+            ": A pull request already exists for octo:x.; PullRequest base invalid"
+        );
+        assert_eq!(format_details(None), "");
+    }
+}
