@@ -7,6 +7,7 @@
 pub mod cli;
 pub mod config;
 pub mod forge;
+pub mod runner;
 pub mod sandbox;
 pub mod secret;
 pub mod template;

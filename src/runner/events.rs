@@ -1,0 +1,290 @@
+//! What a run reports as it goes: one [`Event`] per thing that happened, stamped into an
+//! [`EventLine`] (`ts`, `run`, `seq`) and handed to an [`EventSink`]. The JSONL log, the terminal
+//! timeline and (later) the daemon's live stream are all sinks; the runner knows none of them.
+
+use std::fs::File;
+use std::io::{self, Write};
+use std::path::{Path, PathBuf};
+use std::sync::Mutex;
+
+use schemars::JsonSchema;
+use serde::Serialize;
+
+use crate::sandbox::OutputStream;
+use crate::sandbox::egress::EgressEvent;
+
+/// One thing that happened in a run. Serialised with `type` naming the variant.
+#[derive(Debug, Clone, Serialize, JsonSchema)]
+#[serde(tag = "type", rename_all = "snake_case")]
+pub enum Event {
+    RunStarted {
+        task: String,
+        blueprint: String,
+        repo: String,
+        branch: String,
+        base: String,
+    },
+    SandboxReady {
+        container: String,
+        image: String,
+    },
+    StepStarted {
+        step: String,
+        kind: String,
+    },
+    StepSkipped {
+        step: String,
+        reason: String,
+    },
+    /// Output of a step's command, redacted. Text is UTF-8 with invalid bytes replaced.
+    Output {
+        step: String,
+        #[schemars(with = "String")]
+        stream: OutputStream,
+        text: String,
+    },
+    /// The step printed more than the log keeps; the rest is counted, not logged.
+    OutputTruncated {
+        step: String,
+        logged_bytes: u64,
+    },
+    CheckFailed {
+        step: String,
+        check: String,
+        exit_code: Option<i64>,
+        /// 0 before any fix, then the fix round after which it still failed.
+        round: u32,
+    },
+    FixRound {
+        step: String,
+        round: u32,
+        max_rounds: u32,
+        /// The checks the agent was asked to fix.
+        fixing: Vec<String>,
+        /// Whether every check passed after this round.
+        passed: bool,
+    },
+    StepFinished {
+        step: String,
+        status: StepStatus,
+        exit_code: Option<i64>,
+        duration_ms: u64,
+        #[serde(skip_serializing_if = "Option::is_none")]
+        reason: Option<String>,
+    },
+    Commit {
+        sha: String,
+    },
+    Pushed {
+        branch: String,
+        remote: String,
+    },
+    /// A pull request was opened or updated.
+    Pr {
+        number: u64,
+        url: String,
+        created: bool,
+        draft: bool,
+    },
+    /// No forge is configured: the pull request that would have been opened.
+    PrNotOpened {
+        title: String,
+        body: String,
+        draft: bool,
+        reason: String,
+    },
+    /// A decision of the egress proxy.
+    Egress {
+        #[serde(flatten)]
+        #[schemars(with = "serde_json::Value")]
+        decision: EgressEvent,
+    },
+    Warning {
+        message: String,
+    },
+    RunFinished {
+        status: RunStatus,
+        #[serde(skip_serializing_if = "Option::is_none")]
+        reason: Option<String>,
+        duration_ms: u64,
+    },
+}
+
+/// How a step ended.
+#[derive(Debug, Clone, Copy, PartialEq, Eq, Serialize, serde::Deserialize, JsonSchema)]
+#[serde(rename_all = "snake_case")]
+pub enum StepStatus {
+    Succeeded,
+    Failed,
+    Skipped,
+    TimedOut,
+    Cancelled,
+    /// `commit` found nothing to commit.
+    NoChanges,
+}
+
+/// How a run ended.
+#[derive(Debug, Clone, Copy, PartialEq, Eq, Serialize, serde::Deserialize, JsonSchema)]
+#[serde(rename_all = "snake_case")]
+pub enum RunStatus {
+    Succeeded,
+    Failed,
+    NoChanges,
+    Cancelled,
+    TimedOut,
+}
+
+/// One line of a run's log: `{"ts","run","seq","type",...}`.
+#[derive(Debug, Clone, Serialize, JsonSchema)]
+pub struct EventLine {
+    /// RFC 3339, UTC, milliseconds.
+    pub ts: String,
+    pub run: String,
+    /// Strictly increasing from 1 within a run, so that readers can resume.
+    pub seq: u64,
+    #[serde(flatten)]
+    pub event: Event,
+}
+
+/// Receives every event of a run, in order. Called on the runner's task: keep it quick.
+pub trait EventSink: Send + Sync {
+    fn emit(&self, line: &EventLine);
+}
+
+/// Sends each event to several sinks.
+pub struct Tee<'a>(pub Vec<&'a dyn EventSink>);
+
+impl EventSink for Tee<'_> {
+    fn emit(&self, line: &EventLine) {
+        for sink in &self.0 {
+            sink.emit(line);
+        }
+    }
+}
+
+/// Appends each event as a JSON line and flushes it, so that a crash loses nothing written.
+pub struct JsonlLog {
+    path: PathBuf,
+    file: Mutex<File>,
+}
+
+impl JsonlLog {
+    /// Creates the log (and its directory); refuses to overwrite an existing one.
+    ///
+    /// # Errors
+    /// When the directory or file cannot be created.
+    pub fn create(path: &Path) -> io::Result<Self> {
+        if let Some(dir) = path.parent() {
+            std::fs::create_dir_all(dir)?;
+        }
+        let file = File::options().write(true).create_new(true).open(path)?;
+        Ok(Self {
+            path: path.to_path_buf(),
+            file: Mutex::new(file),
+        })
+    }
+
+    #[must_use]
+    pub fn path(&self) -> &Path {
+        &self.path
+    }
+}
+
+impl EventSink for JsonlLog {
+    fn emit(&self, line: &EventLine) {
+        let Ok(mut json) = serde_json::to_vec(line) else {
+            return;
+        };
+        json.push(b'\n');
+        let mut file = self
+            .file
+            .lock()
+            .unwrap_or_else(std::sync::PoisonError::into_inner);
+        // One write per line: a reader never sees half a line from us, and a full disk is
+        // reported once in the terminal rather than stopping the run.
+        if let Err(error) = file.write_all(&json).and_then(|()| file.flush()) {
+            tracing::error!(%error, path = %self.path.display(), "cannot write the run's log");
+        }
+    }
+}
+
+/// Turns a byte stream into text chunks without splitting a UTF-8 character between two of them.
+#[derive(Debug, Default)]
+pub struct Utf8Chunks {
+    carry: Vec<u8>,
+}
+
+impl Utf8Chunks {
+    pub fn push(&mut self, bytes: &[u8]) -> String {
+        self.carry.extend_from_slice(bytes);
+        // Keep back an incomplete character at the end (at most 3 bytes).
+        let mut cut = self.carry.len();
+        for back in 1..=3.min(self.carry.len()) {
+            let byte = self.carry[self.carry.len() - back];
+            if byte & 0b1100_0000 == 0b1100_0000 {
+                let needed = match byte {
+                    b if b >= 0xF0 => 4,
+                    b if b >= 0xE0 => 3,
+                    _ => 2,
+                };
+                if needed > back {
+                    cut = self.carry.len() - back;
+                }
+                break;
+            }
+            if byte & 0b1000_0000 == 0 {
+                break;
+            }
+        }
+        let rest = self.carry.split_off(cut);
+        let text = String::from_utf8_lossy(&self.carry).into_owned();
+        self.carry = rest;
+        text
+    }
+
+    pub fn finish(&mut self) -> String {
+        let text = String::from_utf8_lossy(&self.carry).into_owned();
+        self.carry.clear();
+        text
+    }
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    #[test]
+    fn utf8_chunks_never_split_a_character() {
+        let text = "héllo → wörld 🚀!";
+        let bytes = text.as_bytes();
+        for size in 1..5 {
+            let mut chunks = Utf8Chunks::default();
+            let mut out = String::new();
+            for chunk in bytes.chunks(size) {
+                out.push_str(&chunks.push(chunk));
+            }
+            out.push_str(&chunks.finish());
+            assert_eq!(out, text, "chunk size {size}");
+        }
+        let mut bad = Utf8Chunks::default();
+        assert_eq!(bad.push(b"a\xffb"), "a\u{fffd}b");
+    }
+
+    #[test]
+    fn event_lines_carry_type_and_sequence() {
+        let line = EventLine {
+            ts: "2026-11-25T12:00:00.000Z".into(),
+            run: "r1".into(),
+            seq: 7,
+            event: Event::StepStarted {
+                step: "setup".into(),
+                kind: "run".into(),
+            },
+        };
+        let json = serde_json::to_value(&line).unwrap();
+        assert_eq!(
+            json,
+            serde_json::json!({"ts": "2026-11-25T12:00:00.000Z", "run": "r1", "seq": 7, "type": "step_started", "step": "setup", "kind": "run"})
+        );
+    }
+}
