@@ -1,7 +1,9 @@
 //! The command line: parses arguments, sets up output, and calls into the library.
 
+mod demo;
 mod image;
 mod render;
+mod run;
 mod schema;
 mod validate;
 
@@ -52,6 +54,17 @@ pub enum Command {
     Render(render::Args),
     /// Write the JSON Schemas of the file formats (for editors and CI).
     Schema(schema::Args),
+    /// Run one task now, in the foreground: sandbox, steps, commit, push, pull request.
+    ///
+    /// Writes `<task>.runs/<run-id>.jsonl` and `<task>.result.json` beside the task file.
+    /// Exit status: 0 succeeded or nothing to change, 1 a step failed, 2 the task or the
+    /// environment is not usable, 124 timed out, 130 cancelled (Ctrl-C).
+    Run(run::Args),
+    /// Run the whole pipeline on a local demo repository: no GitHub or LLM account needed.
+    ///
+    /// Makes ./maxions-demo (a repository, the demo blueprint and a task), then runs the task
+    /// with a scripted agent: a check fails, a fix round repairs it, the branch is pushed back.
+    Demo(demo::Args),
     /// Build the sandbox images locally (Debian base from apt's mirror, then Dockerfiles).
     Image(image::Args),
 }
@@ -90,6 +103,8 @@ pub fn main() -> ExitCode {
         Command::Render(args) => render::run(&args, output),
         Command::Schema(args) => schema::run(&args, output),
         Command::Image(args) => image::run(&args, output),
+        Command::Run(args) => run::run(&args, output),
+        Command::Demo(args) => demo::run(&args, output),
     };
     ExitCode::from(code)
 }

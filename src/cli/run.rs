@@ -1,0 +1,367 @@
+//! `maxions run`: one task, in the foreground, with a live step timeline.
+
+use std::collections::HashMap;
+use std::io::Write;
+use std::path::{Path, PathBuf};
+use std::sync::Mutex;
+use std::time::Instant;
+
+use tokio_util::sync::CancellationToken;
+
+use super::{Output, exit};
+use crate::config::diagnostic::{Styles, render};
+use crate::config::load::{LoadedTask, load_task};
+use crate::forge::{Forge, GitHub};
+use crate::runner::result::{log_path, result_path, write_result};
+use crate::runner::{
+    self, Event, EventLine, EventSink, JsonlLog, RunOptions, RunResult, RunStatus, StepStatus, Tee,
+};
+use crate::sandbox::{DockerEngine, Engine, OutputStream, Tail};
+
+#[derive(Debug, clap::Args)]
+pub struct Args {
+    /// The task file.
+    #[arg(value_name = "TASK")]
+    pub task: PathBuf,
+
+    /// Use this blueprint instead of the one the task names.
+    #[arg(long, value_name = "FILE")]
+    pub blueprint: Option<PathBuf>,
+
+    /// Keep the sandbox container when the run ends (its id is printed), for debugging.
+    #[arg(long)]
+    pub keep: bool,
+
+    /// Print the events as JSON lines on stdout (the same lines as the run's log).
+    #[arg(long)]
+    pub json: bool,
+}
+
+/// Exit statuses of `maxions run` (also in `--help`).
+pub mod code {
+    /// Succeeded, or nothing to change.
+    pub const OK: u8 = 0;
+    /// A step failed.
+    pub const FAILED: u8 = 1;
+    /// The task or the environment is not usable (invalid files, no engine, no image).
+    pub const SETUP: u8 = 2;
+    /// The run exceeded `sandbox.timeout`.
+    pub const TIMED_OUT: u8 = 124;
+    /// Cancelled (Ctrl-C).
+    pub const CANCELLED: u8 = 130;
+}
+
+pub fn run(args: &Args, output: Output) -> u8 {
+    let loaded = match load_task(&args.task, args.blueprint.as_deref()) {
+        Ok(loaded) => loaded,
+        Err(validation) => {
+            let styles = Styles::colored();
+            let mut stderr = anstream::stderr().lock();
+            for d in validation.diagnostics.iter().filter(|d| d.is_error()) {
+                let source = validation.sources.get(&d.file).map(|s| &**s);
+                let _ = writeln!(stderr, "{}", render(d, source, &styles));
+            }
+            let _ = writeln!(
+                stderr,
+                "error: {} is not valid; nothing was run",
+                args.task.display()
+            );
+            return if validation.unreadable {
+                exit::UNREADABLE
+            } else {
+                code::SETUP
+            };
+        }
+    };
+    let runtime = match tokio::runtime::Builder::new_multi_thread()
+        .worker_threads(2)
+        .enable_all()
+        .build()
+    {
+        Ok(runtime) => runtime,
+        Err(error) => {
+            eprintln!("error: cannot start the async runtime: {error}");
+            return code::SETUP;
+        }
+    };
+    runtime.block_on(run_loaded(&loaded, args, output))
+}
+
+/// Runs an already loaded task (also used by `maxions demo`) and prints as it goes.
+pub async fn run_loaded(loaded: &LoadedTask, args: &Args, output: Output) -> u8 {
+    let engine = match DockerEngine::connect().await {
+        Ok(engine) => engine,
+        Err(error) => {
+            eprintln!("error: {error}");
+            return code::SETUP;
+        }
+    };
+    // Containers of runs that died with their process (kill -9, power loss) go first.
+    if let Err(error) = engine.remove_orphans(&[]).await {
+        tracing::warn!(%error, "could not look for orphaned sandboxes");
+    }
+    let github = match (
+        &loaded.config.github,
+        loaded.repo.clone_url.starts_with("file://"),
+    ) {
+        (Some(config), false) => match GitHub::from_config(config) {
+            Ok(github) => Some(github),
+            Err(error) => {
+                eprintln!("error: {error}");
+                return code::SETUP;
+            }
+        },
+        _ => None,
+    };
+    let run_id = runner::new_run_id();
+    let log_file = log_path(&loaded.path, &run_id);
+    let log = match JsonlLog::create(&log_file) {
+        Ok(log) => log,
+        Err(error) => {
+            eprintln!(
+                "error: cannot create the run's log {}: {error}",
+                log_file.display()
+            );
+            return code::SETUP;
+        }
+    };
+    let printer = Printer::new(args.json, output);
+    let tee = Tee(vec![&log, &printer]);
+    let mut options = RunOptions::new(&engine, run_id.clone());
+    options.keep = args.keep;
+    options.forge = github.as_ref().map(|g| g as &dyn Forge);
+
+    let cancel = CancellationToken::new();
+    let on_signal = cancel.clone();
+    let signals = tokio::spawn(async move {
+        if tokio::signal::ctrl_c().await.is_ok() {
+            eprintln!("\ncancelling: stopping the step and removing the sandbox…");
+            on_signal.cancel();
+        }
+    });
+    let mut result = runner::run(loaded, options, &tee, cancel).await;
+    signals.abort();
+    result.log = log_file.display().to_string();
+    let result_file = result_path(&loaded.path);
+    if let Err(error) = write_result(&result_file, &result) {
+        eprintln!("error: cannot write {}: {error}", result_file.display());
+    }
+    if !args.json {
+        printer.summary(&result, &result_file);
+    }
+    match result.status {
+        RunStatus::Succeeded | RunStatus::NoChanges => code::OK,
+        RunStatus::Failed => code::FAILED,
+        RunStatus::TimedOut => code::TIMED_OUT,
+        RunStatus::Cancelled => code::CANCELLED,
+    }
+}
+
+/// Prints the run as it goes: one line per step with its time, or the JSON lines.
+struct Printer {
+    json: bool,
+    output: Output,
+    started: Instant,
+    state: Mutex<PrinterState>,
+}
+
+#[derive(Default)]
+struct PrinterState {
+    /// The end of each step's output, shown when the step fails.
+    tails: HashMap<String, Tail>,
+}
+
+impl Printer {
+    fn new(json: bool, output: Output) -> Self {
+        Self {
+            json,
+            output,
+            started: Instant::now(),
+            state: Mutex::new(PrinterState::default()),
+        }
+    }
+
+    fn line(&self, text: &str) {
+        let mut stderr = anstream::stderr().lock();
+        let elapsed = self.started.elapsed().as_secs_f64();
+        let _ = writeln!(stderr, "[{elapsed:>6.1}s] {text}");
+    }
+
+    fn summary(&self, result: &RunResult, result_file: &Path) {
+        let mut stderr = anstream::stderr().lock();
+        let status = serde_json::to_value(result.status)
+            .ok()
+            .and_then(|v| v.as_str().map(str::to_owned))
+            .unwrap_or_default();
+        let _ = writeln!(stderr);
+        let _ = writeln!(stderr, "status:  {status}");
+        if let Some(reason) = &result.reason {
+            let _ = writeln!(stderr, "reason:  {reason}");
+        }
+        let _ = writeln!(stderr, "branch:  {}", result.branch);
+        if let Some(commit) = &result.commit {
+            let _ = writeln!(stderr, "commit:  {commit}");
+        }
+        if let Some(pr) = &result.pull_request {
+            match (&pr.url, pr.opened) {
+                (Some(url), true) => {
+                    let _ = writeln!(stderr, "pull request: {url}");
+                }
+                _ => {
+                    let _ = writeln!(
+                        stderr,
+                        "pull request (not opened, no forge configured): {}{}",
+                        pr.title,
+                        if pr.draft { " [draft]" } else { "" }
+                    );
+                }
+            }
+        }
+        if let Some(id) = &result.kept_container {
+            let _ = writeln!(
+                stderr,
+                "sandbox kept: {id} (docker exec -it {} bash; docker rm -f {} when done)",
+                &id[..12.min(id.len())],
+                &id[..12.min(id.len())]
+            );
+        }
+        let _ = writeln!(
+            stderr,
+            "took {:.1}s ({:.1}s inside step commands)",
+            result.duration_ms as f64 / 1000.0,
+            result.exec_ms as f64 / 1000.0
+        );
+        let _ = writeln!(stderr, "result:  {}", result_file.display());
+        let _ = writeln!(stderr, "log:     {}", result.log);
+    }
+}
+
+impl EventSink for Printer {
+    fn emit(&self, line: &EventLine) {
+        if self.json {
+            if let Ok(json) = serde_json::to_string(line) {
+                let mut stdout = std::io::stdout().lock();
+                let _ = writeln!(stdout, "{json}");
+            }
+            return;
+        }
+        let mut state = self
+            .state
+            .lock()
+            .unwrap_or_else(std::sync::PoisonError::into_inner);
+        match &line.event {
+            Event::RunStarted {
+                task,
+                blueprint,
+                branch,
+                ..
+            } if !self.output.quiet => {
+                self.line(&format!(
+                    "run {} of {task} (blueprint {blueprint}, branch {branch})",
+                    line.run
+                ));
+            }
+            Event::SandboxReady { container, image } if !self.output.quiet => {
+                self.line(&format!(
+                    "sandbox {} ({image}) ready",
+                    &container[..12.min(container.len())]
+                ));
+            }
+            Event::StepStarted { step, kind } => {
+                state.tails.insert(step.clone(), Tail::new(4096));
+                if !self.output.quiet {
+                    self.line(&format!("▶ {step} ({kind})"));
+                }
+            }
+            Event::StepSkipped { step, reason } if !self.output.quiet => {
+                self.line(&format!("- {step} skipped: {reason}"));
+            }
+            Event::Output { step, stream, text } => {
+                if let Some(tail) = state.tails.get_mut(step) {
+                    tail.push(text.as_bytes());
+                }
+                if self.output.verbose > 0 {
+                    let mark = if *stream == OutputStream::Stderr {
+                        "!"
+                    } else {
+                        "|"
+                    };
+                    for l in text.lines() {
+                        self.line(&format!("  {mark} {l}"));
+                    }
+                }
+            }
+            Event::CheckFailed {
+                check,
+                exit_code,
+                round,
+                ..
+            } if !self.output.quiet => {
+                let code = exit_code.map_or_else(|| "no exit code".into(), |c| format!("exit {c}"));
+                let when = if *round == 0 {
+                    String::new()
+                } else {
+                    format!(" after fix round {round}")
+                };
+                self.line(&format!("  ✗ check {check} failed ({code}){when}"));
+            }
+            Event::FixRound {
+                round,
+                max_rounds,
+                passed,
+                ..
+            } if !self.output.quiet => {
+                let verdict = if *passed {
+                    "checks pass"
+                } else {
+                    "checks still fail"
+                };
+                self.line(&format!("  ↻ fix round {round}/{max_rounds}: {verdict}"));
+            }
+            Event::StepFinished {
+                step,
+                status,
+                duration_ms,
+                reason,
+                ..
+            } => {
+                let seconds = *duration_ms as f64 / 1000.0;
+                let (mark, failed) = match status {
+                    StepStatus::Succeeded => ("✓", false),
+                    StepStatus::NoChanges => ("=", false),
+                    StepStatus::Skipped => ("-", false),
+                    _ => ("✗", true),
+                };
+                if failed || !self.output.quiet {
+                    let why = reason
+                        .as_deref()
+                        .map(|r| format!(": {r}"))
+                        .unwrap_or_default();
+                    self.line(&format!("{mark} {step} {seconds:.1}s{why}"));
+                }
+                if failed
+                    && self.output.verbose == 0
+                    && let Some(tail) = state.tails.remove(step)
+                {
+                    let text = String::from_utf8_lossy(&tail.into_vec()).into_owned();
+                    let lines: Vec<&str> = text.lines().collect();
+                    for l in &lines[lines.len().saturating_sub(20)..] {
+                        self.line(&format!("  | {l}"));
+                    }
+                }
+            }
+            Event::Commit { sha } if !self.output.quiet => {
+                self.line(&format!("  committed {}", &sha[..12.min(sha.len())]));
+            }
+            Event::Pushed { branch, .. } if !self.output.quiet => {
+                self.line(&format!("  pushed {branch}"));
+            }
+            Event::Pr { url, created, .. } if !self.output.quiet => {
+                let verb = if *created { "opened" } else { "updated" };
+                self.line(&format!("  {verb} {url}"));
+            }
+            Event::Warning { message } => self.line(&format!("warning: {message}")),
+            _ => {}
+        }
+    }
+}
