@@ -17,7 +17,8 @@ pub struct Args {
 }
 
 pub fn run(args: &Args, output: Output) -> u8 {
-    let files = schema::all();
+    let mut files = schema::all();
+    files.extend(crate::runner::schemas());
     let Some(dir) = &args.out else {
         for file in &files {
             println!("// {}", file.file_name);

@@ -14,7 +14,8 @@ pub struct SchemaFile {
     pub schema: &'static Value,
 }
 
-fn generate<T: schemars::JsonSchema>(id: &str) -> Value {
+/// The draft-07 schema of `T`, with `$id` naming its file.
+pub fn generate<T: schemars::JsonSchema>(id: &str) -> Value {
     let generator = SchemaSettings::draft07().into_generator();
     let schema = generator.into_root_schema_for::<T>();
     let mut value = serde_json::to_value(schema).unwrap_or(Value::Null);

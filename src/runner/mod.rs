@@ -41,6 +41,26 @@ const MAX_OUTPUT_FILE: usize = 1 << 20;
 /// How much of a failed check's output the fix prompt gets.
 const CHECK_OUTPUT_CHARS: usize = 16 << 10;
 
+static EVENT_SCHEMA: std::sync::LazyLock<serde_json::Value> =
+    std::sync::LazyLock::new(|| crate::config::schema::generate::<EventLine>("event.schema.json"));
+static RESULT_SCHEMA: std::sync::LazyLock<serde_json::Value> =
+    std::sync::LazyLock::new(|| crate::config::schema::generate::<RunResult>("result.schema.json"));
+
+/// The schemas of what a run writes: one log line, and the result file.
+#[must_use]
+pub fn schemas() -> Vec<crate::config::schema::SchemaFile> {
+    vec![
+        crate::config::schema::SchemaFile {
+            file_name: "event.schema.json",
+            schema: &EVENT_SCHEMA,
+        },
+        crate::config::schema::SchemaFile {
+            file_name: "result.schema.json",
+            schema: &RESULT_SCHEMA,
+        },
+    ]
+}
+
 /// Reads an environment variable by name.
 pub type EnvReader = Arc<dyn Fn(&str) -> Option<String> + Send + Sync>;
 
@@ -465,6 +485,15 @@ impl<'a> Runner<'a> {
                         })?
                         .trim()
                         .to_owned()
+                }
+                // `GIT_TOKEN` with a forge: the forge's credentials reach git per exec (see
+                // `run_step`), so no variable is needed.
+                None if name == "GIT_TOKEN"
+                    && options.forge.is_some()
+                    && self.local_repo.is_none()
+                    && (options.env)(name).is_none() =>
+                {
+                    continue;
                 }
                 // Not in maxions.yaml: the variable of the same name.
                 None => (options.env)(name).ok_or_else(|| {
