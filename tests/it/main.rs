@@ -4,6 +4,7 @@ mod egress;
 mod forge;
 mod redact;
 mod sandbox;
+mod schemas;
 mod support;
 mod templates;
 mod validate;
