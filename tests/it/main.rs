@@ -3,6 +3,7 @@
 mod egress;
 mod forge;
 mod redact;
+mod runner;
 mod sandbox;
 mod schemas;
 mod support;
