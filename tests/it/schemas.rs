@@ -73,10 +73,7 @@ fn checked_in_schemas_are_what_maxions_generates() {
     let mut all = schema::all();
     // What a run writes has its schemas too (the runner owns them).
     all.extend(maxions::runner::schemas());
-    let generated: BTreeSet<String> = all
-        .iter()
-        .map(|f| f.file_name.to_owned())
-        .collect();
+    let generated: BTreeSet<String> = all.iter().map(|f| f.file_name.to_owned()).collect();
     for file in all {
         let path = dir.join(file.file_name);
         let on_disk = std::fs::read_to_string(&path).unwrap_or_else(|e| {
