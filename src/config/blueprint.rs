@@ -140,6 +140,11 @@ pub struct Budget {
     pub max_duration: Option<HumanDuration>,
 }
 
+/// The secret name under which a step asks for git credentials. With a forge configured
+/// (`github:` in maxions.yaml), maxions supplies them itself, minted for the run, as git
+/// configuration for that step's execs only; it needs no definition under `secrets:`.
+pub const GIT_TOKEN: &str = "GIT_TOKEN";
+
 /// The name of a secret, defined in the daemon config and given to a step as an environment
 /// variable of the same name.
 #[derive(

@@ -760,7 +760,9 @@ impl BlueprintChecker<'_> {
         };
         for item in items {
             let Some(name) = item.as_str() else { continue };
-            if config.secrets.keys().any(|k| k.0 == name) {
+            if config.secrets.keys().any(|k| k.0 == name)
+                || (name == crate::config::blueprint::GIT_TOKEN && config.github.is_some())
+            {
                 continue;
             }
             let known: Vec<&str> = config.secrets.keys().map(|k| k.0.as_str()).collect();

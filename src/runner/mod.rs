@@ -16,7 +16,7 @@ use std::time::{Duration, Instant};
 
 use tokio_util::sync::CancellationToken;
 
-use crate::config::blueprint::{AgentKind, Draft, OnFailure, PullRequest};
+use crate::config::blueprint::{AgentKind, Draft, GIT_TOKEN, OnFailure, PullRequest};
 use crate::config::daemon::SecretSource;
 use crate::config::load::LoadedTask;
 use crate::config::{Step, StepKind};
@@ -458,6 +458,10 @@ impl<'a> Runner<'a> {
         names.sort_unstable();
         names.dedup();
         for name in names {
+            // With a forge, git's credentials come from it, per run (see `run_step`).
+            if name == GIT_TOKEN && options.forge.is_some() && self.local_repo.is_none() {
+                continue;
+            }
             let source = self
                 .task
                 .config
@@ -485,15 +489,6 @@ impl<'a> Runner<'a> {
                         })?
                         .trim()
                         .to_owned()
-                }
-                // `GIT_TOKEN` with a forge: the forge's credentials reach git per exec (see
-                // `run_step`), so no variable is needed.
-                None if name == "GIT_TOKEN"
-                    && options.forge.is_some()
-                    && self.local_repo.is_none()
-                    && (options.env)(name).is_none() =>
-                {
-                    continue;
                 }
                 // Not in maxions.yaml: the variable of the same name.
                 None => (options.env)(name).ok_or_else(|| {
@@ -526,20 +521,20 @@ impl<'a> Runner<'a> {
                 let script = self.render(script, Mode::Shell, id)?;
                 let mut request =
                     self.request(step, id, ExecRequest::new(["sh", "-ec", &script]))?;
-                if step.secrets.iter().any(|s| s.0 == "GIT_TOKEN")
+                if step.secrets.iter().any(|s| s.0 == GIT_TOKEN)
                     && let Some(credentials) = credentials
                 {
                     request
                         .env
                         .extend(credentials.git_env(&self.task.repo.clone_url));
                 }
-                let status = self.exec(id, &request, cancel).await?;
-                finish(status, id)
+                let outcome = self.exec_outcome(id, &request, cancel).await?;
+                finish(&outcome)
             }
             StepKind::Agent(prompt) => {
                 let prompt = self.render(prompt, Mode::Text, id)?;
-                let status = self.agent(step, id, &prompt, cancel).await?;
-                finish(status, id)
+                let outcome = self.agent(step, id, &prompt, cancel).await?;
+                finish(&outcome)
             }
             StepKind::Check(checks, fix) => {
                 let mut failed = self.run_checks(step, id, checks, 0, cancel).await?;
@@ -553,7 +548,7 @@ impl<'a> Runner<'a> {
                         self.context.failed = None;
                         let prompt = prompt?;
                         let fixing: Vec<String> = failed.iter().map(|f| f.id.clone()).collect();
-                        let agent_status = self.agent(step, id, &prompt, cancel).await?;
+                        let agent_status = self.agent(step, id, &prompt, cancel).await?.status;
                         if !agent_status.success() {
                             self.emit(Event::Warning {
                                 message: format!(
@@ -730,7 +725,7 @@ impl<'a> Runner<'a> {
         id: &str,
         prompt: &str,
         cancel: &CancellationToken,
-    ) -> Result<ExecStatus, StepError> {
+    ) -> Result<crate::sandbox::ExecOutcome, StepError> {
         let Some(agent) = &self.task.blueprint.agent else {
             return Err(StepError::Fatal("the blueprint has no `agent`".into()));
         };
@@ -763,7 +758,7 @@ impl<'a> Runner<'a> {
                 request.secrets.push(secret.clone());
             }
         }
-        self.exec(id, &request, cancel).await
+        self.exec_outcome(id, &request, cancel).await
     }
 
     async fn run_checks(
@@ -1172,15 +1167,33 @@ enum StepError {
     Fatal(String),
 }
 
-fn finish(status: ExecStatus, _id: &str) -> Result<Done, StepError> {
-    match status {
+/// A command's outcome as a step's: on failure the reason ends with the last line the command
+/// printed, which is usually what went wrong (`fatal: Authentication failed ...`).
+fn finish(outcome: &crate::sandbox::ExecOutcome) -> Result<Done, StepError> {
+    match &outcome.status {
         ExecStatus::Exited(0) => Ok(Done::ok()),
         ExecStatus::Cancelled => Err(StepError::Cancelled),
-        ExecStatus::TimedOut(_) => Err(StepError::TimedOut(status.to_string())),
-        other => Err(StepError::Failed {
-            code: other.code(),
-            reason: other.to_string(),
-        }),
+        ExecStatus::TimedOut(_) => Err(StepError::TimedOut(outcome.status.to_string())),
+        other => {
+            let tail = outcome.tail_text();
+            let last = tail.lines().rev().map(str::trim).find(|l| !l.is_empty());
+            let reason = match last {
+                Some(line) => format!("{other}: {}", truncate(line, 200)),
+                None => other.to_string(),
+            };
+            Err(StepError::Failed {
+                code: other.code(),
+                reason,
+            })
+        }
+    }
+}
+
+fn truncate(text: &str, max: usize) -> String {
+    if text.chars().count() <= max {
+        text.to_owned()
+    } else {
+        format!("{}…", text.chars().take(max).collect::<String>())
     }
 }
 

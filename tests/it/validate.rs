@@ -205,6 +205,34 @@ fn a_symlink_loop_is_reported_not_followed() {
 }
 
 #[test]
+fn git_token_needs_no_definition_when_a_forge_supplies_it() {
+    let blueprint = "name: b\nsteps:\n  - run: git clone x\n    secrets: [GIT_TOKEN]\n";
+    let with_forge = tree(&[
+        ("maxions.yaml", "github:\n  token_env: GH_PAT\n"),
+        ("blueprints/b.yaml", blueprint),
+    ]);
+    let out = Maxions::new()
+        .current_dir(with_forge.path())
+        .args(["validate", "blueprints"])
+        .run();
+    assert_eq!(out.code, 0, "{}", out.stderr);
+    let without = tree(&[
+        ("maxions.yaml", "concurrency: 2\n"),
+        ("blueprints/b.yaml", blueprint),
+    ]);
+    let out = Maxions::new()
+        .current_dir(without.path())
+        .args(["validate", "blueprints"])
+        .run();
+    assert_eq!(out.code, 1, "{}", out.stderr);
+    assert!(
+        out.stderr.contains("secret `GIT_TOKEN` is not defined"),
+        "{}",
+        out.stderr
+    );
+}
+
+#[test]
 fn secrets_must_be_defined_in_the_daemon_config() {
     let dir = tree(&[
         ("maxions.yaml", "secrets:\n  GIT_TOKEN: { env: GH_TOKEN }\n"),
