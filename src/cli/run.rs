@@ -1,11 +1,12 @@
 //! `maxions run`: one task, in the foreground, with a live step timeline.
 
 use std::collections::HashMap;
-use std::io::Write;
+use std::io::{IsTerminal, Write};
 use std::path::{Path, PathBuf};
 use std::sync::Mutex;
 use std::time::Instant;
 
+use indicatif::{ProgressBar, ProgressDrawTarget, ProgressStyle};
 use tokio_util::sync::CancellationToken;
 
 use super::{Output, exit};
@@ -157,11 +158,14 @@ pub async fn run_loaded(loaded: &LoadedTask, args: &Args, output: Output) -> u8 
     }
 }
 
-/// Prints the run as it goes: one line per step with its time, or the JSON lines.
+/// Prints the run as it goes: one line per step with its time (and, on a terminal, a spinner
+/// with the running step's elapsed time), or the JSON lines.
 struct Printer {
     json: bool,
     output: Output,
     started: Instant,
+    /// Whether stderr is a terminal: spinners then, plain lines otherwise.
+    live: bool,
     state: Mutex<PrinterState>,
 }
 
@@ -169,6 +173,8 @@ struct Printer {
 struct PrinterState {
     /// The end of each step's output, shown when the step fails.
     tails: HashMap<String, Tail>,
+    /// The running step's spinner (terminal only).
+    spinner: Option<ProgressBar>,
 }
 
 impl Printer {
@@ -177,14 +183,45 @@ impl Printer {
             json,
             output,
             started: Instant::now(),
+            live: !json && !output.quiet && std::io::stderr().is_terminal(),
             state: Mutex::new(PrinterState::default()),
         }
     }
 
+    fn state(&self) -> std::sync::MutexGuard<'_, PrinterState> {
+        self.state
+            .lock()
+            .unwrap_or_else(std::sync::PoisonError::into_inner)
+    }
+
     fn line(&self, text: &str) {
-        let mut stderr = anstream::stderr().lock();
         let elapsed = self.started.elapsed().as_secs_f64();
-        let _ = writeln!(stderr, "[{elapsed:>6.1}s] {text}");
+        let text = format!("[{elapsed:>6.1}s] {text}");
+        let state = self.state();
+        match &state.spinner {
+            // Above the spinner, which redraws below.
+            Some(spinner) => spinner.println(text),
+            None => {
+                let mut stderr = anstream::stderr().lock();
+                let _ = writeln!(stderr, "{text}");
+            }
+        }
+    }
+
+    fn start_spinner(&self, step: &str, kind: &str) {
+        let spinner = ProgressBar::with_draw_target(None, ProgressDrawTarget::stderr());
+        if let Ok(style) = ProgressStyle::with_template("          {spinner} {msg} {elapsed}") {
+            spinner.set_style(style);
+        }
+        spinner.set_message(format!("{step} ({kind})"));
+        spinner.enable_steady_tick(std::time::Duration::from_millis(100));
+        self.state().spinner = Some(spinner);
+    }
+
+    fn stop_spinner(&self) {
+        if let Some(spinner) = self.state().spinner.take() {
+            spinner.finish_and_clear();
+        }
     }
 
     fn summary(&self, result: &RunResult, result_file: &Path) {
@@ -245,10 +282,6 @@ impl EventSink for Printer {
             }
             return;
         }
-        let mut state = self
-            .state
-            .lock()
-            .unwrap_or_else(std::sync::PoisonError::into_inner);
         match &line.event {
             Event::RunStarted {
                 task,
@@ -268,8 +301,10 @@ impl EventSink for Printer {
                 ));
             }
             Event::StepStarted { step, kind } => {
-                state.tails.insert(step.clone(), Tail::new(4096));
-                if !self.output.quiet {
+                self.state().tails.insert(step.clone(), Tail::new(4096));
+                if self.live {
+                    self.start_spinner(step, kind);
+                } else if !self.output.quiet {
                     self.line(&format!("▶ {step} ({kind})"));
                 }
             }
@@ -277,7 +312,7 @@ impl EventSink for Printer {
                 self.line(&format!("- {step} skipped: {reason}"));
             }
             Event::Output { step, stream, text } => {
-                if let Some(tail) = state.tails.get_mut(step) {
+                if let Some(tail) = self.state().tails.get_mut(step) {
                     tail.push(text.as_bytes());
                 }
                 if self.output.verbose > 0 {
@@ -325,6 +360,7 @@ impl EventSink for Printer {
                 reason,
                 ..
             } => {
+                self.stop_spinner();
                 let seconds = *duration_ms as f64 / 1000.0;
                 let (mark, failed) = match status {
                     StepStatus::Succeeded => ("✓", false),
@@ -339,9 +375,11 @@ impl EventSink for Printer {
                         .unwrap_or_default();
                     self.line(&format!("{mark} {step} {seconds:.1}s{why}"));
                 }
+                // Taken out first: `line` locks the state too.
+                let tail = self.state().tails.remove(step);
                 if failed
                     && self.output.verbose == 0
-                    && let Some(tail) = state.tails.remove(step)
+                    && let Some(tail) = tail
                 {
                     let text = String::from_utf8_lossy(&tail.into_vec()).into_owned();
                     let lines: Vec<&str> = text.lines().collect();

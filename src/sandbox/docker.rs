@@ -36,6 +36,8 @@ use super::{
 pub const RUN_LABEL: &str = "maxions.run";
 /// Which maxions (daemon, CLI, test) made a container: orphan removal touches only its own.
 pub const INSTANCE_LABEL: &str = "maxions.instance";
+/// The process that made a container, as `<boot id>/<pid>`: while it lives, its runs are live.
+pub const OWNER_LABEL: &str = "maxions.owner";
 /// How long an exec may stay silent before maxions checks that the engine is still there.
 const WATCHDOG: Duration = Duration::from_secs(20);
 /// After a kill, how long to wait for the rest of the output.
@@ -155,6 +157,7 @@ impl DockerEngine {
         let labels = HashMap::from([
             (RUN_LABEL.to_owned(), spec.run_id.clone()),
             (INSTANCE_LABEL.to_owned(), self.instance.clone()),
+            (OWNER_LABEL.to_owned(), owner()),
         ]);
         let mut env: Vec<String> = spec.env.iter().map(|(k, v)| format!("{k}={v}")).collect();
         let mut mounts = vec![Mount {
@@ -311,7 +314,14 @@ impl DockerEngine {
                 .and_then(|l| l.get(RUN_LABEL))
                 .cloned()
                 .unwrap_or_default();
-            if live.contains(&run) {
+            let owner = container
+                .labels
+                .as_ref()
+                .and_then(|l| l.get(OWNER_LABEL))
+                .map_or("", String::as_str);
+            // Live: named by the caller, or made by another maxions process that still runs
+            // (two `maxions run` side by side must not remove each other's sandboxes).
+            if live.contains(&run) || (owner != self::owner() && owner_alive(owner, self.local)) {
                 continue;
             }
             let Some(id) = container.id else { continue };
@@ -350,6 +360,28 @@ impl Engine for DockerEngine {
     ) -> BoxFuture<'a, Result<usize, SandboxError>> {
         Box::pin(self.orphans(live))
     }
+}
+
+/// This process, as the owner label names it. The boot id tells a pid reused after a reboot
+/// from the same process.
+fn owner() -> String {
+    let boot = std::fs::read_to_string("/proc/sys/kernel/random/boot_id").unwrap_or_default();
+    format!("{}/{}", boot.trim(), std::process::id())
+}
+
+/// Whether the process an owner label names still runs. With a local engine every owner is a
+/// process of this machine: another boot id means a boot gone by. With a remote engine an owner
+/// of another boot id may be another machine sharing it, so it counts as alive.
+fn owner_alive(owner: &str, local_engine: bool) -> bool {
+    let Some((boot, pid)) = owner.rsplit_once('/') else {
+        return false;
+    };
+    let this_boot = std::fs::read_to_string("/proc/sys/kernel/random/boot_id").unwrap_or_default();
+    if boot != this_boot.trim() {
+        return !local_engine;
+    }
+    pid.parse::<u32>()
+        .is_ok_and(|pid| Path::new(&format!("/proc/{pid}")).exists())
 }
 
 /// Lets one resolver serve the proxies of many sandboxes.

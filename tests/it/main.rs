@@ -1,5 +1,6 @@
 //! maxions' integration tests: one test binary, shared helpers in `support`.
 
+mod cli_run;
 mod egress;
 mod forge;
 mod redact;

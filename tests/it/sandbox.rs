@@ -658,25 +658,49 @@ async fn orphans_of_dead_runs_are_removed_and_live_ones_kept() {
     let dead_id = dead.id().to_owned();
     drop(dead); // the process that made it "died" without destroying it
 
+    // Two more, as if made by other maxions processes: one still running (pid 1 always is),
+    // one long gone.
+    let boot = std::fs::read_to_string("/proc/sys/kernel/random/boot_id").unwrap();
+    let foreign = |run: &str, pid: u32| {
+        let output = std::process::Command::new("docker")
+            .args([
+                "create",
+                "--label",
+                "maxions.instance=test-orphans",
+                "--label",
+            ])
+            .arg(format!("maxions.run={run}"))
+            .arg("--label")
+            .arg(format!("maxions.owner={}/{pid}", boot.trim()))
+            .args(["maxions/sandbox:latest", "true"])
+            .output()
+            .unwrap();
+        assert!(output.status.success());
+        String::from_utf8_lossy(&output.stdout).trim().to_owned()
+    };
+    let other_live = foreign(&unique("other-live"), 1);
+    let other_dead = foreign(&unique("other-dead"), u32::MAX - 1);
+
     let removed = engine
         .remove_orphans(&[live_run_id(&engine, &*live).await])
         .await
         .unwrap();
-    assert_eq!(removed, 1);
-    assert!(
-        engine
-            .client()
-            .inspect_container(&dead_id, None)
-            .await
-            .is_err()
+    assert_eq!(
+        removed, 2,
+        "this process's dropped sandbox and the dead process's"
     );
+    let exists = |id: String| {
+        let client = engine.client().clone();
+        async move { client.inspect_container(&id, None).await.is_ok() }
+    };
+    assert!(!exists(dead_id).await);
+    assert!(!exists(other_dead).await);
+    assert!(exists(live.id().to_owned()).await);
     assert!(
-        engine
-            .client()
-            .inspect_container(live.id(), None)
-            .await
-            .is_ok()
+        exists(other_live.clone()).await,
+        "another live maxions keeps its sandboxes"
     );
+    let _ = engine.client().remove_container(&other_live, None).await;
 }
 
 async fn live_run_id(engine: &DockerEngine, sandbox: &dyn Sandbox) -> String {
