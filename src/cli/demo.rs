@@ -64,16 +64,8 @@ pub fn run(args: &Args, output: Output) -> u8 {
         keep: args.keep,
         json: false,
     };
-    let runtime = match tokio::runtime::Builder::new_multi_thread()
-        .worker_threads(2)
-        .enable_all()
-        .build()
-    {
-        Ok(runtime) => runtime,
-        Err(error) => {
-            eprintln!("error: cannot start the async runtime: {error}");
-            return code::SETUP;
-        }
+    let Some(runtime) = super::runtime() else {
+        return code::SETUP;
     };
     let status = runtime.block_on(run_loaded(&loaded, &run_args, output));
     if status == code::OK && !output.quiet {

@@ -78,6 +78,21 @@ pub mod exit {
     pub const UNREADABLE: u8 = 2;
 }
 
+/// The async runtime for commands that talk to the engine: two workers are plenty for one run.
+fn runtime() -> Option<tokio::runtime::Runtime> {
+    match tokio::runtime::Builder::new_multi_thread()
+        .worker_threads(2)
+        .enable_all()
+        .build()
+    {
+        Ok(runtime) => Some(runtime),
+        Err(error) => {
+            eprintln!("error: cannot start the async runtime: {error}");
+            None
+        }
+    }
+}
+
 /// How the commands print.
 #[derive(Debug, Clone, Copy)]
 pub struct Output {

@@ -129,14 +129,7 @@ fn render_step(
     let Some(kind) = step.kind() else {
         return Ok(());
     };
-    let name = match kind {
-        StepKind::Run(_) => "run",
-        StepKind::Agent(_) => "agent",
-        StepKind::Check(..) => "check",
-        StepKind::Commit(_) => "commit",
-        StepKind::Push(_) => "push",
-        StepKind::PullRequest(_) => "pull_request",
-    };
+    let name = kind.name();
     let _ = writeln!(out, "── {label} ({name})");
     if let Some(condition) = &step.condition {
         let _ = writeln!(out, "   if: {condition}");

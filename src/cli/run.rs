@@ -74,16 +74,8 @@ pub fn run(args: &Args, output: Output) -> u8 {
             };
         }
     };
-    let runtime = match tokio::runtime::Builder::new_multi_thread()
-        .worker_threads(2)
-        .enable_all()
-        .build()
-    {
-        Ok(runtime) => runtime,
-        Err(error) => {
-            eprintln!("error: cannot start the async runtime: {error}");
-            return code::SETUP;
-        }
+    let Some(runtime) = super::runtime() else {
+        return code::SETUP;
     };
     runtime.block_on(run_loaded(&loaded, args, output))
 }

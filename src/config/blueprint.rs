@@ -216,6 +216,21 @@ pub enum StepKind<'a> {
     PullRequest(&'a PullRequest),
 }
 
+impl StepKind<'_> {
+    /// The step's key in YAML: `run`, `agent`, `check`, `commit`, `push`, `pull_request`.
+    #[must_use]
+    pub fn name(&self) -> &'static str {
+        match self {
+            StepKind::Run(_) => "run",
+            StepKind::Agent(_) => "agent",
+            StepKind::Check(..) => "check",
+            StepKind::Commit(_) => "commit",
+            StepKind::Push(_) => "push",
+            StepKind::PullRequest(_) => "pull_request",
+        }
+    }
+}
+
 impl Step {
     pub const KINDS: [&str; 6] = ["run", "agent", "check", "commit", "push", "pull_request"];
 

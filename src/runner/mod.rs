@@ -338,7 +338,7 @@ impl<'a> Runner<'a> {
                 return Err(Stop::Cancelled);
             }
             let id = step_id(step, index);
-            let kind = step.kind().map_or("unknown", kind_name).to_owned();
+            let kind = step.kind().map_or("unknown", |k| k.name()).to_owned();
             if self.no_changes
                 && matches!(
                     step.kind(),
@@ -667,15 +667,7 @@ impl<'a> Runner<'a> {
         let mut logged = 0_u64;
         let mut truncated = false;
         let sandbox = self.sandbox.as_deref().expect("sandbox");
-        let emit = |event: Event| {
-            let seq = self.seq.fetch_add(1, Ordering::Relaxed) + 1;
-            self.sink.emit(&EventLine {
-                ts: now_rfc3339(),
-                run: self.run_id.clone(),
-                seq,
-                event,
-            });
-        };
+        let emit = |event: Event| self.emit(event);
         let mut sink = |stream: OutputStream, bytes: &[u8]| {
             if logged >= MAX_LOGGED_OUTPUT {
                 if !truncated {
@@ -1209,17 +1201,6 @@ fn step_id(step: &Step, index: usize) -> String {
     step.id
         .clone()
         .unwrap_or_else(|| format!("step-{}", index + 1))
-}
-
-fn kind_name(kind: StepKind<'_>) -> &'static str {
-    match kind {
-        StepKind::Run(_) => "run",
-        StepKind::Agent(_) => "agent",
-        StepKind::Check(..) => "check",
-        StepKind::Commit(_) => "commit",
-        StepKind::Push(_) => "push",
-        StepKind::PullRequest(_) => "pull_request",
-    }
 }
 
 fn first_line(text: &str) -> &str {

@@ -12,12 +12,9 @@ use maxions::secret::Secret;
 use serde_json::json;
 
 use crate::support::git_http::GitServer;
-use crate::support::github::{FakeGitHub, app_key, other_key};
+use crate::support::github::{APP_ID, FakeGitHub, INSTALLATION, PULLS, app_key, other_key};
 
-const APP_ID: u64 = 7;
-const INSTALLATION: u64 = 42;
 const PAT: &str = "github_pat_11AAAAAAA0123456789abcdefghijkl";
-const PULLS: &str = "/repos/octo/hello/pulls";
 const ACCESS_TOKENS: &str = "/app/installations/42/access_tokens";
 
 fn hello() -> RepoRef {
@@ -25,11 +22,7 @@ fn hello() -> RepoRef {
 }
 
 fn fake() -> FakeGitHub {
-    FakeGitHub::builder()
-        .app(APP_ID, INSTALLATION, &app_key().public_pem)
-        .pat(PAT)
-        .repo("octo", "hello")
-        .start()
+    FakeGitHub::standard(PAT)
 }
 
 fn app_forge(fake: &FakeGitHub) -> GitHub {

@@ -23,12 +23,9 @@ use tokio_util::sync::CancellationToken;
 
 use crate::support::docker::{engine, unique};
 use crate::support::git_http::GitServer;
-use crate::support::github::{FakeGitHub, app_key, other_key};
+use crate::support::github::{APP_ID, FakeGitHub, INSTALLATION, PULLS, app_key, other_key};
 
-const APP_ID: u64 = 7;
-const INSTALLATION: u64 = 42;
 const PAT: &str = "github_pat_11E2E0000000123456789abcdefghij";
-const PULLS: &str = "/repos/octo/hello/pulls";
 /// A secret a step prints, defined in `maxions.yaml` as `API_KEY: { env: E2E_API_KEY }`.
 const API_KEY: &str = "sk-e2e-9f8e7d6c5b4a39281706f5e4d3c2b1a0";
 /// What `E2E_GIT_TOKEN` holds where `maxions.yaml` must define `GIT_TOKEN` (unused by git: the
@@ -155,11 +152,7 @@ impl World {
 }
 
 fn fake() -> FakeGitHub {
-    FakeGitHub::builder()
-        .app(APP_ID, INSTALLATION, &app_key().public_pem)
-        .pat(PAT)
-        .repo("octo", "hello")
-        .start()
+    FakeGitHub::standard(PAT)
 }
 
 fn walk(dir: &Path) -> Vec<PathBuf> {

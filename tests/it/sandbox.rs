@@ -561,17 +561,7 @@ async fn a_container_killed_from_outside_ends_the_exec_with_a_clear_error() {
         tokio::time::sleep(Duration::from_millis(800)).await;
         let _ = client.kill_container(&id, None).await;
     });
-    let started = Instant::now();
-    let mut sink = |_: OutputStream, _: &[u8]| {};
-    let error = sandbox
-        .exec(
-            &ExecRequest::shell("sleep 60"),
-            &mut sink,
-            &CancellationToken::new(),
-        )
-        .await
-        .expect_err("the container died under the exec");
-    assert!(started.elapsed() < Duration::from_secs(30), "no hang");
+    let error = sleep_until_it_fails(&*sandbox).await;
     assert!(
         matches!(error, SandboxError::ContainerGone { .. }),
         "{error}"
@@ -623,17 +613,7 @@ async fn losing_the_engine_mid_exec_is_an_error_not_a_hang() {
         tokio::time::sleep(Duration::from_millis(800)).await;
         pull.cancel();
     });
-    let started = Instant::now();
-    let mut sink = |_: OutputStream, _: &[u8]| {};
-    let error = sandbox
-        .exec(
-            &ExecRequest::shell("sleep 60"),
-            &mut sink,
-            &CancellationToken::new(),
-        )
-        .await
-        .expect_err("the engine went away");
-    assert!(started.elapsed() < Duration::from_secs(30), "no hang");
+    let error = sleep_until_it_fails(&*sandbox).await;
     assert!(
         matches!(
             error,
@@ -701,6 +681,23 @@ async fn orphans_of_dead_runs_are_removed_and_live_ones_kept() {
         "another live maxions keeps its sandboxes"
     );
     let _ = engine.client().remove_container(&other_live, None).await;
+}
+
+/// Runs `sleep 60`, which something is about to interrupt, and returns the error, well before
+/// the minute is up.
+async fn sleep_until_it_fails(sandbox: &dyn Sandbox) -> SandboxError {
+    let started = Instant::now();
+    let mut sink = |_: OutputStream, _: &[u8]| {};
+    let error = sandbox
+        .exec(
+            &ExecRequest::shell("sleep 60"),
+            &mut sink,
+            &CancellationToken::new(),
+        )
+        .await
+        .expect_err("the exec was interrupted");
+    assert!(started.elapsed() < Duration::from_secs(30), "no hang");
+    error
 }
 
 async fn live_run_id(engine: &DockerEngine, sandbox: &dyn Sandbox) -> String {

@@ -16,9 +16,10 @@ use std::net::SocketAddr;
 use std::path::{Path, PathBuf};
 use std::process::Command;
 use std::sync::{Arc, Mutex};
-use std::thread::JoinHandle;
 
 use axum::Router;
+
+use super::server::Served;
 use axum::body::{Body, Bytes};
 use axum::extract::State as AxumState;
 use axum::http::{HeaderMap, HeaderName, HeaderValue, Method, StatusCode, Uri};
@@ -26,7 +27,6 @@ use axum::response::{IntoResponse, Response};
 use base64::Engine as _;
 use base64::engine::general_purpose::STANDARD as BASE64;
 use tokio::io::AsyncWriteExt;
-use tokio::sync::oneshot;
 
 /// Decides whether a token may use the server.
 pub type TokenCheck = Arc<dyn Fn(&str) -> bool + Send + Sync>;
@@ -61,9 +61,9 @@ struct Shared {
 pub struct GitServer {
     addr: SocketAddr,
     shared: Arc<Shared>,
+    // Stops the server before the repositories go.
+    _served: Served,
     _root: tempfile::TempDir,
-    stop: Option<oneshot::Sender<()>>,
-    thread: Option<JoinHandle<()>>,
 }
 
 impl GitServer {
@@ -82,35 +82,13 @@ impl GitServer {
             check,
             requests: Mutex::new(Vec::new()),
         });
-        let (addr_tx, addr_rx) = std::sync::mpsc::channel();
-        let (stop_tx, stop_rx) = oneshot::channel::<()>();
         let state = Arc::clone(&shared);
-        let thread = std::thread::spawn(move || {
-            let runtime = tokio::runtime::Builder::new_current_thread()
-                .enable_all()
-                .build()
-                .expect("runtime");
-            runtime.block_on(async move {
-                let listener = tokio::net::TcpListener::bind("127.0.0.1:0")
-                    .await
-                    .expect("bind 127.0.0.1:0");
-                addr_tx
-                    .send(listener.local_addr().expect("local addr"))
-                    .expect("test waits for the address");
-                let app = Router::new().fallback(handle).with_state(state);
-                tokio::select! {
-                    served = axum::serve(listener, app) => served.expect("serve"),
-                    _ = stop_rx => {}
-                }
-            });
-        });
-        let addr = addr_rx.recv().expect("the git server started");
+        let served = Served::start(move |_| Router::new().fallback(handle).with_state(state));
         Self {
-            addr,
+            addr: served.addr,
             shared,
+            _served: served,
             _root: root,
-            stop: Some(stop_tx),
-            thread: Some(thread),
         }
     }
 
@@ -200,17 +178,6 @@ impl GitServer {
             .into_iter()
             .filter(GitRequest::is_push)
             .collect()
-    }
-}
-
-impl Drop for GitServer {
-    fn drop(&mut self) {
-        if let Some(stop) = self.stop.take() {
-            let _ = stop.send(());
-        }
-        if let Some(thread) = self.thread.take() {
-            let _ = thread.join();
-        }
     }
 }
 

@@ -24,7 +24,6 @@ use std::hash::{BuildHasher, Hasher};
 use std::net::SocketAddr;
 use std::process::{Command, Stdio};
 use std::sync::{Arc, Mutex, OnceLock};
-use std::thread::JoinHandle;
 use std::time::{SystemTime, UNIX_EPOCH};
 
 use axum::Router;
@@ -34,9 +33,9 @@ use axum::http::{HeaderMap, Method, StatusCode, Uri};
 use axum::response::{IntoResponse, Response};
 use octocrab::jsonwebtoken::{self, Algorithm, DecodingKey, Validation};
 use serde_json::{Value, json};
-use tokio::sync::oneshot;
 
 use super::git_http::TokenCheck;
+use super::server::Served;
 
 /// An RSA key pair for a test GitHub App, PEM-encoded as GitHub issues them.
 pub struct TestKey {
@@ -187,34 +186,15 @@ impl FakeGitHubBuilder {
             canned: Vec::new(),
             addr: None,
         }));
-        let (addr_tx, addr_rx) = std::sync::mpsc::channel();
-        let (stop_tx, stop_rx) = oneshot::channel::<()>();
         let shared = Arc::clone(&state);
-        let thread = std::thread::spawn(move || {
-            let runtime = tokio::runtime::Builder::new_current_thread()
-                .enable_all()
-                .build()
-                .expect("runtime");
-            runtime.block_on(async move {
-                let listener = tokio::net::TcpListener::bind("127.0.0.1:0")
-                    .await
-                    .expect("bind 127.0.0.1:0");
-                let addr = listener.local_addr().expect("local addr");
-                shared.lock().unwrap().addr = Some(addr);
-                addr_tx.send(addr).expect("test waits for the address");
-                let app = Router::new().fallback(handle).with_state(shared);
-                tokio::select! {
-                    served = axum::serve(listener, app) => served.expect("serve"),
-                    _ = stop_rx => {}
-                }
-            });
+        let served = Served::start(move |addr| {
+            shared.lock().unwrap().addr = Some(addr);
+            Router::new().fallback(handle).with_state(shared)
         });
-        let addr = addr_rx.recv().expect("the fake GitHub started");
         FakeGitHub {
-            addr,
+            addr: served.addr,
             state,
-            stop: Some(stop_tx),
-            thread: Some(thread),
+            _served: served,
         }
     }
 }
@@ -223,13 +203,26 @@ impl FakeGitHubBuilder {
 pub struct FakeGitHub {
     addr: SocketAddr,
     state: Arc<Mutex<State>>,
-    stop: Option<oneshot::Sender<()>>,
-    thread: Option<JoinHandle<()>>,
+    _served: Served,
 }
+
+/// The App, installation and repository of [`FakeGitHub::standard`].
+pub const APP_ID: u64 = 7;
+pub const INSTALLATION: u64 = 42;
+pub const PULLS: &str = "/repos/octo/hello/pulls";
 
 impl FakeGitHub {
     pub fn builder() -> FakeGitHubBuilder {
         FakeGitHubBuilder::default()
+    }
+
+    /// App [`APP_ID`] (key [`app_key`]) installed as [`INSTALLATION`] on `octo/hello`, and `pat`.
+    pub fn standard(pat: &str) -> Self {
+        Self::builder()
+            .app(APP_ID, INSTALLATION, &app_key().public_pem)
+            .pat(pat)
+            .repo("octo", "hello")
+            .start()
     }
 
     /// The REST API base URL to configure (`github.api_url`), with the prefix if any.
@@ -289,17 +282,6 @@ impl FakeGitHub {
             status,
             body,
         });
-    }
-}
-
-impl Drop for FakeGitHub {
-    fn drop(&mut self) {
-        if let Some(stop) = self.stop.take() {
-            let _ = stop.send(());
-        }
-        if let Some(thread) = self.thread.take() {
-            let _ = thread.join();
-        }
     }
 }
 
