@@ -514,6 +514,7 @@ impl DockerSandbox {
             tail: Tail::new(TAIL_BYTES),
             redacted: Vec::new(),
             pid: PidLine::default(),
+            passthrough: redactor.is_empty(),
         };
 
         let deadline = request.timeout.map(|t| tokio::time::Instant::now() + t);
@@ -968,6 +969,8 @@ struct Collector<'s> {
     redacted: Vec<u8>,
     /// The wrapper's first stderr line is its pid, not the command's output.
     pid: PidLine,
+    /// No secrets: bytes go to the sink as they came, without a copy.
+    passthrough: bool,
 }
 
 impl Collector<'_> {
@@ -981,6 +984,11 @@ impl Collector<'_> {
         }
         let index = which as usize;
         self.counts[index] += bytes.len() as u64;
+        if self.passthrough {
+            self.tail.push(bytes);
+            (self.sink)(which, bytes);
+            return;
+        }
         self.redacted.clear();
         self.streams[index].write(bytes, &mut self.redacted);
         self.send(which);
