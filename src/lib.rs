@@ -6,6 +6,7 @@
 
 pub mod cli;
 pub mod config;
+pub mod error_chain;
 pub mod forge;
 pub mod runner;
 pub mod sandbox;

@@ -18,6 +18,7 @@ use serde_json::{Value, json};
 use super::{BoxFuture, Forge, ForgeError, GitCredentials, PullRequestOutcome, PullRequestSpec};
 use crate::config::RepoRef;
 use crate::config::daemon::{GithubApp, GithubConfig};
+use crate::error_chain::error_chain;
 use crate::secret::Secret;
 
 const CONNECT_TIMEOUT: Duration = Duration::from_secs(10);
@@ -491,12 +492,12 @@ impl GitHub {
             octocrab::Error::Service { source, .. } => ForgeError::Unreachable {
                 api_url: self.api_url.clone(),
                 action,
-                reason: scrub(&chain(source.as_ref())),
+                reason: scrub(&error_chain(source.as_ref())),
             },
             octocrab::Error::Hyper { source, .. } => ForgeError::Unreachable {
                 api_url: self.api_url.clone(),
                 action,
-                reason: scrub(&chain(&source)),
+                reason: scrub(&error_chain(&source)),
             },
             octocrab::Error::Json { source, .. } => ForgeError::UnexpectedResponse {
                 action,
@@ -884,20 +885,6 @@ fn format_details(errors: Option<&[Value]>) -> String {
     } else {
         format!(": {}", parts.join("; "))
     }
-}
-
-/// An error and its sources, `outer: inner: innermost`, without repeats.
-fn chain(err: &(dyn std::error::Error + 'static)) -> String {
-    let mut parts: Vec<String> = Vec::new();
-    let mut next = Some(err);
-    while let Some(err) = next {
-        let text = err.to_string();
-        if !parts.iter().any(|part| part.contains(&text)) {
-            parts.push(text);
-        }
-        next = err.source();
-    }
-    parts.join(": ")
 }
 
 #[cfg(test)]

@@ -647,16 +647,6 @@ impl<'a> Runner<'a> {
     }
 
     /// Runs one command, logging its output as it comes.
-    async fn exec(
-        &mut self,
-        id: &str,
-        request: &ExecRequest,
-        cancel: &CancellationToken,
-    ) -> Result<ExecStatus, StepError> {
-        let outcome = self.exec_outcome(id, request, cancel).await?;
-        Ok(outcome.status)
-    }
-
     async fn exec_outcome(
         &mut self,
         id: &str,
@@ -744,7 +734,7 @@ impl<'a> Runner<'a> {
             id,
             ExecRequest::new(argv).stdin(prompt.as_bytes().to_vec()),
         )?;
-        request.workdir = Some(agent_workdir());
+        request.workdir = Some(REPO_DIR.to_owned());
         for name in &agent.secrets {
             if let Some(secret) = self.secrets.get(&name.0) {
                 request.secrets.push(secret.clone());
@@ -878,7 +868,7 @@ git push --porcelain --force-with-lease="refs/heads/$MAXIONS_BRANCH:$remote" ori
                 .env
                 .extend(credentials.git_env(&self.task.repo.clone_url));
         }
-        let status = self.exec(id, &request, cancel).await?;
+        let status = self.exec_outcome(id, &request, cancel).await?.status;
         if !status.success() {
             return Err(StepError::Failed {
                 code: status.code(),
@@ -1191,10 +1181,6 @@ fn truncate(text: &str, max: usize) -> String {
 
 fn sandbox_error(error: &SandboxError) -> StepError {
     StepError::Fatal(error.to_string())
-}
-
-fn agent_workdir() -> String {
-    REPO_DIR.to_owned()
 }
 
 fn step_id(step: &Step, index: usize) -> String {

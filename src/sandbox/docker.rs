@@ -24,7 +24,7 @@ use tokio::io::AsyncWriteExt;
 use tokio_util::sync::CancellationToken;
 
 use super::egress::relay::{self, EgressDir};
-use super::egress::{BoxFuture as ResolveFuture, EgressEvent, EgressProxy, Resolver};
+use super::egress::{EgressEvent, EgressProxy, Resolver};
 use super::redact::{RedactStream, Redactor};
 use super::{
     BoxFuture, ContainerSpec, Engine, ExecOutcome, ExecRequest, ExecStatus, FileContents,
@@ -191,7 +191,7 @@ impl DockerEngine {
                 let sink = spec.on_egress.clone();
                 let mut proxy = EgressProxy::new(policy.clone());
                 if let Some(resolver) = &self.resolver {
-                    proxy = proxy.with_resolver(SharedResolver(Arc::clone(resolver)));
+                    proxy = proxy.with_shared_resolver(Arc::clone(resolver));
                 }
                 let proxy = proxy.on_event(move |event: EgressEvent| match &sink {
                     Some(sink) => sink(event),
@@ -278,7 +278,6 @@ impl DockerEngine {
             id: created.id,
             memory: spec.memory,
             redactor: RwLock::new(Redactor::none()),
-            execs: AtomicU64::new(0),
             oom_kills: AtomicU64::new(0),
             destroyed: AtomicBool::new(false),
             egress,
@@ -384,18 +383,6 @@ fn owner_alive(owner: &str, local_engine: bool) -> bool {
         .is_ok_and(|pid| Path::new(&format!("/proc/{pid}")).exists())
 }
 
-/// Lets one resolver serve the proxies of many sandboxes.
-struct SharedResolver(Arc<dyn Resolver>);
-
-impl Resolver for SharedResolver {
-    fn resolve<'a>(
-        &'a self,
-        host: &'a str,
-    ) -> ResolveFuture<'a, std::io::Result<Vec<std::net::IpAddr>>> {
-        self.0.resolve(host)
-    }
-}
-
 struct Egress {
     dir: EgressDir,
     cancel: CancellationToken,
@@ -408,7 +395,6 @@ pub struct DockerSandbox {
     id: String,
     memory: u64,
     redactor: RwLock<Redactor>,
-    execs: AtomicU64,
     /// OOM kills already accounted for, to tell a new one from an old one.
     oom_kills: AtomicU64,
     destroyed: AtomicBool,
@@ -440,7 +426,6 @@ impl DockerSandbox {
         let started = Instant::now();
         let redactor = self.redactor();
         let shown = redactor.redact_str(&describe(&request.argv)).into_owned();
-        self.execs.fetch_add(1, Ordering::Relaxed);
         let mut cmd = vec![
             "sh".to_owned(),
             "-c".to_owned(),
@@ -1086,18 +1071,9 @@ fn engine_error(error: &bollard::errors::Error) -> SandboxError {
     }
 }
 
-/// The root cause of a connection failure, without bollard's layers of wrapping.
+/// What went wrong talking to the engine, down to the root cause (bollard wraps it).
 fn unreachable_reason(error: &bollard::errors::Error) -> String {
-    let mut source: &dyn std::error::Error = error;
-    while let Some(next) = source.source() {
-        source = next;
-    }
-    let text = source.to_string();
-    if text == error.to_string() {
-        text
-    } else {
-        format!("{error}: {text}")
-    }
+    crate::error_chain::error_chain(error)
 }
 
 /// A command as shown in messages: at most 80 characters of it.
@@ -1127,12 +1103,6 @@ fn sanitize(run_id: &str) -> String {
             }
         })
         .collect()
-}
-
-/// Where a test or tool can find an egress directory, given the engine's root.
-#[must_use]
-pub fn egress_dir(root: &Path, run_id: &str) -> PathBuf {
-    root.join(sanitize(run_id))
 }
 
 #[cfg(test)]

@@ -106,17 +106,11 @@ impl ContainerSpec {
             ),
         };
         Ok(Self {
-            run_id: run_id.to_owned(),
-            image: spec
-                .image
-                .clone()
-                .unwrap_or_else(|| default_image.to_owned()),
             network,
             memory: spec.memory.map_or(DEFAULT_MEMORY, |m| m.0),
             cpus: spec.cpus,
             pids: spec.pids.unwrap_or(DEFAULT_PIDS),
-            env: Vec::new(),
-            on_egress: None,
+            ..Self::new(run_id, spec.image.as_deref().unwrap_or(default_image))
         })
     }
 

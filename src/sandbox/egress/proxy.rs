@@ -88,6 +88,13 @@ impl EgressProxy {
         self
     }
 
+    /// [`EgressProxy::with_resolver`] for a resolver that serves many proxies (one per sandbox).
+    #[must_use]
+    pub fn with_shared_resolver(mut self, resolver: Arc<dyn Resolver>) -> Self {
+        self.resolver = resolver;
+        self
+    }
+
     #[must_use]
     pub fn with_connector(mut self, connector: impl Connector) -> Self {
         self.connector = Arc::new(connector);
