@@ -137,6 +137,13 @@ fn render_step(
     let text =
         |source: &str, mode: Mode, context: &Context| templates.render(source, mode, context);
     match kind {
+        StepKind::Checkout(_) => {
+            let _ = writeln!(
+                out,
+                "   check out {} (base {}) at /workspace/repo on branch {}",
+                context.repo.clone_url, context.base, context.branch
+            );
+        }
         StepKind::Run(source) => block(out, "sh -c", &text(source, Mode::Shell, context)?),
         StepKind::Agent(source) => block(out, "prompt", &text(source, Mode::Text, context)?),
         StepKind::Check(checks, fix) => {

@@ -153,8 +153,8 @@ pub const GIT_TOKEN: &str = "GIT_TOKEN";
 #[serde(transparent)]
 pub struct SecretName(#[schemars(extend("format" = "maxions-env-name"))] pub String);
 
-/// One step of a blueprint. Exactly one of `run`, `agent`, `check`, `commit`, `push` and
-/// `pull_request` says what the step does; the other fields apply to any step.
+/// One step of a blueprint. Exactly one of `checkout`, `run`, `agent`, `check`, `commit`, `push`
+/// and `pull_request` says what the step does; the other fields apply to any step.
 #[derive(Debug, Clone, PartialEq, Default, Serialize, Deserialize, JsonSchema)]
 #[serde(deny_unknown_fields)]
 pub struct Step {
@@ -181,6 +181,10 @@ pub struct Step {
     #[serde(default, skip_serializing_if = "BTreeMap::is_empty")]
     pub outputs: BTreeMap<String, String>,
 
+    /// Put the task's repository at `/workspace/repo` on a new branch from the base (done by
+    /// maxions from its own mirror: no credential enters the sandbox).
+    #[serde(default, skip_serializing_if = "Option::is_none")]
+    pub checkout: Option<Checkout>,
     /// A shell command (run with `sh -c` in `/workspace`). Interpolated values are shell-quoted.
     #[serde(default, skip_serializing_if = "Option::is_none")]
     pub run: Option<String>,
@@ -208,6 +212,7 @@ pub struct Step {
 /// What a step does, borrowed from a [`Step`].
 #[derive(Debug, Clone, Copy, PartialEq)]
 pub enum StepKind<'a> {
+    Checkout(&'a Checkout),
     Run(&'a str),
     Agent(&'a str),
     Check(&'a [Check], Option<&'a Fix>),
@@ -217,10 +222,12 @@ pub enum StepKind<'a> {
 }
 
 impl StepKind<'_> {
-    /// The step's key in YAML: `run`, `agent`, `check`, `commit`, `push`, `pull_request`.
+    /// The step's key in YAML: `checkout`, `run`, `agent`, `check`, `commit`, `push`,
+    /// `pull_request`.
     #[must_use]
     pub fn name(&self) -> &'static str {
         match self {
+            StepKind::Checkout(_) => "checkout",
             StepKind::Run(_) => "run",
             StepKind::Agent(_) => "agent",
             StepKind::Check(..) => "check",
@@ -232,11 +239,20 @@ impl StepKind<'_> {
 }
 
 impl Step {
-    pub const KINDS: [&str; 6] = ["run", "agent", "check", "commit", "push", "pull_request"];
+    pub const KINDS: [&str; 7] = [
+        "checkout",
+        "run",
+        "agent",
+        "check",
+        "commit",
+        "push",
+        "pull_request",
+    ];
 
     /// What the step does. `None` only for a step that validation refuses (no kind, or several).
     pub fn kind(&self) -> Option<StepKind<'_>> {
         let kinds = [
+            self.checkout.as_ref().map(StepKind::Checkout),
             self.run.as_deref().map(StepKind::Run),
             self.agent.as_deref().map(StepKind::Agent),
             self.check
@@ -304,6 +320,14 @@ pub struct Author {
     pub email: String,
 }
 
+/// `checkout: {}`: maxions fetches the repository into its own mirror (with the forge's token,
+/// on the trusted side), and streams the base branch into the sandbox as a git bundle.
+#[derive(Debug, Clone, PartialEq, Eq, Default, Serialize, Deserialize, JsonSchema)]
+#[serde(deny_unknown_fields)]
+pub struct Checkout {}
+
+/// `push: {}`: maxions pushes the commit of the `commit` step to the task's branch, from its own
+/// mirror, after verifying it.
 #[derive(Debug, Clone, PartialEq, Eq, Default, Serialize, Deserialize, JsonSchema)]
 #[serde(deny_unknown_fields)]
 pub struct Push {}

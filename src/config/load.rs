@@ -78,6 +78,34 @@ pub fn load_task(path: &Path, blueprint: Option<&Path>) -> Result<LoadedTask, Va
     })
 }
 
+impl LoadedTask {
+    /// Where maxions keeps its state for this task (mirrors, scratch files of runs): the
+    /// config's `state_dir` beside `maxions.yaml`, or `.maxions` in the task's project (the
+    /// directory above `tasks/`, else the task's own directory).
+    #[must_use]
+    pub fn state_dir(&self) -> PathBuf {
+        match &self.config_dir {
+            Some(dir) => dir.join(&self.config.state_dir),
+            None => project_dir(&self.path).join(&self.config.state_dir),
+        }
+    }
+}
+
+/// The directory a task belongs to: the one above `tasks/`, or the task file's own directory.
+#[must_use]
+pub fn project_dir(task_path: &Path) -> PathBuf {
+    let dir = task_path.parent().unwrap_or(Path::new("."));
+    let dir = if dir.as_os_str().is_empty() {
+        Path::new(".")
+    } else {
+        dir
+    };
+    match dir.file_name() {
+        Some(name) if name == "tasks" => dir.parent().unwrap_or(dir).to_path_buf(),
+        _ => dir.to_path_buf(),
+    }
+}
+
 /// `maxions/<task file name>`: stable per task, so that re-runs reuse the branch and its PR.
 pub fn default_branch(task_path: &Path) -> String {
     let stem = task_path

@@ -593,9 +593,53 @@ impl BlueprintChecker<'_> {
             self.check_secrets(step.get("secrets"));
             self.check_step_templates(step, &infos, index, &name);
         }
+        self.check_git_order(steps);
         if let Some(agent) = tree.get("agent") {
             self.check_agent(agent);
             self.check_secrets(agent.get("secrets"));
+        }
+    }
+
+    /// `commit` and `push` work on what `checkout` put in the sandbox, from maxions' own mirror:
+    /// one `checkout` before them, and a `commit` before a `push`.
+    fn check_git_order(&mut self, steps: &[Node]) {
+        let mut checkout: Option<Pos> = None;
+        let mut commit = false;
+        for step in steps {
+            if let Some(key) = step.key("checkout") {
+                if let Some(first) = checkout {
+                    self.found.push(
+                        Diagnostic::error("duplicate-checkout", "the repository is checked out twice")
+                            .at(key.pos)
+                            .width(8)
+                            .hint(format!("the first `checkout` is on line {}; keep one", first.line)),
+                    );
+                } else {
+                    checkout = Some(key.pos);
+                }
+            }
+            for (kind, needs) in [("commit", "checkout"), ("push", "commit")] {
+                let Some(key) = step.key(kind) else { continue };
+                let missing = match needs {
+                    "checkout" => checkout.is_none(),
+                    _ => !commit,
+                };
+                if missing {
+                    self.found.push(
+                        Diagnostic::error(
+                            "step-order",
+                            format!("`{kind}` needs a `{needs}` step before it"),
+                        )
+                        .at(key.pos)
+                        .width(kind.len())
+                        .hint(match needs {
+                            "checkout" => "add `- checkout: {}` as the first step: maxions seeds /workspace/repo from its own mirror and commits from there",
+                            _ => "add a `commit` step before `push`",
+                        }),
+                    );
+                }
+            }
+            commit |= step.key("commit").is_some();
         }
     }
 
@@ -1046,6 +1090,7 @@ fn schema_properties(schema: &serde_json::Value, definition: &str) -> Vec<&'stat
             "secrets",
             "continue_on_error",
             "outputs",
+            "checkout",
             "run",
             "agent",
             "check",

@@ -7,6 +7,7 @@ mod redact;
 mod runner;
 mod sandbox;
 mod schemas;
+mod steps;
 mod support;
 mod templates;
 mod validate;

@@ -257,12 +257,8 @@ agent:
     - |
 @AGENT@
 steps:
-  - id: setup
-    run: |
-      git clone -q {{ repo.clone_url }} /workspace/repo
-      cd /workspace/repo
-      git checkout -q -B {{ branch }}
-    secrets: [GIT_TOKEN]
+  - id: checkout
+    checkout: {}
   - id: implement
     agent: "{{ task }}"
 @MIDDLE@  - id: commit
@@ -579,7 +575,7 @@ async fn happy_path_pushes_the_branch_and_opens_one_pull_request() {
         assert_eq!(status, StepStatus::Succeeded, "step {id}");
     }
     let ids: Vec<&str> = outcome.result.steps.iter().map(|s| s.id.as_str()).collect();
-    assert_eq!(ids, ["setup", "implement", "commit", "push", "pr", "audit"]);
+    assert_eq!(ids, ["checkout", "implement", "commit", "push", "pr", "audit"]);
     assert!(outcome.output("audit").contains("audit-ok"));
     assert!(
         outcome
@@ -758,7 +754,7 @@ async fn checks_still_failing_with_on_failure_fail_stop_before_the_push() {
     assert_eq!(outcome.step("checks").exit_code, Some(1));
     // Nothing after the failed step ran.
     let ids: Vec<&str> = outcome.result.steps.iter().map(|s| s.id.as_str()).collect();
-    assert_eq!(ids, ["setup", "implement", "checks"]);
+    assert_eq!(ids, ["checkout", "implement", "checks"]);
     assert_eq!(outcome.result.commit, None);
     assert!(world.git.pushes().is_empty());
     assert_eq!(world.branch("maxions/hopeless"), None);
@@ -1015,18 +1011,15 @@ async fn a_token_the_git_server_rejects_fails_the_run_without_leaking_it() {
 
     outcome.assert_status(RunStatus::Failed);
     let reason = outcome.reason();
-    assert!(reason.contains("step `setup` failed"), "{reason}");
+    assert!(reason.contains("step `checkout` failed"), "{reason}");
     // The reason carries git's own last words, so the result file alone says what to fix.
     assert!(
         reason.contains("Authentication failed") || reason.contains("could not read Username"),
         "{reason}"
     );
-    assert_eq!(outcome.step("setup").status, StepStatus::Failed);
-    let output = outcome.output("setup");
-    assert!(
-        output.contains("Authentication failed") || output.contains("could not read Username"),
-        "git says why: {output}"
-    );
+    assert_eq!(outcome.step("checkout").status, StepStatus::Failed);
+    // maxions fetched on its own side: no sandbox step saw the token or the git server.
+    assert!(outcome.output("checkout").is_empty());
     // The git server saw the PAT and refused it.
     let requests = world.git.requests();
     assert!(!requests.is_empty());
@@ -1270,11 +1263,11 @@ async fn a_secret_printed_by_a_step_appears_in_no_record() {
         pr,
         ..Blueprint::default()
     };
-    // Secrets come from `maxions.yaml`; with it, validation wants `GIT_TOKEN` defined too.
+    // Secrets come from `maxions.yaml` and nowhere else.
     crate::support::write(
         world.dir.path(),
         "maxions.yaml",
-        "secrets:\n  API_KEY: { env: E2E_API_KEY }\n  GIT_TOKEN: { env: E2E_GIT_TOKEN }\n",
+        "secrets:\n  API_KEY: { env: E2E_API_KEY }\n",
     );
     let task = world.task("secret", "Use the key.", &blueprint.yaml());
     let forge = world.app_forge();
@@ -1300,4 +1293,230 @@ async fn a_secret_printed_by_a_step_appears_in_no_record() {
     needles.push(DUMMY_GIT_TOKEN.to_owned());
     outcome.assert_no_leak(&needles);
     world.assert_no_leak_in_files(&[API_KEY, DUMMY_GIT_TOKEN]);
+}
+
+// ---------------------------------------------------------------------------------------------
+// The trust boundary: the agent is hostile. Each scenario is an attack that worked before
+// credentials stayed outside the sandbox and steps could leave no process behind.
+
+/// An agent that plants every git trap it can think of, then leaves spies behind that would
+/// read later steps' environments and edit the tree after the checks.
+const HOSTILE_AGENT: &str = r#"cat > /tmp/prompt.txt
+if grep -q 'fix the failing checks' /tmp/prompt.txt; then
+  env > fix-env.txt
+  echo fixed > fixed.txt
+  exit 0
+fi
+cp /tmp/prompt.txt TASK.md
+for h in pre-commit commit-msg post-commit pre-push reference-transaction post-checkout; do
+  printf '#!/bin/sh\nenv > /tmp/pwned-hook-%s\n' "$h" > .git/hooks/$h
+  chmod +x .git/hooks/$h
+done
+mkdir -p /tmp/hooks && cp .git/hooks/pre-push /tmp/hooks/pre-push
+printf '#!/bin/sh\nenv > /tmp/pwned-fsmonitor\n' > /tmp/fsmon && chmod +x /tmp/fsmon
+git config core.fsmonitor /tmp/fsmon
+git init -q --bare /tmp/evil.git
+cat > "$HOME/.gitconfig" <<'CFG'
+[core]
+  hooksPath = /tmp/hooks
+  fsmonitor = /tmp/fsmon
+  sshCommand = sh -c 'env > /tmp/pwned-ssh'
+[credential]
+  helper = "!f() { cat > /tmp/pwned-credential; }; f"
+[url "/tmp/evil.git"]
+  pushInsteadOf = http://
+  insteadOf = http://
+CFG
+# A spy in a new session: reads every environment it can, forever.
+setsid sh -c 'while :; do for p in /proc/[0-9]*; do tr "\0" "\n" < $p/environ 2>/dev/null >> /tmp/pwned-environ; done; sleep 0.05; done' </dev/null >/dev/null 2>&1 &
+# Late edits, after the checks started: by nohup, and by a double fork.
+nohup sh -c 'while [ ! -e /tmp/checks-started ]; do sleep 0.05; done; echo late > /workspace/repo/LATE.txt' </dev/null >/dev/null 2>&1 &
+(sh -c 'while [ ! -e /tmp/checks-started ]; do sleep 0.05; done; echo double > /workspace/repo/DOUBLE.txt' </dev/null >/dev/null 2>&1 &)
+trap '' TERM HUP
+echo "agent: planted"
+"#;
+
+#[tokio::test]
+async fn a_hostile_agent_reaches_no_credential_redirects_no_push_and_leaves_no_process() {
+    let Some(engine) = engine("runner-hostile").await else {
+        return;
+    };
+    let world = World::new();
+    let middle = r#"  - id: checks
+    check:
+      - { id: started, run: "touch /tmp/checks-started && sleep 1" }
+      - { id: fixed, run: "cd /workspace/repo && test -f fixed.txt" }
+    env: { CHECK_ONLY: check-only-value-7d1e }
+    secrets: [API_KEY]
+    fix:
+      max_rounds: 1
+      agent: "fix the failing checks"
+"#;
+    let blueprint = Blueprint {
+        agent: HOSTILE_AGENT,
+        middle,
+        ..Blueprint::default()
+    };
+    crate::support::write(
+        world.dir.path(),
+        "maxions.yaml",
+        "secrets:\n  API_KEY: { env: E2E_API_KEY }\n",
+    );
+    let task = world.task("hostile", "Do the work.", &blueprint.yaml());
+    let forge = world.app_forge();
+    let mut run = Run::new(&engine, &task, Some(&forge));
+    run.keep = true;
+    let outcome = run.go().await;
+    let kept = Kept(outcome.result.kept_container.clone().expect("kept"));
+
+    outcome.assert_status(RunStatus::Succeeded);
+    // The push went to the task's repository, not to the agent's `pushInsteadOf`.
+    let branch = "maxions/hostile";
+    let head = world.branch(branch).expect("pushed to the real remote");
+    assert_eq!(outcome.result.commit.as_deref(), Some(head.as_str()));
+    let (_, evil) = docker(&["exec", &kept.0, "git", "-C", "/tmp/evil.git", "for-each-ref"]);
+    assert!(evil.trim().is_empty(), "something reached the agent's repository: {evil}");
+    // Nothing the agent left running edited the tree after it: the late writers were killed.
+    assert_eq!(world.file(branch, "TASK.md").as_deref(), Some("Do the work."));
+    assert_eq!(world.file(branch, "LATE.txt"), None);
+    assert_eq!(world.file(branch, "DOUBLE.txt"), None);
+    // The fix round's agent got nothing of the check step's env or secrets.
+    let fix_env = world.file(branch, "fix-env.txt").expect("the fix agent ran");
+    assert!(!fix_env.contains("check-only-value-7d1e"), "{fix_env}");
+    assert!(!fix_env.contains("API_KEY"), "{fix_env}");
+    // No process of the agent is alive, however it detached.
+    let (ok, procs) = docker(&[
+        "exec",
+        "-u",
+        "0",
+        &kept.0,
+        "sh",
+        "-c",
+        "for p in /proc/[0-9]*; do tr '\\0' ' ' < $p/cmdline; echo; done",
+    ]);
+    assert!(ok, "{procs}");
+    for needle in ["pwned-environ", "checks-started", "LATE", "DOUBLE"] {
+        assert!(!procs.contains(needle), "a process of the agent survives: {procs}");
+    }
+    // No token ever entered the sandbox: not in a file, a config, an environment it could read.
+    let tokens: Vec<String> = world.fake.minted_tokens().into_iter().map(|t| t.token).collect();
+    assert!(!tokens.is_empty());
+    for token in &tokens {
+        let (found, files) =
+            docker(&["exec", "-u", "0", &kept.0, "grep", "-rlF", token, "/workspace", "/tmp"]);
+        assert!(!found, "the token is in files of the sandbox: {files}");
+    }
+    let (_, spied) = docker(&["exec", &kept.0, "cat", "/tmp/pwned-environ"]);
+    assert!(!spied.contains("GIT_CONFIG_VALUE"), "{spied:.400}");
+    assert!(!spied.contains("Authorization"), "{spied:.400}");
+    drop(kept);
+    outcome.assert_no_leak(&world.tokens());
+    world.assert_no_leak_in_files(&[API_KEY]);
+}
+
+/// The agent writes a secret it was given into the repository, in `form`.
+async fn secret_committed_by_the_agent(
+    engine: &DockerEngine,
+    stem: &str,
+    write: &str,
+) -> (World, Outcome) {
+    let world = World::new();
+    let agent = format!("cat > /dev/null\nmkdir -p src\n{write}\necho done\n");
+    let mut yaml = Blueprint {
+        agent: &agent,
+        ..Blueprint::default()
+    }
+    .yaml();
+    yaml = yaml.replace("agent:\n  kind: command\n", "agent:\n  kind: command\n  secrets: [API_KEY]\n");
+    crate::support::write(
+        world.dir.path(),
+        "maxions.yaml",
+        "secrets:\n  API_KEY: { env: E2E_API_KEY }\n",
+    );
+    let task = world.task(stem, "Configure the client.", &yaml);
+    let forge = world.app_forge();
+    let outcome = Run::new(engine, &task, Some(&forge)).go().await;
+    (world, outcome)
+}
+
+#[tokio::test]
+async fn a_secret_the_agent_commits_is_never_pushed() {
+    let Some(engine) = engine("runner-leak").await else {
+        return;
+    };
+    for (stem, write) in [
+        ("leak-plain", r#"printf 'const key = "%s";\n' "$API_KEY" > src/config.js"#),
+        ("leak-base64", r#"printf '%s' "$API_KEY" | base64 > src/config.js"#),
+    ] {
+        let (world, outcome) = secret_committed_by_the_agent(&engine, stem, write).await;
+        outcome.assert_status(RunStatus::Failed);
+        let reason = outcome.reason();
+        assert!(reason.contains("API_KEY"), "names the secret: {reason}");
+        assert!(reason.contains("src/config.js"), "names the file: {reason}");
+        assert!(!reason.contains(API_KEY));
+        assert_eq!(outcome.step("commit").status, StepStatus::Failed);
+        assert_eq!(world.branch(&format!("maxions/{stem}")), None, "nothing pushed");
+        assert!(world.git.pushes().is_empty());
+        assert_eq!(world.fake.count("POST", PULLS), 0, "no pull request");
+        outcome.assert_no_leak(&[API_KEY.to_owned()]);
+    }
+}
+
+#[tokio::test]
+async fn code_changed_after_the_checks_is_not_committed() {
+    let Some(engine) = engine("runner-aftercheck").await else {
+        return;
+    };
+    let world = World::new();
+    let middle = r#"  - id: checks
+    check:
+      - { id: present, run: "cd /workspace/repo && test -f TASK.md" }
+  - id: describe
+    agent: "only describe the change"
+"#;
+    let agent = "cat > /tmp/prompt.txt\nif grep -q describe /tmp/prompt.txt; then echo 'rm -rf /' >> TASK.md; else cp /tmp/prompt.txt TASK.md; fi\n";
+    let blueprint = Blueprint {
+        agent,
+        middle,
+        ..Blueprint::default()
+    };
+    let task = world.task("aftercheck", "Write TASK.md.", &blueprint.yaml());
+    let forge = world.app_forge();
+    let outcome = Run::new(&engine, &task, Some(&forge)).go().await;
+
+    outcome.assert_status(RunStatus::Failed);
+    assert!(
+        outcome.reason().contains("changed after step `checks` checked it"),
+        "{}",
+        outcome.reason()
+    );
+    assert_eq!(world.branch("maxions/aftercheck"), None);
+    assert_eq!(world.fake.count("POST", PULLS), 0);
+}
+
+#[tokio::test]
+async fn output_written_a_byte_at_a_time_is_logged_in_few_events() {
+    let Some(engine) = engine("runner-bytes").await else {
+        return;
+    };
+    let world = World::new();
+    let middle = r#"  - id: drip
+    run: |
+      i=0
+      while [ $i -lt 20000 ]; do printf x; i=$((i+1)); done
+"#;
+    let blueprint = Blueprint {
+        middle,
+        ..Blueprint::default()
+    };
+    let task = world.task("drip", "Drip.", &blueprint.yaml());
+    let outcome = Run::new(&engine, &task, None).go().await;
+    assert_eq!(outcome.step("drip").status, StepStatus::Succeeded);
+    assert_eq!(outcome.output("drip"), "x".repeat(20_000));
+    let events = outcome
+        .events
+        .iter()
+        .filter(|e| matches!(&e.event, Event::Output { step, .. } if step == "drip"))
+        .count();
+    assert!(events < 200, "{events} output events for 20,000 one-byte writes");
 }

@@ -1,0 +1,65 @@
+//! `checkout: {}`: maxions fetches the repository into its own mirror on this machine (with the
+//! forge's token, which never leaves maxions), bundles the base branch and streams the bundle
+//! into the sandbox through the engine API. The sandbox never talks to the git host.
+
+use tokio_util::sync::CancellationToken;
+
+use super::{Done, StepError};
+use crate::runner::{CheckedOut, Runner};
+use crate::sandbox::ExecUser;
+
+impl Runner<'_> {
+    pub(in crate::runner) async fn checkout(
+        &mut self,
+        _id: &str,
+        cancel: &CancellationToken,
+    ) -> Result<Done, StepError> {
+        let Some(mirror) = &self.mirror else {
+            return Err(StepError::Fatal("no mirror was opened for `checkout`".into()));
+        };
+        let Some(scratch) = self.scratch.clone() else {
+            return Err(StepError::Fatal("the run has no scratch directory".into()));
+        };
+        let fetched = tokio::select! {
+            () = cancel.cancelled() => return Err(StepError::Cancelled),
+            fetched = mirror.fetch(self.credentials.as_ref(), cancel) => fetched,
+        };
+        fetched.map_err(|e| StepError::Failed {
+            code: None,
+            reason: format!(
+                "cannot fetch {}: {}",
+                self.task.repo.clone_url,
+                self.redacted(&e)
+            ),
+        })?;
+        let bundle = scratch.join("base.bundle");
+        let base = mirror
+            .bundle_base(&self.context.base, &bundle)
+            .await
+            .map_err(|e| StepError::Failed {
+                code: None,
+                reason: self.redacted(&e),
+            })?;
+        let private = self.sandbox()?.private_dir().to_owned();
+        self.sandbox()?
+            .copy_in(&bundle, &format!("{private}/base.bundle"), 0o600, ExecUser::Maxions)
+            .await
+            .map_err(|e| StepError::Fatal(format!("cannot copy the repository in: {e}")))?;
+        let _ = std::fs::remove_file(&bundle);
+        let base_tree = self.seed_repo(&self.context.base.clone(), cancel).await?;
+        self.checkout = Some(CheckedOut { base, base_tree });
+        Ok(Done {
+            reason: Some(format!(
+                "{} at {} on branch {}",
+                self.context.base,
+                short(&self.checkout.as_ref().map(|c| c.base.to_string()).unwrap_or_default()),
+                self.task.branch
+            )),
+            ..Done::ok()
+        })
+    }
+}
+
+fn short(sha: &str) -> &str {
+    sha.get(..12).unwrap_or(sha)
+}

@@ -1,0 +1,93 @@
+//! `pull_request`: open the pull request for the task's branch, or update the open one (done by
+//! maxions through the forge's API, never by the agent). Title and body are redacted first.
+
+use super::{Done, StepError};
+use crate::config::blueprint::{Draft, PullRequest};
+use crate::forge::PullRequestSpec;
+use crate::runner::{Event, PullRequestRecord, RunOptions, Runner, StepStatus};
+use crate::template::Mode;
+
+impl Runner<'_> {
+    pub(in crate::runner) async fn pull_request(
+        &mut self,
+        id: &str,
+        pr: &PullRequest,
+        options: &RunOptions<'_>,
+    ) -> Result<Done, StepError> {
+        let title = self.render(&pr.title, Mode::Text, id)?.trim().to_owned();
+        let body = self.render(&pr.body, Mode::Text, id)?;
+        let draft = match &pr.draft {
+            Draft::Fixed(value) => *value,
+            Draft::Template(source) => {
+                let text = self.render(source, Mode::Text, id)?;
+                matches!(
+                    text.trim().to_ascii_lowercase().as_str(),
+                    "true" | "yes" | "1"
+                )
+            }
+        };
+        let title = self.redactor.redact_str(&title).into_owned();
+        let body = self.redactor.redact_str(&body).into_owned();
+        let mut record = PullRequestRecord {
+            opened: false,
+            number: None,
+            url: None,
+            created: None,
+            title: title.clone(),
+            body: body.clone(),
+            draft,
+            head: self.task.branch.clone(),
+            base: self.context.base.clone(),
+        };
+        let Some(forge) = options.forge else {
+            let reason = "no forge is configured (no `github:` in maxions.yaml, or a local repository): this is the pull request maxions would open".to_owned();
+            self.emit(Event::PrNotOpened {
+                title,
+                body,
+                draft,
+                reason: reason.clone(),
+            });
+            self.pull_request = Some(record);
+            return Ok(Done {
+                status: StepStatus::Succeeded,
+                exit_code: None,
+                reason: Some(reason),
+            });
+        };
+        let spec = PullRequestSpec {
+            head_branch: self.task.branch.clone(),
+            base: self.context.base.clone(),
+            title,
+            body,
+            draft,
+            labels: pr.labels.clone(),
+            reviewers: pr.reviewers.clone(),
+        };
+        let outcome = forge
+            .open_or_update_pull_request(&self.task.repo, &spec)
+            .await
+            .map_err(|e| StepError::Failed {
+                code: None,
+                reason: format!("cannot open the pull request: {e}"),
+            })?;
+        for warning in &outcome.warnings {
+            self.emit(Event::Warning {
+                message: warning.clone(),
+            });
+        }
+        self.emit(Event::Pr {
+            number: outcome.number,
+            url: outcome.url.clone(),
+            created: outcome.created,
+            draft: outcome.draft,
+        });
+        record.opened = true;
+        record.number = Some(outcome.number);
+        record.url = Some(outcome.url);
+        record.created = Some(outcome.created);
+        record.draft = outcome.draft;
+        self.pull_request = Some(record);
+        Ok(Done::ok())
+    }
+
+}

@@ -1,0 +1,38 @@
+//! `push`: maxions pushes the commit it made, and only that, to the task's branch, from its
+//! mirror on this machine, then reads the remote branch back. The branch must differ from the
+//! base and carry the configured prefix, checked again here against the resolved base.
+
+use tokio_util::sync::CancellationToken;
+
+use super::{Done, StepError};
+use crate::runner::{Event, Runner};
+
+impl Runner<'_> {
+    pub(in crate::runner) async fn push(
+        &mut self,
+        _id: &str,
+        cancel: &CancellationToken,
+    ) -> Result<Done, StepError> {
+        let branch = self.task.branch.clone();
+        crate::config::task::check_push_branch(&branch, &self.context.base, self.task.branch_prefix())
+            .map_err(|reason| StepError::Failed { code: None, reason })?;
+        let (Some(mirror), Some(commit)) = (&self.mirror, &self.commit) else {
+            return Err(StepError::Fatal(
+                "`push` needs a commit from a `commit` step".into(),
+            ));
+        };
+        let pushed = tokio::select! {
+            () = cancel.cancelled() => return Err(StepError::Cancelled),
+            pushed = mirror.push(commit, &branch, self.credentials.as_ref(), cancel) => pushed,
+        };
+        pushed.map_err(|e| StepError::Failed {
+            code: None,
+            reason: format!("cannot push {branch}: {}", self.redacted(&e)),
+        })?;
+        self.emit(Event::Pushed {
+            branch,
+            remote: self.task.repo.clone_url.clone(),
+        });
+        Ok(Done::ok())
+    }
+}

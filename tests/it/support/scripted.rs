@@ -1,0 +1,221 @@
+//! An in-memory [`Engine`] and [`Sandbox`] whose commands answer from a script, and which
+//! records every call: step logic (which exec gets which env and secrets, when processes are
+//! swept, how output is logged) is tested without Docker. The real-container tests stay too.
+
+use std::path::Path;
+use std::sync::{Arc, Mutex};
+use std::time::Duration;
+
+use maxions::sandbox::redact::Redactor;
+use maxions::sandbox::{
+    BoxFuture, ContainerSpec, Engine, ExecOutcome, ExecRequest, ExecStatus, ExecUser,
+    FileContents, OutputSink, OutputStream, Sandbox, SandboxError,
+};
+use tokio_util::sync::CancellationToken;
+
+/// What the runner asked of the sandbox, in order.
+#[derive(Debug, Clone)]
+pub enum Call {
+    Create,
+    Exec(ExecRequest),
+    EndStep,
+    Write(String),
+    Read(String),
+    CopyIn(String),
+    CopyOut(String),
+    Destroy,
+}
+
+/// How a scripted command answers: its output chunks, then its exit code.
+#[derive(Debug, Clone, Default)]
+pub struct Reply {
+    pub stdout: Vec<Vec<u8>>,
+    pub stderr: Vec<Vec<u8>>,
+    pub code: i64,
+}
+
+impl Reply {
+    pub fn ok() -> Self {
+        Self::default()
+    }
+
+    pub fn exit(code: i64) -> Self {
+        Self {
+            code,
+            ..Self::default()
+        }
+    }
+
+    pub fn stdout(mut self, text: &str) -> Self {
+        self.stdout.push(text.as_bytes().to_vec());
+        self
+    }
+}
+
+type Handler = dyn Fn(&ExecRequest) -> Reply + Send + Sync;
+
+/// The engine: every sandbox it makes shares the same script and call log.
+#[derive(Clone)]
+pub struct Scripted {
+    calls: Arc<Mutex<Vec<Call>>>,
+    handler: Arc<Handler>,
+}
+
+impl Scripted {
+    pub fn new(handler: impl Fn(&ExecRequest) -> Reply + Send + Sync + 'static) -> Self {
+        Self {
+            calls: Arc::new(Mutex::new(Vec::new())),
+            handler: Arc::new(handler),
+        }
+    }
+
+    pub fn calls(&self) -> Vec<Call> {
+        self.calls.lock().unwrap().clone()
+    }
+
+    /// The commands run, in order.
+    pub fn execs(&self) -> Vec<ExecRequest> {
+        self.calls()
+            .into_iter()
+            .filter_map(|c| match c {
+                Call::Exec(r) => Some(r),
+                _ => None,
+            })
+            .collect()
+    }
+}
+
+impl Engine for Scripted {
+    fn create<'a>(
+        &'a self,
+        _spec: &'a ContainerSpec,
+    ) -> BoxFuture<'a, Result<Box<dyn Sandbox>, SandboxError>> {
+        self.calls.lock().unwrap().push(Call::Create);
+        let sandbox = ScriptedSandbox {
+            calls: Arc::clone(&self.calls),
+            handler: Arc::clone(&self.handler),
+            redactor: Mutex::new(Redactor::none()),
+        };
+        Box::pin(async move { Ok(Box::new(sandbox) as Box<dyn Sandbox>) })
+    }
+
+    fn remove_orphans<'a>(
+        &'a self,
+        _live: &'a [String],
+    ) -> BoxFuture<'a, Result<usize, SandboxError>> {
+        Box::pin(async { Ok(0) })
+    }
+}
+
+struct ScriptedSandbox {
+    calls: Arc<Mutex<Vec<Call>>>,
+    handler: Arc<Handler>,
+    redactor: Mutex<Redactor>,
+}
+
+impl ScriptedSandbox {
+    fn record(&self, call: Call) {
+        self.calls.lock().unwrap().push(call);
+    }
+}
+
+impl Sandbox for ScriptedSandbox {
+    fn id(&self) -> &str {
+        "scripted0000000000"
+    }
+
+    fn set_redactor(&self, redactor: Redactor) {
+        *self.redactor.lock().unwrap() = redactor;
+    }
+
+    fn private_dir(&self) -> &str {
+        "/tmp/.maxions-scripted"
+    }
+
+    fn exec<'a>(
+        &'a self,
+        request: &'a ExecRequest,
+        sink: OutputSink<'a>,
+        _cancel: &'a CancellationToken,
+    ) -> BoxFuture<'a, Result<ExecOutcome, SandboxError>> {
+        self.record(Call::Exec(request.clone()));
+        let reply = (self.handler)(request);
+        let redactor = self.redactor.lock().unwrap().clone();
+        Box::pin(async move {
+            let mut tail = Vec::new();
+            for (stream, chunks) in [
+                (OutputStream::Stdout, &reply.stdout),
+                (OutputStream::Stderr, &reply.stderr),
+            ] {
+                for chunk in chunks {
+                    let chunk = redactor.redact(chunk).into_owned();
+                    tail.extend_from_slice(&chunk);
+                    sink(stream, &chunk);
+                }
+            }
+            Ok(ExecOutcome {
+                status: ExecStatus::Exited(reply.code),
+                duration: Duration::from_millis(1),
+                stdout_bytes: reply.stdout.iter().map(|c| c.len() as u64).sum(),
+                stderr_bytes: reply.stderr.iter().map(|c| c.len() as u64).sum(),
+                tail,
+            })
+        })
+    }
+
+    fn end_step(&self) -> BoxFuture<'_, Result<u32, SandboxError>> {
+        self.record(Call::EndStep);
+        Box::pin(async { Ok(0) })
+    }
+
+    fn write_file<'a>(
+        &'a self,
+        path: &'a str,
+        _contents: &'a [u8],
+        _mode: u32,
+    ) -> BoxFuture<'a, Result<(), SandboxError>> {
+        self.record(Call::Write(path.to_owned()));
+        Box::pin(async { Ok(()) })
+    }
+
+    fn read_file<'a>(
+        &'a self,
+        path: &'a str,
+        _limit: usize,
+    ) -> BoxFuture<'a, Result<FileContents, SandboxError>> {
+        self.record(Call::Read(path.to_owned()));
+        Box::pin(async {
+            Ok(FileContents {
+                bytes: Vec::new(),
+                truncated: false,
+            })
+        })
+    }
+
+    fn copy_in<'a>(
+        &'a self,
+        _host: &'a Path,
+        dest: &'a str,
+        _mode: u32,
+        _user: ExecUser,
+    ) -> BoxFuture<'a, Result<(), SandboxError>> {
+        self.record(Call::CopyIn(dest.to_owned()));
+        Box::pin(async { Ok(()) })
+    }
+
+    fn copy_out<'a>(
+        &'a self,
+        src: &'a str,
+        _host: &'a Path,
+        _limit: u64,
+        _user: ExecUser,
+    ) -> BoxFuture<'a, Result<u64, SandboxError>> {
+        self.record(Call::CopyOut(src.to_owned()));
+        Box::pin(async { Ok(0) })
+    }
+
+    fn destroy(&self) -> BoxFuture<'_, Result<(), SandboxError>> {
+        self.record(Call::Destroy);
+        Box::pin(async { Ok(()) })
+    }
+}
