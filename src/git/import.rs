@@ -408,6 +408,10 @@ async fn scan_batch<'s>(
             .await
             .map_err(|e| unexpected(e.to_string()))?;
         if let Some(finding) = hit.or_else(|| stream.finish()) {
+            // Read the rest unscanned, so git ends normally rather than on a broken pipe.
+            tokio::io::copy(&mut reader, &mut tokio::io::sink())
+                .await
+                .map_err(|e| unexpected(e.to_string()))?;
             return Ok(Some((oid, kind, finding)));
         }
     }
