@@ -3,6 +3,7 @@
 mod cli_run;
 mod egress;
 mod forge;
+mod git_host;
 mod redact;
 mod runner;
 mod sandbox;
