@@ -1110,6 +1110,7 @@ git push --porcelain --force-with-lease="refs/heads/$MAXIONS_BRANCH:$remote" ori
     async fn finish_sandbox(&mut self, keep: bool) -> Option<String> {
         let sandbox = self.sandbox.take()?;
         if keep {
+            sandbox.keep();
             return Some(sandbox.id().to_owned());
         }
         if let Err(error) = sandbox.destroy().await {
