@@ -55,6 +55,11 @@ pub struct SandboxSpec {
     #[serde(default, skip_serializing_if = "Option::is_none")]
     #[schemars(range(min = 16, max = 1_000_000))]
     pub pids: Option<u32>,
+    /// How much `/workspace` may hold, e.g. `20g`. Default: `10g`. maxions measures it every few
+    /// seconds while a step runs and kills the step when it is over (the engine's volumes have
+    /// no quota), so a step may overshoot by what it writes in those seconds.
+    #[serde(default, skip_serializing_if = "Option::is_none")]
+    pub disk: Option<ByteSize>,
     /// Time limit for the whole run.
     #[serde(default, skip_serializing_if = "Option::is_none")]
     pub timeout: Option<HumanDuration>,

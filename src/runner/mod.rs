@@ -600,6 +600,7 @@ impl<'a> Runner<'a> {
     async fn finish_sandbox(&mut self, keep: bool) -> Option<String> {
         let sandbox = self.sandbox.take()?;
         if keep {
+            sandbox.keep();
             return Some(sandbox.id().to_owned());
         }
         if let Err(error) = sandbox.destroy().await {

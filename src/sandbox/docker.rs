@@ -1,12 +1,18 @@
 //! The Docker backend of [`Sandbox`]: one hardened container per run, talked to through the
 //! Engine API (bollard) on the local socket or `DOCKER_HOST`.
 //!
-//! Every exec runs under a tiny `sh` wrapper that records its process id, so that a timeout or a
-//! cancellation can kill its whole process group from a second exec (docker makes each exec a
-//! session and group leader). Files travel through exec stdin/stdout: the root file system is
-//! read-only and `/tmp` is a tmpfs, neither of which the archive API can write.
+//! Two uids share a container. The image's `USER` runs every step; maxions' own processes (the
+//! reaper that is the main process, the egress relay, helper execs) run as uid 0 with no
+//! capability but `KILL`, which the sandbox's user can neither signal nor ptrace. So a step ends
+//! with `kill -9 -1` run as the sandbox's user, which the kernel applies to all of that user's
+//! processes at once, and a fork bomb that leaves no slot for an exec is swept by the root
+//! reaper with builtins only. Every exec runs under a tiny `sh` wrapper that records its process
+//! id, so that a timeout or a cancellation can kill its process group at once. Files travel
+//! through exec stdin/stdout: the root file system is read-only and `/tmp` is a tmpfs, neither
+//! of which the archive API can write.
 
 use std::collections::HashMap;
+use std::io::Write as _;
 use std::path::{Path, PathBuf};
 use std::sync::atomic::{AtomicBool, AtomicU64, Ordering};
 use std::sync::{Arc, RwLock};
@@ -22,14 +28,16 @@ use bollard::query_parameters::{
 use futures_util::StreamExt;
 use tokio::io::AsyncWriteExt;
 use tokio_util::sync::CancellationToken;
+use tokio_util::task::TaskTracker;
 
 use super::egress::relay::{self, EgressDir};
 use super::egress::{EgressEvent, EgressProxy, Resolver};
+use super::procs::{self, COPY_IN, END_STEP, PREPARE, REAPER, WRAPPER};
 use super::redact::{RedactStream, Redactor};
 use super::{
-    BoxFuture, ContainerSpec, Engine, ExecOutcome, ExecRequest, ExecStatus, FileContents,
-    NetworkPolicy, OutputSink, OutputStream, Sandbox, SandboxError, TAIL_BYTES, TMPFS_SIZE, Tail,
-    WORKSPACE,
+    BoxFuture, ContainerSpec, DISK_CHECK_EVERY, Engine, ExecOutcome, ExecRequest, ExecStatus,
+    ExecUser, FileContents, NetworkPolicy, OutputSink, OutputStream, Sandbox, SandboxError,
+    TAIL_BYTES, TMPFS_SIZE, Tail, WORKSPACE,
 };
 
 /// The label every maxions container carries, valued with its run id.
@@ -44,14 +52,14 @@ const WATCHDOG: Duration = Duration::from_secs(20);
 const DRAIN: Duration = Duration::from_secs(5);
 /// Seconds bollard waits for an API answer (not for a command: exec streams have no limit).
 const API_TIMEOUT: u64 = 120;
-
-/// Tells maxions the exec's pid on the first line of stderr (docker makes every exec a session and
-/// process-group leader, so this is also the group to kill), then becomes the command.
-const WRAPPER: &str = r#"echo "$$" >&2 && exec "$@""#;
-/// The container's main process: reads process groups to kill from its stdin, which maxions
-/// writes to through an attach. `read` and `kill` are shell builtins, so killing a fork bomb that
-/// holds every process slot needs no new process (a `docker exec` would fail then).
-const REAPER: &str = r#"while read -r g; do case "$g" in ''|*[!0-9]*) ;; *) kill -9 "-$g" 2>/dev/null ;; esac; done"#;
+/// The longest an internal command (a kill, a measurement, a check) may take, all told.
+const QUIET_TIMEOUT: Duration = Duration::from_secs(30);
+/// The longest a file copy may take.
+const COPY_TIMEOUT: Duration = Duration::from_secs(600);
+/// How long an order to the reaper may take to deliver.
+const REAPER_TIMEOUT: Duration = Duration::from_secs(5);
+/// Who maxions' own processes are: uid 0, whose only capability is `KILL`.
+const MAXIONS_USER: &str = "0:0";
 
 /// A connection to a Docker engine.
 #[derive(Clone)]
@@ -152,6 +160,7 @@ impl DockerEngine {
                 spec.image
             )));
         }
+        let private = format!("/tmp/maxions-{}", random_hex()?);
 
         let name = format!("maxions-{}", sanitize(&spec.run_id));
         let labels = HashMap::from([
@@ -170,6 +179,7 @@ impl DockerEngine {
             ..Mount::default()
         }];
         let mut cmd = vec!["sh".to_owned(), "-c".to_owned(), REAPER.to_owned()];
+        // Dropped on any early return below: stops the proxy and removes its directory.
         let mut egress = None;
         let network_mode = match &spec.network {
             NetworkPolicy::None => "none",
@@ -197,7 +207,17 @@ impl DockerEngine {
                     Some(sink) => sink(event),
                     None => tracing::info!(?event, "egress"),
                 });
-                let task = tokio::spawn(proxy.serve_unix(listener, cancel.clone()));
+                let tracker = TaskTracker::new();
+                let abort = tracker
+                    .spawn(proxy.serve_unix(listener, cancel.clone()))
+                    .abort_handle();
+                tracker.close();
+                egress = Some(Egress {
+                    dir: egress_dir.clone(),
+                    cancel,
+                    tracker,
+                    abort,
+                });
                 mounts.push(Mount {
                     target: Some(relay::CONTAINER_DIR.to_owned()),
                     source: Some(egress_dir.host_dir().display().to_string()),
@@ -205,7 +225,8 @@ impl DockerEngine {
                     read_only: Some(true),
                     ..Mount::default()
                 });
-                // The relay runs beside the reaper; `exec` keeps it out of the reaper's group.
+                // The relay runs beside the reaper, as maxions' user; `exec` keeps it out of the
+                // reaper's group.
                 let relay_argv: Vec<String> = relay::container_command()
                     .iter()
                     .map(|a| shell_quote(a))
@@ -216,18 +237,17 @@ impl DockerEngine {
                         .into_iter()
                         .map(|(k, v)| format!("{k}={v}")),
                 );
-                egress = Some(Egress {
-                    dir: egress_dir,
-                    cancel,
-                    task: std::sync::Mutex::new(Some(task)),
-                });
                 "none"
             }
         };
 
         let host_config = HostConfig {
             readonly_rootfs: Some(true),
+            // The main process is uid 0 so that the sandbox's user cannot signal it; `KILL` is
+            // all it keeps, to kill the sandbox user's processes. Execs of the sandbox's user
+            // get no capability at all (the kernel clears them for a non-root uid).
             cap_drop: Some(vec!["ALL".to_owned()]),
+            cap_add: Some(vec!["KILL".to_owned()]),
             security_opt: Some(vec!["no-new-privileges".to_owned()]),
             privileged: Some(false),
             memory: Some(i64::try_from(spec.memory).unwrap_or(i64::MAX)),
@@ -250,6 +270,7 @@ impl DockerEngine {
             cmd: Some(cmd),
             env: Some(env),
             labels: Some(labels),
+            user: Some(MAXIONS_USER.to_owned()),
             working_dir: Some(WORKSPACE.to_owned()),
             // The reaper's stdin stays open between attaches.
             open_stdin: Some(true),
@@ -273,19 +294,33 @@ impl DockerEngine {
                 )),
                 _ => SandboxError::Create(engine_message(&e)),
             })?;
-        let sandbox = DockerSandbox {
+        // From here on the sandbox owns the container: dropping it (an error, a panic, the
+        // caller's future dropped) removes the container.
+        let mut sandbox = DockerSandbox {
             docker: self.docker.clone(),
             id: created.id,
             memory: spec.memory,
+            disk: spec.disk,
+            user,
+            uid: 0,
+            private,
             redactor: RwLock::new(Redactor::none()),
             oom_kills: AtomicU64::new(0),
             destroyed: AtomicBool::new(false),
+            kept: AtomicBool::new(false),
             egress,
             reaper: tokio::sync::Mutex::new(None),
         };
         if let Err(error) = self.docker.start_container(&sandbox.id, None).await {
             let _ = sandbox.remove().await;
             return Err(SandboxError::Create(engine_message(&error)));
+        }
+        match sandbox.prepare().await {
+            Ok(uid) => sandbox.uid = uid,
+            Err(error) => {
+                let _ = sandbox.remove().await;
+                return Err(error);
+            }
         }
         // Open the line to the reaper now, so that no step pays for it.
         *sandbox.reaper.lock().await = sandbox.attach_reaper().await;
@@ -383,24 +418,115 @@ fn owner_alive(owner: &str, local_engine: bool) -> bool {
         .is_ok_and(|pid| Path::new(&format!("/proc/{pid}")).exists())
 }
 
+/// One sandbox's egress proxy: its task and its directory. Dropped, it stops the proxy and
+/// removes the directory; [`Egress::stop`] also waits for the proxy to end.
 struct Egress {
     dir: EgressDir,
     cancel: CancellationToken,
-    task: std::sync::Mutex<Option<tokio::task::JoinHandle<()>>>,
+    /// Holds the one proxy task, closed: `wait` returns once it has ended.
+    tracker: TaskTracker,
+    abort: tokio::task::AbortHandle,
 }
 
-/// A running hardened container.
+impl Egress {
+    async fn stop(&self) {
+        self.cancel.cancel();
+        if tokio::time::timeout(Duration::from_secs(5), self.tracker.wait())
+            .await
+            .is_err()
+        {
+            self.abort.abort();
+        }
+        let _ = std::fs::remove_dir_all(self.dir.host_dir());
+    }
+}
+
+impl Drop for Egress {
+    fn drop(&mut self) {
+        self.cancel.cancel();
+        self.abort.abort();
+        let _ = std::fs::remove_dir_all(self.dir.host_dir());
+    }
+}
+
+/// A running hardened container. Dropped without [`Sandbox::destroy`] (an error path, a panic,
+/// a cancelled future) or [`Sandbox::keep`], it removes its container in the background: on the
+/// current tokio runtime when there is one, else on a thread of its own. A process that exits
+/// right after may not get that far; [`Engine::remove_orphans`] removes what is left at the next
+/// start.
 pub struct DockerSandbox {
     docker: Docker,
     id: String,
     memory: u64,
+    disk: Option<u64>,
+    /// The image's `USER`, as execs of [`ExecUser::Sandbox`] name it.
+    user: String,
+    /// Its numeric uid, never 0.
+    uid: u32,
+    private: String,
     redactor: RwLock<Redactor>,
     /// OOM kills already accounted for, to tell a new one from an old one.
     oom_kills: AtomicU64,
     destroyed: AtomicBool,
+    kept: AtomicBool,
     egress: Option<Egress>,
     /// An open attach to the reaper's stdin: killing a process group costs one small write.
     reaper: tokio::sync::Mutex<Option<std::pin::Pin<Box<dyn tokio::io::AsyncWrite + Send>>>>,
+}
+
+impl Drop for DockerSandbox {
+    fn drop(&mut self) {
+        if self.destroyed.load(Ordering::Acquire) || self.kept.load(Ordering::Acquire) {
+            return;
+        }
+        let docker = self.docker.clone();
+        let id = self.id.clone();
+        let removal = async move {
+            let removed = tokio::time::timeout(
+                Duration::from_secs(API_TIMEOUT),
+                docker.remove_container(&id, Some(force_remove())),
+            )
+            .await;
+            if !matches!(removed, Ok(Ok(()))) {
+                tracing::warn!(container = %short(&id), "could not remove a dropped sandbox; it goes at the next start of maxions");
+            }
+        };
+        match tokio::runtime::Handle::try_current() {
+            Ok(handle) => {
+                handle.spawn(removal);
+            }
+            Err(_) => {
+                let _ = std::thread::Builder::new()
+                    .name("maxions-sandbox-drop".into())
+                    .spawn(move || {
+                        if let Ok(runtime) = tokio::runtime::Builder::new_current_thread()
+                            .enable_all()
+                            .build()
+                        {
+                            runtime.block_on(removal);
+                        }
+                    });
+            }
+        }
+    }
+}
+
+/// Where an exec's stdin comes from.
+enum Input {
+    /// End of file at once.
+    None,
+    Bytes(Vec<u8>),
+    /// Streamed, never held whole in memory.
+    File(tokio::fs::File),
+}
+
+/// What reading an exec's output is for.
+#[derive(Clone, Copy, PartialEq, Eq)]
+enum Output {
+    /// Redacted, as everything shown or kept.
+    Redacted,
+    /// Exactly as the command wrote it, for data the host verifies itself.
+    Raw,
 }
 
 /// How the read loop of an exec ended.
@@ -408,6 +534,7 @@ enum Ending {
     Eof,
     TimedOut(Duration),
     Cancelled,
+    DiskFull(u64),
 }
 
 impl DockerSandbox {
@@ -423,6 +550,34 @@ impl DockerSandbox {
         sink: OutputSink<'_>,
         cancel: &CancellationToken,
     ) -> Result<ExecOutcome, SandboxError> {
+        let input = request.stdin.clone().map_or(Input::None, Input::Bytes);
+        self.run_with(request, input, Output::Redacted, sink, cancel)
+            .await
+    }
+
+    fn exec_user(&self, user: ExecUser) -> String {
+        match user {
+            ExecUser::Sandbox => self.user.clone(),
+            ExecUser::Maxions => MAXIONS_USER.to_owned(),
+        }
+    }
+
+    /// The environment maxions' own execs start from: no file the sandbox wrote configures them.
+    fn maxions_env(&self) -> Vec<String> {
+        vec![
+            format!("HOME={}", self.private),
+            format!("XDG_CONFIG_HOME={}/.config", self.private),
+        ]
+    }
+
+    async fn run_with(
+        &self,
+        request: &ExecRequest,
+        input: Input,
+        output_kind: Output,
+        sink: OutputSink<'_>,
+        cancel: &CancellationToken,
+    ) -> Result<ExecOutcome, SandboxError> {
         let started = Instant::now();
         let redactor = self.redactor();
         let shown = redactor.redact_str(&describe(&request.argv)).into_owned();
@@ -433,11 +588,11 @@ impl DockerSandbox {
             "maxions".to_owned(),
         ];
         cmd.extend(request.argv.iter().cloned());
-        let mut env: Vec<String> = request
-            .env
-            .iter()
-            .map(|(k, v)| format!("{k}={v}"))
-            .collect();
+        let mut env = match request.user {
+            ExecUser::Maxions => self.maxions_env(),
+            ExecUser::Sandbox => Vec::new(),
+        };
+        env.extend(request.env.iter().map(|(k, v)| format!("{k}={v}")));
         env.extend(
             request
                 .secrets
@@ -445,12 +600,13 @@ impl DockerSandbox {
                 .map(|s| format!("{}={}", s.name(), s.expose())),
         );
         let options = CreateExecOptions {
-            attach_stdin: Some(request.stdin.is_some()),
+            attach_stdin: Some(!matches!(input, Input::None)),
             attach_stdout: Some(true),
             attach_stderr: Some(true),
             tty: Some(false),
             env: Some(env),
             cmd: Some(cmd),
+            user: Some(self.exec_user(request.user)),
             working_dir: Some(
                 request
                     .workdir
@@ -475,20 +631,29 @@ impl DockerSandbox {
             )
             .await
             .map_err(|e| self.lost(&shown, &e))?;
-        let StartExecResults::Attached { mut output, input } = started_exec else {
+        let StartExecResults::Attached {
+            mut output,
+            input: stdin,
+        } = started_exec
+        else {
             return Err(SandboxError::Engine("the exec started detached".into()));
         };
 
         // Feed stdin beside reading output: a command may print before it has read everything.
         let feeder = {
-            let bytes = request.stdin.clone();
-            let mut input = input;
+            let mut stdin = stdin;
             tokio::spawn(async move {
-                if let Some(bytes) = bytes {
-                    let _ = input.write_all(&bytes).await;
+                match input {
+                    Input::None => {}
+                    Input::Bytes(bytes) => {
+                        let _ = stdin.write_all(&bytes).await;
+                    }
+                    Input::File(mut file) => {
+                        let _ = tokio::io::copy(&mut file, &mut stdin).await;
+                    }
                 }
                 // End of file: a command reading stdin ends instead of waiting forever.
-                let _ = input.shutdown().await;
+                let _ = stdin.shutdown().await;
             })
         };
 
@@ -499,7 +664,7 @@ impl DockerSandbox {
             tail: Tail::new(TAIL_BYTES),
             redacted: Vec::new(),
             pid: PidLine::default(),
-            passthrough: redactor.is_empty(),
+            passthrough: redactor.is_empty() || output_kind == Output::Raw,
         };
 
         let deadline = request.timeout.map(|t| tokio::time::Instant::now() + t);
@@ -510,6 +675,16 @@ impl DockerSandbox {
             }
         };
         tokio::pin!(sleep_until_deadline);
+        // The workspace limit binds what the sandbox's user runs; maxions' helpers write to
+        // their own directory on the bounded /tmp.
+        let disk_limit = self.disk.filter(|_| request.user == ExecUser::Sandbox);
+        let disk_watch = async {
+            match disk_limit {
+                Some(limit) => self.watch_disk(limit).await,
+                None => std::future::pending().await,
+            }
+        };
+        tokio::pin!(disk_watch);
         let mut stream_error = None;
         let ending = loop {
             tokio::select! {
@@ -518,6 +693,7 @@ impl DockerSandbox {
                 () = &mut sleep_until_deadline => {
                     break Ending::TimedOut(request.timeout.unwrap_or_default());
                 }
+                limit = &mut disk_watch => break Ending::DiskFull(limit),
                 item = tokio::time::timeout(WATCHDOG, output.next()) => match item {
                     Ok(Some(Ok(LogOutput::StdOut { message } | LogOutput::Console { message }))) => {
                         out.emit(OutputStream::Stdout, &message);
@@ -568,6 +744,12 @@ impl DockerSandbox {
                     }
                 }
             }
+            // What escaped the group (setsid, double fork) ends too: the step is over.
+            if request.user == ExecUser::Sandbox
+                && let Err(error) = self.kill_all().await
+            {
+                tracing::warn!(%error, "ending the processes of a killed exec");
+            }
             // Keep what the command printed before it died, but do not wait on it forever.
             let _ = tokio::time::timeout(DRAIN, async {
                 while let Some(Ok(item)) = output.next().await {
@@ -596,6 +778,7 @@ impl DockerSandbox {
         let status = match ending {
             Ending::TimedOut(after) => ExecStatus::TimedOut(after),
             Ending::Cancelled => ExecStatus::Cancelled,
+            Ending::DiskFull(limit) => ExecStatus::DiskFull { limit },
             Ending::Eof => self.exit_status(&exec.id, &shown, stream_error).await?,
         };
         Ok(ExecOutcome {
@@ -605,6 +788,38 @@ impl DockerSandbox {
             stderr_bytes: out.counts[1],
             tail: out.tail.into_vec(),
         })
+    }
+
+    /// Measures the workspace every [`DISK_CHECK_EVERY`]; returns `limit` once it is over, or
+    /// cannot be measured whole. An engine that does not answer is not a full disk: the exec's
+    /// own watchdog reports that.
+    async fn watch_disk(&self, limit: u64) -> u64 {
+        loop {
+            tokio::time::sleep(DISK_CHECK_EVERY).await;
+            match self.workspace_size().await {
+                Ok(Some(used)) if used <= limit => {}
+                Ok(_) => return limit,
+                Err(error) => tracing::debug!(%error, "measuring the workspace"),
+            }
+        }
+    }
+
+    /// The bytes `/workspace` holds, `None` when part of it cannot be read. Measured by
+    /// maxions' user (which the sandbox cannot kill or slow down by signals), and, when a
+    /// directory is closed to it (`mktemp -d` makes 0700 ones), again by the sandbox's user.
+    async fn workspace_size(&self) -> Result<Option<u64>, SandboxError> {
+        let env = ["LC_ALL=C"];
+        let (_, stdout, stderr) = self.quiet(ExecUser::Maxions, &procs::DU, &env).await?;
+        let first = procs::disk_use(&stdout, &stderr);
+        if !first.unreadable {
+            return Ok(first.bytes);
+        }
+        let (_, stdout, stderr) = self.quiet(ExecUser::Sandbox, &procs::DU, &env).await?;
+        let second = procs::disk_use(&stdout, &stderr);
+        if second.unreadable {
+            return Ok(None);
+        }
+        Ok(second.bytes.map(|b| b.max(first.bytes.unwrap_or(0))))
     }
 
     /// How an exec whose output ended actually ended: its exit code, an OOM kill, or the loss
@@ -681,7 +896,10 @@ impl DockerSandbox {
     /// remote engine too; the container's `OOMKilled` flag is the fallback.
     async fn new_oom_kill(&self) -> bool {
         let script = "cat /sys/fs/cgroup/memory.events 2>/dev/null || cat /sys/fs/cgroup/memory/memory.oom_control";
-        if let Ok((0, text)) = self.quiet_exec(&["sh", "-c", script]).await {
+        if let Ok((0, text, _)) = self
+            .quiet(ExecUser::Maxions, &["sh", "-c", script], &[])
+            .await
+        {
             let count = String::from_utf8_lossy(&text)
                 .lines()
                 .find_map(|l| l.strip_prefix("oom_kill ")?.trim().parse::<u64>().ok());
@@ -703,91 +921,205 @@ impl DockerSandbox {
             .stdin(true)
             .stream(true)
             .build();
-        self.docker
-            .attach_container(&self.id, Some(options))
-            .await
-            .ok()
-            .map(|attached| attached.input)
+        tokio::time::timeout(
+            REAPER_TIMEOUT,
+            self.docker.attach_container(&self.id, Some(options)),
+        )
+        .await
+        .ok()?
+        .ok()
+        .map(|attached| attached.input)
     }
 
-    /// Kills an exec's process group through the reaper (no new process needed, so it works even
-    /// when a fork bomb holds every process slot). Returns whether the reaper got the order.
-    async fn reap(&self, pid: u32) -> bool {
-        let line = format!("{pid}\n");
+    /// Sends one order to the reaper (no new process needed, so it works even when a fork bomb
+    /// holds every process slot). Returns whether the reaper got it.
+    async fn order(&self, line: &str) -> bool {
+        let line = format!("{line}\n");
         let mut slot = self.reaper.lock().await;
         for _ in 0..2 {
             if slot.is_none() {
                 *slot = self.attach_reaper().await;
             }
-            if let Some(input) = slot.as_mut()
-                && input.write_all(line.as_bytes()).await.is_ok()
-                && input.flush().await.is_ok()
-            {
-                return true;
+            if let Some(input) = slot.as_mut() {
+                let sent = tokio::time::timeout(REAPER_TIMEOUT, async {
+                    input.write_all(line.as_bytes()).await?;
+                    input.flush().await
+                })
+                .await;
+                if matches!(sent, Ok(Ok(()))) {
+                    return true;
+                }
             }
             *slot = None;
         }
         false
     }
 
+    /// Kills an exec's process group through the reaper. Returns whether the reaper got the
+    /// order.
+    async fn reap(&self, pid: u32) -> bool {
+        self.order(&pid.to_string()).await
+    }
+
     /// Kills the process group of a timed-out or cancelled exec: through the reaper, or with a
-    /// `kill` exec when the reaper cannot be reached.
+    /// `kill` exec of maxions' user when the reaper cannot be reached.
     async fn kill_group(&self, pid: u32) {
         if self.reap(pid).await {
             return;
         }
-        let _ = tokio::time::timeout(
-            Duration::from_secs(10),
-            self.quiet_exec(&["kill", "-9", &format!("-{pid}")]),
-        )
-        .await;
+        let _ = self
+            .quiet(ExecUser::Maxions, &["kill", "-9", &format!("-{pid}")], &[])
+            .await;
     }
 
-    /// A short internal command: its exit code and (at most 64 KiB of) stdout.
-    async fn quiet_exec(&self, argv: &[&str]) -> Result<(i64, Vec<u8>), SandboxError> {
+    /// Kills every process of the sandbox's user: `kill -9 -1` as that user, which the kernel
+    /// applies atomically; when that exec cannot start or does not finish (a fork bomb holds
+    /// the slots, something kills every new process), the root reaper sweeps the uid first.
+    async fn kill_all(&self) -> Result<u32, SandboxError> {
+        let mut last = String::new();
+        let mut reaper = true;
+        for attempt in 0..6 {
+            if attempt > 0 {
+                reaper &= self.order(&format!("u{}", self.uid)).await;
+                tokio::time::sleep(Duration::from_millis(100 * attempt)).await;
+            }
+            match self
+                .quiet(ExecUser::Sandbox, &["sh", "-c", END_STEP], &[])
+                .await
+            {
+                Ok((0, stdout, _)) => {
+                    if let Some(killed) = procs::killed(&stdout) {
+                        return Ok(killed);
+                    }
+                    last = "the kill printed no count".into();
+                }
+                Ok((code, _, stderr)) => {
+                    last = format!(
+                        "the kill exited with {code}: {}",
+                        String::from_utf8_lossy(&stderr).trim()
+                    );
+                }
+                Err(
+                    error @ (SandboxError::ContainerGone { .. } | SandboxError::EngineLost { .. }),
+                ) => {
+                    return Err(error);
+                }
+                // Most often: no process slot left to start the exec in.
+                Err(error) => last = error.to_string(),
+            }
+        }
+        Err(SandboxError::Engine(format!(
+            "processes of the sandbox's user in {} survive every kill ({}{}); destroy the sandbox",
+            short(&self.id),
+            self.redactor().redact_str(&last),
+            if reaper {
+                ""
+            } else {
+                "; the reaper does not answer"
+            }
+        )))
+    }
+
+    /// Makes the private directory and learns the sandbox user's uid, before any step runs
+    /// (so no process of the sandbox sees this command line).
+    async fn prepare(&self) -> Result<u32, SandboxError> {
+        let user = self.user.split(':').next().unwrap_or_default().to_owned();
+        let (code, stdout, stderr) = self
+            .quiet(
+                ExecUser::Maxions,
+                &["sh", "-c", PREPARE, &self.private, &user],
+                &[],
+            )
+            .await?;
+        let uid = std::str::from_utf8(&stdout)
+            .ok()
+            .and_then(|t| t.trim().parse::<u32>().ok());
+        match uid {
+            Some(0) => Err(SandboxError::Create(format!(
+                "the image's user `{}` is uid 0; sandboxes run as a non-root user, so give the image one (`USER` in its Dockerfile)",
+                self.user
+            ))),
+            Some(uid) if code == 0 => Ok(uid),
+            _ => Err(SandboxError::Create(format!(
+                "cannot prepare the sandbox (private directory, uid of `{}`): {}",
+                self.user,
+                String::from_utf8_lossy(&stderr).trim()
+            ))),
+        }
+    }
+
+    /// A short internal command as `user`: its exit code, and at most 64 KiB of each of stdout
+    /// and stderr. All of it, engine calls included, within [`QUIET_TIMEOUT`].
+    async fn quiet(
+        &self,
+        user: ExecUser,
+        argv: &[&str],
+        env: &[&str],
+    ) -> Result<(i64, Vec<u8>, Vec<u8>), SandboxError> {
+        let shown = describe(&argv.iter().map(|s| (*s).to_owned()).collect::<Vec<_>>());
+        match tokio::time::timeout(QUIET_TIMEOUT, self.quiet_untimed(user, argv, env, &shown)).await
+        {
+            Ok(result) => result,
+            Err(_) => Err(SandboxError::EngineLost {
+                command: shown,
+                detail: format!("no answer within {} s", QUIET_TIMEOUT.as_secs()),
+            }),
+        }
+    }
+
+    async fn quiet_untimed(
+        &self,
+        user: ExecUser,
+        argv: &[&str],
+        env: &[&str],
+        shown: &str,
+    ) -> Result<(i64, Vec<u8>, Vec<u8>), SandboxError> {
+        let mut all_env = match user {
+            ExecUser::Maxions => self.maxions_env(),
+            ExecUser::Sandbox => Vec::new(),
+        };
+        all_env.extend(env.iter().map(|e| (*e).to_owned()));
         let options = CreateExecOptions {
             attach_stdout: Some(true),
             attach_stderr: Some(true),
             cmd: Some(argv.iter().map(|s| (*s).to_owned()).collect()),
+            env: Some(all_env),
+            user: Some(self.exec_user(user)),
             ..CreateExecOptions::default()
         };
-        let shown = describe(&argv.iter().map(|s| (*s).to_owned()).collect::<Vec<_>>());
         let exec = self
             .docker
             .create_exec(&self.id, options)
             .await
-            .map_err(|e| self.lost(&shown, &e))?;
+            .map_err(|e| self.lost(shown, &e))?;
         let mut stdout = Vec::new();
+        let mut stderr = Vec::new();
         if let StartExecResults::Attached { mut output, .. } = self
             .docker
             .start_exec(&exec.id, None)
             .await
-            .map_err(|e| self.lost(&shown, &e))?
+            .map_err(|e| self.lost(shown, &e))?
         {
-            let read = tokio::time::timeout(Duration::from_secs(30), async {
-                while let Some(Ok(item)) = output.next().await {
-                    if let LogOutput::StdOut { message } = item
-                        && stdout.len() < 64 << 10
-                    {
+            while let Some(Ok(item)) = output.next().await {
+                match item {
+                    LogOutput::StdOut { message } if stdout.len() < 64 << 10 => {
                         stdout.extend_from_slice(&message);
                     }
+                    LogOutput::StdErr { message } if stderr.len() < 64 << 10 => {
+                        stderr.extend_from_slice(&message);
+                    }
+                    _ => {}
                 }
-            });
-            if read.await.is_err() {
-                return Err(SandboxError::EngineLost {
-                    command: shown,
-                    detail: "no answer within 30 s".into(),
-                });
             }
         }
         let code = self
             .docker
             .inspect_exec(&exec.id)
             .await
-            .map_err(|e| self.lost(&shown, &e))?
+            .map_err(|e| self.lost(shown, &e))?
             .exit_code
             .unwrap_or(-1);
-        Ok((code, stdout))
+        Ok((code, stdout, stderr))
     }
 
     fn lost(&self, shown: &str, error: &bollard::errors::Error) -> SandboxError {
@@ -810,12 +1142,7 @@ impl DockerSandbox {
             return Ok(());
         }
         if let Some(egress) = &self.egress {
-            egress.cancel.cancel();
-            let task = egress.task.lock().ok().and_then(|mut t| t.take());
-            if let Some(task) = task {
-                let _ = tokio::time::timeout(Duration::from_secs(5), task).await;
-            }
-            let _ = std::fs::remove_dir_all(egress.dir.host_dir());
+            egress.stop().await;
         }
         match self
             .docker
@@ -888,6 +1215,132 @@ impl DockerSandbox {
         bytes.truncate(limit);
         Ok(FileContents { bytes, truncated })
     }
+
+    async fn copy_to(
+        &self,
+        host: &Path,
+        dest: &str,
+        mode: u32,
+        user: ExecUser,
+    ) -> Result<u64, SandboxError> {
+        let host_error = |e: std::io::Error| SandboxError::HostFile {
+            path: host.display().to_string(),
+            detail: e.to_string(),
+        };
+        let file = tokio::fs::File::open(host).await.map_err(host_error)?;
+        let length = file.metadata().await.map_err(host_error)?.len();
+        let request = ExecRequest {
+            user,
+            ..ExecRequest::new(["sh", "-c", COPY_IN, dest, &format!("{:o}", mode & 0o777)])
+                .timeout(COPY_TIMEOUT)
+        };
+        let mut errors = Vec::new();
+        let mut sink = |which: OutputStream, bytes: &[u8]| {
+            if which == OutputStream::Stderr && errors.len() < 4096 {
+                errors.extend_from_slice(bytes);
+            }
+        };
+        let outcome = self
+            .run_with(
+                &request,
+                Input::File(file),
+                Output::Redacted,
+                &mut sink,
+                &CancellationToken::new(),
+            )
+            .await?;
+        if outcome.status.success() {
+            Ok(length)
+        } else {
+            Err(SandboxError::File {
+                path: dest.to_owned(),
+                detail: file_error(&outcome.status, &errors),
+            })
+        }
+    }
+
+    async fn copy_from(
+        &self,
+        src: &str,
+        host: &Path,
+        limit: u64,
+        user: ExecUser,
+    ) -> Result<u64, SandboxError> {
+        use std::os::unix::fs::OpenOptionsExt;
+
+        let host_error = |e: &std::io::Error| SandboxError::HostFile {
+            path: host.display().to_string(),
+            detail: e.to_string(),
+        };
+        let mut file = std::fs::OpenOptions::new()
+            .write(true)
+            .create_new(true)
+            .mode(0o600)
+            .open(host)
+            .map_err(|e| host_error(&e))?;
+        let request = ExecRequest {
+            user,
+            ..ExecRequest::new([
+                "head",
+                "-c",
+                &limit.saturating_add(1).to_string(),
+                "--",
+                src,
+            ])
+            .timeout(COPY_TIMEOUT)
+        };
+        let mut written = 0_u64;
+        let mut write_error = None;
+        let mut errors = Vec::new();
+        // Small blocking writes (64 KiB frames into the page cache): not worth a thread hop.
+        let mut sink = |which: OutputStream, bytes: &[u8]| match which {
+            OutputStream::Stdout => {
+                let room = limit.saturating_sub(written);
+                let take = bytes.len().min(usize::try_from(room).unwrap_or(usize::MAX));
+                written += bytes.len() as u64;
+                if write_error.is_none()
+                    && let Err(error) = file.write_all(&bytes[..take])
+                {
+                    write_error = Some(error);
+                }
+            }
+            OutputStream::Stderr if errors.len() < 4096 => errors.extend_from_slice(bytes),
+            OutputStream::Stderr => {}
+        };
+        let outcome = self
+            .run_with(
+                &request,
+                Input::None,
+                Output::Raw,
+                &mut sink,
+                &CancellationToken::new(),
+            )
+            .await;
+        let failure = match outcome {
+            Err(error) => Some(error),
+            Ok(_) if write_error.is_some() => write_error.as_ref().map(host_error),
+            Ok(outcome) if !outcome.status.success() => Some(SandboxError::File {
+                path: src.to_owned(),
+                detail: file_error(&outcome.status, &errors),
+            }),
+            Ok(_) if written > limit => Some(SandboxError::File {
+                path: src.to_owned(),
+                detail: format!(
+                    "larger than the limit of {} for copying it out",
+                    crate::config::units::ByteSize(limit)
+                ),
+            }),
+            Ok(_) => file.sync_all().err().as_ref().map(host_error),
+        };
+        drop(file);
+        match failure {
+            Some(error) => {
+                let _ = std::fs::remove_file(host);
+                Err(error)
+            }
+            None => Ok(written),
+        }
+    }
 }
 
 impl Sandbox for DockerSandbox {
@@ -930,6 +1383,38 @@ impl Sandbox for DockerSandbox {
 
     fn destroy(&self) -> BoxFuture<'_, Result<(), SandboxError>> {
         Box::pin(self.remove())
+    }
+
+    fn end_step(&self) -> BoxFuture<'_, Result<u32, SandboxError>> {
+        Box::pin(self.kill_all())
+    }
+
+    fn private_dir(&self) -> &str {
+        &self.private
+    }
+
+    fn copy_in<'a>(
+        &'a self,
+        host: &'a Path,
+        dest: &'a str,
+        mode: u32,
+        user: ExecUser,
+    ) -> BoxFuture<'a, Result<u64, SandboxError>> {
+        Box::pin(self.copy_to(host, dest, mode, user))
+    }
+
+    fn copy_out<'a>(
+        &'a self,
+        src: &'a str,
+        host: &'a Path,
+        limit: u64,
+        user: ExecUser,
+    ) -> BoxFuture<'a, Result<u64, SandboxError>> {
+        Box::pin(self.copy_from(src, host, limit, user))
+    }
+
+    fn keep(&self) {
+        self.kept.store(true, Ordering::Release);
     }
 }
 
@@ -1037,6 +1522,16 @@ impl PidLine {
     fn pid(&self) -> Option<u32> {
         self.pid
     }
+}
+
+/// 128 random bits as hex, for names the sandbox must not guess.
+fn random_hex() -> Result<String, SandboxError> {
+    use std::io::Read as _;
+    let mut bytes = [0_u8; 16];
+    std::fs::File::open("/dev/urandom")
+        .and_then(|mut f| f.read_exact(&mut bytes))
+        .map_err(|e| SandboxError::Create(format!("cannot read /dev/urandom: {e}")))?;
+    Ok(bytes.iter().map(|b| format!("{b:02x}")).collect())
 }
 
 fn shell_quote(text: &str) -> String {

@@ -8,10 +8,12 @@
 pub mod docker;
 pub mod egress;
 pub mod image;
+mod procs;
 pub mod redact;
 mod tail;
 
 use std::future::Future;
+use std::path::Path;
 use std::pin::Pin;
 use std::sync::Arc;
 use std::time::Duration;
@@ -35,6 +37,10 @@ pub const WORKSPACE: &str = "/workspace";
 pub const DEFAULT_MEMORY: u64 = 4 << 30;
 /// Process limit when the blueprint names none: enough for builds, too few for a fork bomb.
 pub const DEFAULT_PIDS: u32 = 1024;
+/// Workspace size limit when the blueprint names none (`sandbox.disk`).
+pub const DEFAULT_DISK: u64 = 10 << 30;
+/// How often a running exec's workspace is measured against its size limit.
+pub const DISK_CHECK_EVERY: Duration = Duration::from_secs(5);
 /// Size of the `/tmp` tmpfs (it counts against the memory limit, and is capped by it).
 pub const TMPFS_SIZE: u64 = 1 << 30;
 /// How much output an [`ExecOutcome`] keeps (the end of it), for error messages and fix prompts.
@@ -66,6 +72,9 @@ pub struct ContainerSpec {
     /// Cores; `None` leaves the CPU unlimited.
     pub cpus: Option<f64>,
     pub pids: u32,
+    /// Bytes `/workspace` may hold; `None`: unlimited. Measured while execs of the sandbox's
+    /// user run (see [`ExecStatus::DiskFull`]).
+    pub disk: Option<u64>,
     /// Non-secret environment for every exec. Secrets never go here (they would show in
     /// `docker inspect`): they travel with each [`ExecRequest`].
     pub env: Vec<(String, String)>,
@@ -82,6 +91,7 @@ impl std::fmt::Debug for ContainerSpec {
             .field("memory", &self.memory)
             .field("cpus", &self.cpus)
             .field("pids", &self.pids)
+            .field("disk", &self.disk)
             .field("env", &self.env)
             .finish_non_exhaustive()
     }
@@ -110,6 +120,7 @@ impl ContainerSpec {
             memory: spec.memory.map_or(DEFAULT_MEMORY, |m| m.0),
             cpus: spec.cpus,
             pids: spec.pids.unwrap_or(DEFAULT_PIDS),
+            disk: Some(spec.disk.map_or(DEFAULT_DISK, |d| d.0)),
             ..Self::new(run_id, spec.image.as_deref().unwrap_or(default_image))
         })
     }
@@ -124,10 +135,25 @@ impl ContainerSpec {
             memory: DEFAULT_MEMORY,
             cpus: None,
             pids: DEFAULT_PIDS,
+            disk: Some(DEFAULT_DISK),
             env: Vec::new(),
             on_egress: None,
         }
     }
+}
+
+/// Whom an exec runs as.
+#[derive(Clone, Copy, Debug, Default, PartialEq, Eq)]
+pub enum ExecUser {
+    /// The image's `USER`: every step, the agent, anything untrusted.
+    #[default]
+    Sandbox,
+    /// maxions' own helpers: uid 0 with no capability but `KILL` (no `DAC_OVERRIDE`, no
+    /// `DAC_READ_SEARCH`: it reads and writes only what file modes let uid 0 without privileges).
+    /// The sandbox's user cannot signal, ptrace or read the environment of these processes; it
+    /// can see their command lines in `/proc`, so never put anything secret in an argv. `HOME`
+    /// is [`Sandbox::private_dir`], so no file the sandbox wrote configures them.
+    Maxions,
 }
 
 /// One command to run in a sandbox.
@@ -146,6 +172,8 @@ pub struct ExecRequest {
     pub stdin: Option<Vec<u8>>,
     /// After this long, every process the command started is killed.
     pub timeout: Option<Duration>,
+    /// Default: [`ExecUser::Sandbox`].
+    pub user: ExecUser,
 }
 
 impl ExecRequest {
@@ -192,6 +220,13 @@ impl ExecRequest {
         self.workdir = Some(dir.into());
         self
     }
+
+    /// Runs it as maxions' own helper ([`ExecUser::Maxions`]), out of the sandbox user's reach.
+    #[must_use]
+    pub fn as_maxions(mut self) -> Self {
+        self.user = ExecUser::Maxions;
+        self
+    }
 }
 
 /// Which stream a chunk of output came from.
@@ -217,6 +252,9 @@ pub enum ExecStatus {
     TimedOut(Duration),
     /// The caller cancelled it; all of its processes were killed.
     Cancelled,
+    /// `/workspace` grew past the sandbox's size limit, or part of it could not be measured
+    /// (a directory that even its owner cannot read); the exec was killed as on a timeout.
+    DiskFull { limit: u64 },
 }
 
 impl ExecStatus {
@@ -231,7 +269,7 @@ impl ExecStatus {
         match self {
             Self::Exited(code) => Some(*code),
             Self::OutOfMemory { .. } => Some(137),
-            Self::TimedOut(_) | Self::Cancelled => None,
+            Self::TimedOut(_) | Self::Cancelled | Self::DiskFull { .. } => None,
         }
     }
 }
@@ -255,6 +293,11 @@ impl std::fmt::Display for ExecStatus {
                 crate::config::units::HumanDuration(*after)
             ),
             Self::Cancelled => f.write_str("cancelled"),
+            Self::DiskFull { limit } => write!(
+                f,
+                "killed: the workspace grew past its {} limit (`sandbox.disk`), or hid part of itself from measurement (a directory its own user cannot read); delete what the step does not need (build outputs, caches) or raise `sandbox.disk` in the blueprint",
+                crate::config::units::ByteSize(*limit)
+            ),
         }
     }
 }
@@ -316,6 +359,8 @@ pub enum SandboxError {
     Config(String),
     #[error("`{path}` in the sandbox: {detail}")]
     File { path: String, detail: String },
+    #[error("`{path}` on this machine: {detail}")]
+    HostFile { path: String, detail: String },
     #[error("Docker engine: {0}")]
     Engine(String),
 }
@@ -372,4 +417,43 @@ pub trait Sandbox: Send + Sync {
 
     /// Removes the container and its workspace. Idempotent.
     fn destroy(&self) -> BoxFuture<'_, Result<(), SandboxError>>;
+
+    /// Ends a step: kills every process of the sandbox's user, however it detached (`setsid`,
+    /// double fork, `nohup`, ignoring SIGTERM, respawning, a fork bomb). maxions' own helpers
+    /// ([`ExecUser::Maxions`]) live on. Returns how many processes the final kill found (a fork
+    /// bomb first swept process by process is not counted whole). Call it after every step and
+    /// before anything trusted reads the workspace.
+    fn end_step(&self) -> BoxFuture<'_, Result<u32, SandboxError>>;
+
+    /// A directory made at start by maxions' own user (mode 0711, an unguessable name under
+    /// `/tmp`): the sandbox's user may open a file inside whose exact name it knows, but can
+    /// neither list nor change it. Keep its name from the sandbox: never write it where the
+    /// sandbox's user can read it, and run the helpers that name it while no step runs.
+    fn private_dir(&self) -> &str;
+
+    /// Streams a host file into the sandbox at `dest` (an absolute path; parent directories are
+    /// made), owned by `user`, with `mode`. An existing `dest` is replaced, never written
+    /// through (a symbolic link planted there is removed, not followed). Returns the bytes sent.
+    fn copy_in<'a>(
+        &'a self,
+        host: &'a Path,
+        dest: &'a str,
+        mode: u32,
+        user: ExecUser,
+    ) -> BoxFuture<'a, Result<u64, SandboxError>>;
+
+    /// Streams a sandbox file, read as `user`, to a new host file (created exclusively, mode
+    /// 0600): raw bytes, not redacted, for data the host verifies itself (git bundles). A file
+    /// longer than `limit` bytes is an error and leaves no host file. Returns its length.
+    fn copy_out<'a>(
+        &'a self,
+        src: &'a str,
+        host: &'a Path,
+        limit: u64,
+        user: ExecUser,
+    ) -> BoxFuture<'a, Result<u64, SandboxError>>;
+
+    /// Lets the container outlive this handle (`--keep`): dropping the handle without
+    /// [`Sandbox::destroy`] otherwise removes the container.
+    fn keep(&self);
 }

@@ -60,23 +60,16 @@ async fn sh(sandbox: &dyn Sandbox, script: &str) -> (ExecOutcome, Captured) {
     .await
 }
 
-/// The processes in the container other than the init, the reaper and the probe itself.
+/// The live processes of the sandbox's user other than the probe itself: those it may signal
+/// (maxions' own run as uid 0), zombies left out (they are dead, only not yet reaped). Whatever
+/// they detached from or were reparented to.
 async fn stray_processes(sandbox: &dyn Sandbox) -> String {
     let (_, out) = sh(
         sandbox,
-        r#"for p in /proc/[0-9]*; do [ "${p#/proc/}" = "$$" ] && continue; read -r s <"$p/stat" 2>/dev/null || continue; echo "$s"; done"#,
+        r#"for p in /proc/[0-9]*; do p=${p#/proc/}; [ "$p" = "$$" ] && continue; kill -0 "$p" 2>/dev/null || continue; read -r s <"/proc/$p/stat" 2>/dev/null || continue; case "${s##*) }" in Z*) continue ;; esac; echo "$s"; done"#,
     )
     .await;
-    out.stdout()
-        .lines()
-        .filter(|l| !l.contains("(docker-init)") && !l.contains(" 1 ") && !l.contains("(cut)"))
-        .filter(|l| {
-            // the reaper is the init's only direct child that is a `sh` reading stdin
-            let fields: Vec<&str> = l.split_whitespace().collect();
-            !(fields.get(1) == Some(&"(sh)") && fields.get(3) == Some(&"1"))
-        })
-        .collect::<Vec<_>>()
-        .join("\n")
+    out.stdout().trim_end().to_owned()
 }
 
 #[tokio::test(flavor = "multi_thread", worker_threads = 2)]
@@ -93,7 +86,7 @@ async fn hardening_holds_inside_the_container() {
     let (outcome, out) = sh(
         &*sandbox,
         r"id -u
-grep -E '^(CapEff|CapPrm|CapBnd|NoNewPrivs|Seccomp):' /proc/self/status
+grep -E '^(CapEff|CapPrm|CapAmb|NoNewPrivs|Seccomp):' /proc/self/status
 touch /etc/maxions-probe 2>/dev/null && echo etc-writable || echo etc-read-only
 touch /usr/bin/maxions-probe 2>/dev/null && echo usr-writable || echo usr-read-only
 touch /workspace/probe && echo workspace-writable
@@ -108,7 +101,7 @@ su -c true root </dev/null 2>/dev/null && echo became-root || echo no-root",
     for line in [
         "CapEff:\t0000000000000000",
         "CapPrm:\t0000000000000000",
-        "CapBnd:\t0000000000000000",
+        "CapAmb:\t0000000000000000",
         "NoNewPrivs:\t1",
         "Seccomp:\t2",
         "etc-read-only",
@@ -130,7 +123,8 @@ su -c true root </dev/null 2>/dev/null && echo became-root || echo no-root",
     assert_eq!(host.readonly_rootfs, Some(true));
     assert_eq!(host.privileged, Some(false));
     assert_eq!(host.cap_drop, Some(vec!["ALL".to_owned()]));
-    assert!(host.cap_add.unwrap_or_default().is_empty());
+    // Only maxions' own uid-0 processes hold it (see `helpers_are_out_of_the_sandbox_users_reach`).
+    assert_eq!(host.cap_add, Some(vec!["KILL".to_owned()]));
     assert_eq!(
         host.security_opt,
         Some(vec!["no-new-privileges".to_owned()])
@@ -636,7 +630,7 @@ async fn orphans_of_dead_runs_are_removed_and_live_ones_kept() {
     let dead_spec = spec("orphans-dead");
     let dead = engine.create(&dead_spec).await.unwrap();
     let dead_id = dead.id().to_owned();
-    drop(dead); // the process that made it "died" without destroying it
+    std::mem::forget(dead); // the process that made it "died" without destroying it
 
     // Two more, as if made by other maxions processes: one still running (pid 1 always is),
     // one long gone.
@@ -742,4 +736,486 @@ async fn destroy_removes_the_container_and_its_workspace() {
     sandbox.destroy().await.unwrap(); // idempotent
     assert!(engine.client().inspect_container(&id, None).await.is_err());
     assert_eq!(volumes(engine.clone(), spec.run_id.clone()).await, 0);
+}
+
+/// Processes left by a step that escaped its process group in every usual way.
+const ESCAPES: &str = r#"setsid sleep 1001 </dev/null >/dev/null 2>&1 &
+( sh -c 'sleep 1002 </dev/null >/dev/null 2>&1 &' & )
+nohup sleep 1003 </dev/null >/dev/null 2>&1 &
+setsid sh -c 'trap "" TERM HUP INT; while :; do sleep 1 & wait; done' </dev/null >/dev/null 2>&1 &
+sleep 0.3"#;
+
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn end_step_kills_every_process_however_it_detached() {
+    let Some(engine) = engine("endstep").await else {
+        return;
+    };
+    let sandbox = Guard::create(&engine, &spec("endstep")).await;
+
+    let (outcome, _) = sh(&*sandbox, ESCAPES).await;
+    assert!(outcome.status.success());
+    // A spy that escaped, too: it reads every later exec's environment.
+    let (outcome, _) = sh(
+        &*sandbox,
+        r#"setsid sh -c 'while :; do cat /proc/[0-9]*/environ 2>/dev/null | tr "\0" "\n" | grep LATER_ >>/tmp/spied; sleep 0.1; done' </dev/null >/dev/null 2>&1 & sleep 0.2"#,
+    )
+    .await;
+    assert!(outcome.status.success());
+    // The exec's own group is gone, but what detached lives on: the old code stopped here.
+    let before = stray_processes(&*sandbox).await;
+    assert!(
+        before.contains("(sleep)") && before.lines().count() >= 5,
+        "escaped: {before}"
+    );
+
+    let killed = sandbox.end_step().await.unwrap();
+    assert!(killed >= 5, "killed {killed}: {before}");
+    assert_eq!(
+        stray_processes(&*sandbox).await,
+        "",
+        "nothing outlives the step"
+    );
+    // The next step runs unobserved.
+    let token = Secret::new("LATER_TOKEN", "later-4f9a1c77e2").unwrap();
+    let (outcome, _) = exec_with(
+        &*sandbox,
+        &ExecRequest::shell("sleep 0.5").secret(token),
+        &CancellationToken::new(),
+    )
+    .await;
+    assert!(outcome.status.success());
+    let spied = sandbox.read_file("/tmp/spied", 4096).await;
+    assert!(
+        spied
+            .as_ref()
+            .map_or(true, |f| !String::from_utf8_lossy(&f.bytes)
+                .contains("4f9a1c77")),
+        "{spied:?}"
+    );
+    // Nothing left: a second call finds nothing, and the sandbox still works.
+    assert_eq!(sandbox.end_step().await.unwrap(), 0);
+    let (after, out) = sh(&*sandbox, "echo alive").await;
+    assert!(after.status.success());
+    assert_eq!(out.stdout(), "alive\n");
+}
+
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn end_step_ends_a_fork_bomb_that_left_its_group() {
+    let Some(engine) = engine("endbomb").await else {
+        return;
+    };
+    let mut spec = spec("endbomb");
+    spec.pids = 64;
+    let sandbox = Guard::create(&engine, &spec).await;
+
+    let (outcome, _) = sh(
+        &*sandbox,
+        "setsid bash -c 'bomb() { bomb | bomb & }; bomb' </dev/null >/dev/null 2>&1 & sleep 1",
+    )
+    .await;
+    assert!(outcome.status.success(), "{outcome:?}");
+    let started = Instant::now();
+    sandbox.end_step().await.unwrap();
+    assert!(started.elapsed() < Duration::from_secs(20));
+    assert_eq!(stray_processes(&*sandbox).await, "");
+
+    // Every slot taken and kept: an exec's first process still gets in (the engine moves it
+    // into the cgroup), but it cannot fork; the kill needs no fork.
+    let (outcome, _) = sh(
+        &*sandbox,
+        "setsid bash -c 'while :; do sleep 1000 & done' </dev/null >/dev/null 2>&1 & sleep 1",
+    )
+    .await;
+    assert!(outcome.status.success(), "{outcome:?}");
+    let mut sink = |_: OutputStream, _: &[u8]| {};
+    let blocked = sandbox
+        .exec(
+            &ExecRequest::shell("ls / | wc -l").timeout(Duration::from_secs(5)),
+            &mut sink,
+            &CancellationToken::new(),
+        )
+        .await;
+    assert!(
+        blocked.as_ref().map_or(true, |o| !o.status.success()),
+        "the pids are full: {blocked:?}"
+    );
+    sandbox.end_step().await.unwrap();
+    assert_eq!(stray_processes(&*sandbox).await, "");
+}
+
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn end_step_outlasts_a_process_that_kills_every_new_process() {
+    let Some(engine) = engine("endkiller").await else {
+        return;
+    };
+    let sandbox = Guard::create(&engine, &spec("endkiller")).await;
+    // It kills every process of its user but itself, our `kill -9 -1` exec included.
+    let (outcome, _) = sh(
+        &*sandbox,
+        "setsid sh -c 'trap \"\" TERM; while :; do kill -9 -1; done' </dev/null >/dev/null 2>&1 & sleep 0.2",
+    )
+    .await;
+    assert!(
+        matches!(outcome.status, ExecStatus::Exited(0 | 137)),
+        "{outcome:?}"
+    );
+    sandbox.end_step().await.unwrap();
+    assert_eq!(stray_processes(&*sandbox).await, "");
+}
+
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn a_timeout_also_ends_what_escaped_the_group() {
+    let Some(engine) = engine("timeoutesc").await else {
+        return;
+    };
+    let sandbox = Guard::create(&engine, &spec("timeoutesc")).await;
+    let (outcome, _) = exec_with(
+        &*sandbox,
+        &ExecRequest::shell("setsid sleep 1000 </dev/null >/dev/null 2>&1 & sleep 1000")
+            .timeout(Duration::from_secs(1)),
+        &CancellationToken::new(),
+    )
+    .await;
+    assert_eq!(outcome.status, ExecStatus::TimedOut(Duration::from_secs(1)));
+    assert_eq!(stray_processes(&*sandbox).await, "");
+}
+
+/// The pids of uid-0 processes in the container (the reaper, maxions' helpers), one a line.
+const ROOT_PIDS: &str = r#"for s in /proc/[0-9]*/status; do u=; while read -r k a b; do [ "$k" = Uid: ] && { u=$a; break; }; done <"$s"; p=${s%/status}; p=${p#/proc/}; [ "$u" = 0 ] && [ "$p" != 1 ] && echo "$p"; done"#;
+
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn helpers_are_out_of_the_sandbox_users_reach() {
+    let Some(engine) = engine("helpers").await else {
+        return;
+    };
+    let mut spec = spec("helpers");
+    spec.network = NetworkPolicy::Allowlist(EgressPolicy::parse(["example.com"]).unwrap());
+    let egress = tempfile::tempdir().unwrap();
+    let engine = engine.with_egress_root(egress.path());
+    let sandbox = Guard::create(&engine, &spec).await;
+
+    // Capabilities: none at all for the sandbox's user; only KILL for maxions' own.
+    let (_, user) = sh(&*sandbox, "grep -E '^Cap(Eff|Prm|Amb):' /proc/self/status").await;
+    assert_eq!(
+        user.stdout(),
+        "CapPrm:\t0000000000000000\nCapEff:\t0000000000000000\nCapAmb:\t0000000000000000\n"
+    );
+    let (_, helper) = exec_with(
+        &*sandbox,
+        &ExecRequest::shell("id -u; grep -E '^Cap(Eff|Prm|Amb):' /proc/self/status").as_maxions(),
+        &CancellationToken::new(),
+    )
+    .await;
+    assert_eq!(
+        helper.stdout(),
+        "0\nCapPrm:\t0000000000000020\nCapEff:\t0000000000000020\nCapAmb:\t0000000000000000\n"
+    );
+
+    // A helper with a secret, running while the sandbox's user attacks it and the reaper and
+    // the relay.
+    let secret = Secret::new("HELPER_TOKEN", "helper-77e2b1c9").unwrap();
+    let helper = ExecRequest::shell("sleep 30")
+        .secret(secret)
+        .as_maxions()
+        .timeout(Duration::from_secs(60));
+    let cancel = CancellationToken::new();
+    let attack = async {
+        tokio::time::sleep(Duration::from_millis(500)).await;
+        let (_, out) = sh(
+            &*sandbox,
+            &format!(
+                r#"for p in $({ROOT_PIDS}); do
+  read -r c <"/proc/$p/comm"; echo "target $c"
+  kill -0 "$p" 2>/dev/null && echo "signal $c"
+  kill -9 "$p" 2>/dev/null && echo "killed $c"
+  cat "/proc/$p/environ" >/dev/null 2>&1 && echo "environ $c"
+  head -c 1 "/proc/$p/mem" >/dev/null 2>&1 && echo "ptrace $c"
+  ls "/proc/$p/fd" >/dev/null 2>&1 && echo "fds $c"
+done
+ls {dir} >/dev/null 2>&1 && echo listed-private
+touch {dir}/x 2>/dev/null && echo wrote-private
+stat -c '%a %u' {dir}"#,
+                dir = sandbox.private_dir()
+            ),
+        )
+        .await;
+        cancel.cancel();
+        out.stdout()
+    };
+    let mut sink = |_: OutputStream, _: &[u8]| {};
+    let (report, helper_outcome) = tokio::join!(attack, sandbox.exec(&helper, &mut sink, &cancel));
+    assert_eq!(helper_outcome.unwrap().status, ExecStatus::Cancelled);
+    for target in ["target sh", "target sleep", "target maxions-relay"] {
+        assert!(report.contains(target), "{target} seen:\n{report}");
+    }
+    for verb in [
+        "signal",
+        "killed",
+        "environ",
+        "ptrace",
+        "fds",
+        "listed-private",
+        "wrote-private",
+    ] {
+        assert!(!report.contains(verb), "`{verb}` succeeded:\n{report}");
+    }
+    assert!(report.ends_with("711 0\n"), "{report}");
+    assert!(sandbox.private_dir().starts_with("/tmp/maxions-"));
+    assert!(sandbox.private_dir().len() >= "/tmp/maxions-".len() + 32);
+
+    // end_step spares maxions' own: the reaper still kills groups, the relay still relays.
+    sandbox.end_step().await.unwrap();
+    let (_, out) = exec_with(
+        &*sandbox,
+        &ExecRequest::shell(ROOT_PIDS).as_maxions(),
+        &CancellationToken::new(),
+    )
+    .await;
+    assert!(
+        out.stdout().lines().count() >= 3,
+        "reaper, relay, probe: {}",
+        out.stdout()
+    );
+    let (outcome, _) = exec_with(
+        &*sandbox,
+        &ExecRequest::shell("sleep 1000 & sleep 1000").timeout(Duration::from_secs(1)),
+        &CancellationToken::new(),
+    )
+    .await;
+    assert_eq!(outcome.status, ExecStatus::TimedOut(Duration::from_secs(1)));
+    assert_eq!(
+        stray_processes(&*sandbox).await.matches("(sleep)").count(),
+        0
+    );
+}
+
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn files_stream_in_and_out_raw_and_bounded() {
+    use maxions::sandbox::ExecUser;
+    use std::os::unix::fs::PermissionsExt;
+
+    let Some(engine) = engine("copy").await else {
+        return;
+    };
+    let sandbox = Guard::create(&engine, &spec("copy")).await;
+    let secret = Secret::new("COPY_TOKEN", "copy-9d2e41aa7c").unwrap();
+    sandbox.set_redactor(Redactor::new([&secret]).unwrap());
+
+    let dir = tempfile::tempdir().unwrap();
+    let source = dir.path().join("in.bin");
+    let mut data: Vec<u8> = (0..(3 << 20))
+        .map(|i: u32| (i.wrapping_mul(2_654_435_761) >> 13) as u8)
+        .collect();
+    data.extend_from_slice(b"copy-9d2e41aa7c\n");
+    std::fs::write(&source, &data).unwrap();
+
+    // A link planted at the destination is replaced, not written through.
+    let (outcome, _) = sh(
+        &*sandbox,
+        "echo keep >/tmp/target; ln -s /tmp/target /workspace/blob",
+    )
+    .await;
+    assert!(outcome.status.success());
+    let relative = sandbox
+        .copy_in(&source, "workspace/blob", 0o640, ExecUser::Sandbox)
+        .await
+        .unwrap_err();
+    assert!(
+        relative.to_string().contains("not an absolute path"),
+        "{relative}"
+    );
+    let sent = sandbox
+        .copy_in(&source, "/workspace/blob", 0o640, ExecUser::Sandbox)
+        .await
+        .unwrap();
+    assert_eq!(sent, data.len() as u64);
+    let private = format!("{}/blob", sandbox.private_dir());
+    sandbox
+        .copy_in(&source, &private, 0o600, ExecUser::Maxions)
+        .await
+        .unwrap();
+    let (_, out) = exec_with(
+        &*sandbox,
+        &ExecRequest::shell(format!(
+            "stat -c '%a %U %s' /workspace/blob {private}; cat /tmp/target"
+        ))
+        .as_maxions(),
+        &CancellationToken::new(),
+    )
+    .await;
+    let size = data.len();
+    assert_eq!(
+        out.stdout(),
+        format!("640 sandbox {size}\n600 root {size}\nkeep\n")
+    );
+    // The sandbox's user cannot read maxions' copy.
+    let denied = sandbox.read_file(&private, 10).await.unwrap_err();
+    assert!(denied.to_string().contains("Permission denied"), "{denied}");
+
+    // Out: byte for byte, secret and all, into a new 0600 file.
+    let back = dir.path().join("out.bin");
+    let got = sandbox
+        .copy_out(&private, &back, 10 << 20, ExecUser::Maxions)
+        .await
+        .unwrap();
+    assert_eq!(got, data.len() as u64);
+    assert!(
+        std::fs::read(&back).unwrap() == data,
+        "identical, not redacted"
+    );
+    assert_eq!(
+        std::fs::metadata(&back).unwrap().permissions().mode() & 0o777,
+        0o600
+    );
+    // Never over an existing file, never a truncated one.
+    let again = sandbox
+        .copy_out("/workspace/blob", &back, 10 << 20, ExecUser::Sandbox)
+        .await
+        .unwrap_err();
+    assert!(matches!(again, SandboxError::HostFile { .. }), "{again}");
+    let small = dir.path().join("small.bin");
+    let over = sandbox
+        .copy_out("/workspace/blob", &small, 1 << 20, ExecUser::Sandbox)
+        .await
+        .unwrap_err();
+    assert!(over.to_string().contains("larger than the limit"), "{over}");
+    assert!(!small.exists(), "no partial file");
+    let missing = sandbox
+        .copy_out("/workspace/absent", &small, 10, ExecUser::Sandbox)
+        .await
+        .unwrap_err();
+    assert!(missing.to_string().contains("No such file"), "{missing}");
+    assert!(!small.exists());
+}
+
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn a_workspace_past_its_disk_limit_fails_the_step() {
+    let Some(engine) = engine("disk").await else {
+        return;
+    };
+    let mut spec = spec("disk");
+    spec.disk = Some(32 << 20);
+    let sandbox = Guard::create(&engine, &spec).await;
+
+    let (outcome, _) = exec_with(
+        &*sandbox,
+        &ExecRequest::shell("head -c 64m /dev/zero >/workspace/big; sleep 60")
+            .timeout(Duration::from_secs(40)),
+        &CancellationToken::new(),
+    )
+    .await;
+    assert_eq!(outcome.status, ExecStatus::DiskFull { limit: 32 << 20 });
+    assert!(outcome.duration < Duration::from_secs(20), "{outcome:?}");
+    let text = outcome.status.to_string();
+    assert!(text.contains("32m limit (`sandbox.disk`)"), "{text}");
+    assert_eq!(stray_processes(&*sandbox).await, "");
+
+    // Under the limit: no effect. Hidden in a directory even its owner cannot list: full.
+    let (outcome, _) = sh(
+        &*sandbox,
+        "rm -f /workspace/big; head -c 1m /dev/zero >/workspace/small; sleep 6",
+    )
+    .await;
+    assert!(outcome.status.success(), "{outcome:?}");
+    let (outcome, _) = exec_with(
+        &*sandbox,
+        &ExecRequest::shell("mkdir /workspace/h && chmod 300 /workspace/h && head -c 64m /dev/zero >/workspace/h/x; sleep 60")
+            .timeout(Duration::from_secs(40)),
+        &CancellationToken::new(),
+    )
+    .await;
+    assert_eq!(outcome.status, ExecStatus::DiskFull { limit: 32 << 20 });
+}
+
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn the_open_files_soft_limit_is_the_hard_one() {
+    let Some(engine) = engine("nofile").await else {
+        return;
+    };
+    let sandbox = Guard::create(&engine, &spec("nofile")).await;
+    let (_, out) = sh(&*sandbox, "ulimit -n; ulimit -Hn").await;
+    let text = out.stdout();
+    let limits: Vec<&str> = text.lines().collect();
+    assert_eq!(limits.len(), 2, "{limits:?}");
+    assert_eq!(limits[0], limits[1]);
+}
+
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn a_dropped_sandbox_removes_its_container_and_egress() {
+    let Some(engine) = engine("dropped").await else {
+        return;
+    };
+    let egress = tempfile::tempdir().unwrap();
+    let engine = engine.with_egress_root(egress.path());
+    let mut spec = spec("dropped");
+    spec.network = NetworkPolicy::Allowlist(EgressPolicy::parse(["example.com"]).unwrap());
+    let sandbox = engine.create(&spec).await.unwrap();
+    let id = sandbox.id().to_owned();
+    assert_eq!(std::fs::read_dir(egress.path()).unwrap().count(), 1);
+    drop(sandbox);
+    assert_eq!(
+        std::fs::read_dir(egress.path()).unwrap().count(),
+        0,
+        "the egress directory goes at once"
+    );
+    let started = Instant::now();
+    while engine.client().inspect_container(&id, None).await.is_ok() {
+        assert!(
+            started.elapsed() < Duration::from_secs(15),
+            "the container is still there"
+        );
+        tokio::time::sleep(Duration::from_millis(100)).await;
+    }
+
+    // `keep` lets it outlive its handle.
+    let kept = engine.create(&spec).await.unwrap();
+    let id = kept.id().to_owned();
+    kept.keep();
+    drop(kept);
+    tokio::time::sleep(Duration::from_secs(1)).await;
+    assert!(engine.client().inspect_container(&id, None).await.is_ok());
+    let _ = engine
+        .client()
+        .remove_container(
+            &id,
+            Some(
+                bollard::query_parameters::RemoveContainerOptionsBuilder::new()
+                    .force(true)
+                    .v(true)
+                    .build(),
+            ),
+        )
+        .await;
+}
+
+/// Not an assertion of speed: prints what `end_step` costs beside a raw exec of `true`
+/// (`cargo test --test it sandbox::end_step_cost -- --nocapture`).
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn end_step_cost() {
+    let Some(engine) = engine("endcost").await else {
+        return;
+    };
+    let sandbox = Guard::create(&engine, &spec("endcost")).await;
+    let median = |mut v: Vec<Duration>| {
+        v.sort();
+        v[v.len() / 2]
+    };
+    let (mut ends, mut trues) = (Vec::new(), Vec::new());
+    for _ in 0..30 {
+        let started = Instant::now();
+        sandbox.end_step().await.unwrap();
+        ends.push(started.elapsed());
+        let started = Instant::now();
+        let (outcome, _) = sh(&*sandbox, "true").await;
+        trues.push(started.elapsed());
+        assert!(outcome.status.success());
+    }
+    let (end, exec) = (median(ends), median(trues));
+    eprintln!(
+        "end_step median {:.1} ms, exec `true` median {:.1} ms, ratio {:.2}",
+        end.as_secs_f64() * 1e3,
+        exec.as_secs_f64() * 1e3,
+        end.as_secs_f64() / exec.as_secs_f64()
+    );
+    assert!(end < Duration::from_secs(2));
 }
