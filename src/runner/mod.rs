@@ -351,7 +351,7 @@ impl<'a> Runner<'a> {
                 .map_err(|e| Stop::Failed(format!("cannot make the run's scratch directory: {e}")))?,
         );
         if self.uses_checkout() {
-            let mirror = Mirror::open(&state_dir, &self.task.repo.clone_url)
+            let mirror = Mirror::open(&state_dir, &self.task.repo.clone_url, cancel)
                 .await
                 .map_err(|e| Stop::Failed(self.redacted(&e)))?;
             if self.context.base.is_empty() {

@@ -17,6 +17,8 @@ use crate::sandbox::ExecRequest;
 
 /// Longest an internal git command in the sandbox may take.
 const GIT_TIMEOUT: std::time::Duration = std::time::Duration::from_secs(10 * 60);
+/// Where `checkout` puts the base's bundle for both users, for as long as the checkout takes.
+pub(super) const BASE_BUNDLE: &str = "/tmp/.maxions-base.bundle";
 /// The largest bundle maxions takes out of a sandbox.
 pub(super) const MAX_BUNDLE: u64 = 2 << 30;
 
@@ -62,9 +64,10 @@ impl Runner<'_> {
         Ok(self.sandbox()?.private_dir().to_owned())
     }
 
-    /// Seeds the sandbox from a bundle of the base already copied to `<private>/base.bundle`:
-    /// maxions' own repository first, then the sandbox user's clone on the task's branch.
-    /// Returns the base's tree.
+    /// Seeds the sandbox from a bundle of the base already copied to [`BASE_BUNDLE`] (by the
+    /// sandbox's user, with no process of it alive): maxions' own repository first, then the
+    /// sandbox user's clone on the task's branch. Returns the base's tree. The private
+    /// directory's name is never given to a command of the sandbox's user.
     pub(super) async fn seed_repo(
         &self,
         base: &str,
@@ -74,13 +77,13 @@ impl Runner<'_> {
         let script = format!(
             r#"{PRELUDE}g init -q --bare "$GIT_DIR"
 printf '%s' "$NO_ATTRIBUTES" > "$GIT_DIR/info/attributes"
-g fetch -q "$P/base.bundle" "refs/heads/$BASE:refs/heads/$BASE"
-chmod 0644 "$P/base.bundle"
+g fetch -q "$BUNDLE" "refs/heads/$BASE:refs/heads/$BASE"
 g rev-parse --verify "refs/heads/$BASE^{{tree}}""#
         );
         let request = ExecRequest::new(["sh", "-c", &script])
             .as_maxions()
-            .env("P", private.clone())
+            .env("P", private)
+            .env("BUNDLE", BASE_BUNDLE)
             .env("BASE", base)
             .env("NO_ATTRIBUTES", NO_ATTRIBUTES)
             .timeout(GIT_TIMEOUT);
@@ -88,23 +91,19 @@ g rev-parse --verify "refs/heads/$BASE^{{tree}}""#
             .exec_quiet("cannot set up maxions' repository in the sandbox", &request, cancel)
             .await?;
         let clone = r#"set -eu
-git clone -q --branch "$BASE" "$P/base.bundle" "$REPO"
+git clone -q --branch "$BASE" "$BUNDLE" "$REPO"
+rm -f "$BUNDLE"
 cd "$REPO"
 git checkout -q -B "$BRANCH"
 git remote set-url origin "$URL""#;
         let request = ExecRequest::new(["sh", "-c", clone])
-            .env("P", private.clone())
+            .env("BUNDLE", BASE_BUNDLE)
             .env("BASE", base)
             .env("REPO", REPO_DIR)
             .env("BRANCH", self.task.branch.clone())
             .env("URL", self.task.repo.clone_url.clone())
             .timeout(GIT_TIMEOUT);
         self.exec_quiet("cannot clone the repository in the sandbox", &request, cancel)
-            .await?;
-        let request = ExecRequest::new(["rm", "-f", &format!("{private}/base.bundle")])
-            .as_maxions()
-            .timeout(GIT_TIMEOUT);
-        self.exec_quiet("cannot remove the base bundle", &request, cancel)
             .await?;
         parse_oid(&tree)
     }
@@ -183,7 +182,7 @@ chmod 0600 "$P/out.bundle""#
 
 fn parse_oid(output: &str) -> Result<Oid, StepError> {
     let line = output.lines().rev().map(str::trim).find(|l| !l.is_empty());
-    line.and_then(|l| l.parse::<Oid>().ok()).ok_or_else(|| {
+    line.and_then(Oid::parse).ok_or_else(|| {
         StepError::Fatal(format!(
             "git in the sandbox printed no object id ({:?})",
             super::steps::truncate(output.trim(), 80)

@@ -5,6 +5,7 @@
 use tokio_util::sync::CancellationToken;
 
 use super::{Done, StepError};
+use crate::runner::workspace::BASE_BUNDLE;
 use crate::runner::{CheckedOut, Runner};
 use crate::sandbox::ExecUser;
 
@@ -34,15 +35,15 @@ impl Runner<'_> {
         })?;
         let bundle = scratch.join("base.bundle");
         let base = mirror
-            .bundle_base(&self.context.base, &bundle)
+            .bundle_base(&self.context.base, &bundle, cancel)
             .await
             .map_err(|e| StepError::Failed {
                 code: None,
                 reason: self.redacted(&e),
             })?;
-        let private = self.sandbox()?.private_dir().to_owned();
+        // Read by both users while no process of the sandbox's user lives.
         self.sandbox()?
-            .copy_in(&bundle, &format!("{private}/base.bundle"), 0o600, ExecUser::Maxions)
+            .copy_in(&bundle, BASE_BUNDLE, 0o644, ExecUser::Sandbox)
             .await
             .map_err(|e| StepError::Fatal(format!("cannot copy the repository in: {e}")))?;
         let _ = std::fs::remove_file(&bundle);
@@ -52,14 +53,10 @@ impl Runner<'_> {
             reason: Some(format!(
                 "{} at {} on branch {}",
                 self.context.base,
-                short(&self.checkout.as_ref().map(|c| c.base.to_string()).unwrap_or_default()),
+                self.checkout.as_ref().map_or("", |c| c.base.short()),
                 self.task.branch
             )),
             ..Done::ok()
         })
     }
-}
-
-fn short(sha: &str) -> &str {
-    sha.get(..12).unwrap_or(sha)
 }

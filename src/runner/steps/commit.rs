@@ -8,7 +8,7 @@ use tokio_util::sync::CancellationToken;
 
 use super::{Done, StepError};
 use crate::config::blueprint::Commit;
-use crate::git::Expect;
+use crate::git::{Author, Expect, Import};
 use crate::runner::workspace::MAX_BUNDLE;
 use crate::runner::{Event, Runner, StepStatus};
 use crate::sandbox::ExecUser;
@@ -81,14 +81,27 @@ impl Runner<'_> {
             tree: Some(tree),
             secrets: self.scan_secrets(),
             message,
-            author: (name, email),
+            author: Author { name, email },
         };
-        let imported = mirror.import(&bundle, &expect).await;
+        let imported = mirror.import(&bundle, &expect, cancel).await;
         let _ = std::fs::remove_file(&bundle);
-        let imported = imported.map_err(|e| StepError::Failed {
-            code: None,
-            reason: self.redacted(&e),
-        })?;
+        let imported = match imported {
+            Ok(Import::Changed(imported)) => imported,
+            Ok(Import::Unchanged) => {
+                self.no_changes = true;
+                return Ok(Done {
+                    status: StepStatus::NoChanges,
+                    exit_code: Some(0),
+                    reason: Some("nothing to commit: the working tree is unchanged".into()),
+                });
+            }
+            Err(error) => {
+                return Err(StepError::Failed {
+                    code: None,
+                    reason: self.redacted(&error),
+                });
+            }
+        };
         self.emit(Event::Commit {
             sha: imported.commit.to_string(),
         });
