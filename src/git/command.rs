@@ -309,7 +309,7 @@ impl GitCommand {
     }
 }
 
-fn failed(command: String, finished: &Finished) -> GitError {
+pub(crate) fn failed(command: String, finished: &Finished) -> GitError {
     GitError::Failed {
         command,
         status: finished.status.code().map_or_else(

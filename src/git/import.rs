@@ -9,7 +9,7 @@ use std::path::Path;
 use tokio::io::{AsyncBufReadExt, AsyncReadExt, AsyncWriteExt, BufReader};
 use tokio_util::sync::CancellationToken;
 
-use super::command::{Transport, escape_controls};
+use super::command::{Transport, escape_controls, failed};
 use super::error::{BundleRejection, GitError};
 use super::lock::io;
 use super::mirror::{Mirror, check_run_id, parse_oid};
@@ -193,11 +193,7 @@ impl Mirror {
                 }));
             }
             _ => {
-                return Err(GitError::Failed {
-                    command: "git merge-base --is-ancestor".into(),
-                    status: descends.status.to_string(),
-                    stderr: descends.stderr,
-                });
+                return Err(failed("git merge-base --is-ancestor".into(), &descends));
             }
         }
         let tree = self.tree_of(&head, cancel).await?;

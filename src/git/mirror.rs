@@ -14,7 +14,7 @@ use std::time::Duration;
 
 use tokio_util::sync::CancellationToken;
 
-use super::command::GitCommand;
+use super::command::{GitCommand, failed};
 use super::error::GitError;
 use super::lock::{MirrorLock, io};
 use super::oid::Oid;
@@ -238,6 +238,9 @@ impl Mirror {
         dest: &Path,
         cancel: &CancellationToken,
     ) -> Result<Vec<Oid>, GitError> {
+        // git runs in its private HOME: a relative path would land there.
+        let dest = std::path::absolute(dest)
+            .map_err(|source| io("find the bundle's destination", dest, source))?;
         let _lock = self.lock(cancel).await?;
         let mut heads = Vec::new();
         for branch in branches {
@@ -254,7 +257,7 @@ impl Mirror {
         self.local("bundle")
             .label("git bundle create")
             .args(["create", "--quiet"])
-            .arg(dest)
+            .arg(&dest)
             .args(branches.iter().map(|b| format!("refs/heads/{b}")))
             .run(cancel)
             .await?;
@@ -323,11 +326,7 @@ impl Mirror {
                         expected: expected.cloned(),
                     });
                 }
-                return Err(GitError::Failed {
-                    command: "git push".into(),
-                    status: finished.status.to_string(),
-                    stderr: finished.stderr,
-                });
+                return Err(failed("git push".into(), &finished));
             }
         }
         let found = self.remote_branch(branch, creds, cancel).await?;
