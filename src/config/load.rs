@@ -169,7 +169,7 @@ pub enum LocalRepoError {
         path: PathBuf,
         /// Where it leads once symlinks are resolved.
         resolved: PathBuf,
-        /// The roots that exist, canonical.
+        /// The roots, canonical.
         roots: Vec<PathBuf>,
     },
 }
@@ -195,7 +195,7 @@ impl LocalRepoError {
 
 fn list(roots: &[PathBuf], show: impl Fn(&PathBuf) -> String) -> String {
     if roots.is_empty() {
-        return "none exists".to_owned();
+        return "none is configured".to_owned();
     }
     roots
         .iter()
@@ -232,10 +232,8 @@ pub fn check_local_repo(path: &Path, roots: &[PathBuf]) -> Result<PathBuf, Local
         });
     }
     let resolved = canonical_prefix(path);
-    let roots: Vec<PathBuf> = roots
-        .iter()
-        .filter_map(|root| std::fs::canonicalize(root).ok())
-        .collect();
+    // Roots come from the operator; one that does not exist yet is judged like the path.
+    let roots: Vec<PathBuf> = roots.iter().map(|root| canonical_prefix(root)).collect();
     if roots.iter().any(|root| resolved.starts_with(root)) {
         return Ok(resolved);
     }
@@ -246,8 +244,10 @@ pub fn check_local_repo(path: &Path, roots: &[PathBuf]) -> Result<PathBuf, Local
     })
 }
 
-/// `path` with its deepest existing ancestor canonicalized and the rest appended as written.
+/// `path` with its deepest existing ancestor canonicalized and the rest appended as written (a
+/// relative `path` is taken from the current directory).
 fn canonical_prefix(path: &Path) -> PathBuf {
+    let path = &std::path::absolute(path).unwrap_or_else(|_| path.to_path_buf());
     let mut existing = path.to_path_buf();
     let mut rest = Vec::new();
     loop {

@@ -1252,14 +1252,17 @@ fn secret_entries(tree: &Node) -> Vec<&Node> {
         _ => Vec::new(),
     };
     lists.extend(tree.get("agent").and_then(|a| a.get("secrets")));
-    lists
+    let mut entries: Vec<&Node> = lists
         .into_iter()
         .filter_map(|list| match &list.value {
             Value::Seq(items) => Some(items.iter()),
             _ => None,
         })
         .flatten()
-        .collect()
+        .collect();
+    // In file order, so that diagnostics read top to bottom.
+    entries.sort_by_key(|node| (node.pos.line, node.pos.column));
+    entries
 }
 
 /// A string value of a config file, located.
@@ -1380,7 +1383,10 @@ fn check_task_repo_and_branch(
                  holds the task's `tasks/` directory; add a maxions.yaml with `local_repos:` \
                  to allow others"
             };
-            let problem = problem.describe(display_path);
+            let problem = problem.describe(|root| match display_path(root) {
+                shown if shown.is_empty() => ".".to_owned(),
+                shown => shown,
+            });
             found.push(located(Diagnostic::error("local-repo-outside", problem), node).hint(hint));
         }
     }
@@ -1393,7 +1399,14 @@ fn check_task_repo_and_branch(
         Some((node, branch)) if super::task::check_branch_name(branch).is_ok() => {
             if let Err(problem) = super::task::check_push_branch(branch, base.map(|b| b.1), &prefix)
             {
-                let hint = if branch.starts_with(&prefix) {
+                // The same comparison as `check_push_branch`'s, to pick the matching hint.
+                let short = |name: &str| {
+                    name.strip_prefix("refs/heads/")
+                        .unwrap_or(name)
+                        .to_ascii_lowercase()
+                };
+                let is_base = base.is_some_and(|(_, base)| short(base) == short(branch));
+                let hint = if is_base {
                     format!("pick a branch of its own, e.g. `{prefix}{}`", doc_stem(doc))
                 } else {
                     format!("start it with `{prefix}`, e.g. `{prefix}{branch}`")
