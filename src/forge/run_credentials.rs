@@ -100,6 +100,27 @@ impl RunCredentials {
     }
 }
 
+impl Drop for RunCredentials {
+    /// A run that ends without [`RunCredentials::revoke_all`] (a panic, an early return) still
+    /// gets its tokens revoked, best effort, on the runtime it dropped in.
+    fn drop(&mut self) {
+        let issued = std::mem::take(&mut self.state.get_mut().issued);
+        if issued.is_empty() {
+            return;
+        }
+        if let Ok(runtime) = tokio::runtime::Handle::try_current() {
+            let forge = Arc::clone(&self.forge);
+            runtime.spawn(async move {
+                for credentials in &issued {
+                    if let Err(error) = forge.revoke(credentials).await {
+                        tracing::warn!(%error, "could not revoke a run's git credentials");
+                    }
+                }
+            });
+        }
+    }
+}
+
 impl std::fmt::Debug for RunCredentials {
     fn fmt(&self, f: &mut std::fmt::Formatter<'_>) -> std::fmt::Result {
         f.debug_struct("RunCredentials")

@@ -792,6 +792,25 @@ async fn run_credentials_are_reminted_before_they_expire() {
     assert!(!clone.status.success());
 }
 
+#[tokio::test]
+async fn run_credentials_dropped_without_revoke_all_are_revoked_anyway() {
+    let fake = fake();
+    let forge: Arc<dyn Forge> = Arc::new(app_forge(&fake));
+    let run = RunCredentials::new(forge, hello());
+    let token = run.get().await.unwrap().token().expose().to_owned();
+
+    drop(run);
+
+    let deadline = std::time::Instant::now() + std::time::Duration::from_secs(10);
+    while fake.valid_token_check(&token) && std::time::Instant::now() < deadline {
+        tokio::time::sleep(std::time::Duration::from_millis(20)).await;
+    }
+    assert!(
+        !fake.valid_token_check(&token),
+        "the token outlived its run"
+    );
+}
+
 // ---------------------------------------------------------------------------------------------
 // The App's key file is found beside maxions.yaml, wherever maxions runs from.
 
