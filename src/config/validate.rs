@@ -460,7 +460,8 @@ impl Validator {
             (Some(own), Some(task)) => own.dir == task.dir,
             _ => false,
         };
-        if same {
+        // A maxions.yaml that does not load is reported on its own; guessing here helps no one.
+        if same || config.is_some_and(|c| c.config.is_none()) {
             return;
         }
         let secrets = config.and_then(|c| c.config.as_ref()).map(|c| &c.secrets);
