@@ -97,7 +97,7 @@ pub async fn run_loaded(loaded: &LoadedTask, args: &Args, output: Output) -> u8 
         &loaded.config.github,
         loaded.repo.clone_url.starts_with("file://"),
     ) {
-        (Some(config), false) => match GitHub::from_config(config) {
+        (Some(config), false) => match GitHub::from_config(config, loaded.config_dir.as_deref()) {
             Ok(github) => Some(github),
             Err(error) => {
                 eprintln!("error: {error}");

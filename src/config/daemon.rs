@@ -42,6 +42,16 @@ pub struct DaemonConfig {
     /// The HTTP API and dashboard.
     #[serde(default, skip_serializing_if = "Option::is_none")]
     pub api: Option<ApiConfig>,
+    /// Every branch maxions pushes starts with this, and a task's `branch:` must too, so that no
+    /// task can make maxions push to `main` or another branch people use. Default: `maxions/`.
+    #[serde(default = "default_branch_prefix")]
+    #[schemars(length(min = 1))]
+    pub branch_prefix: String,
+    /// The directories under which a task's `file://` repository may live (relative to this
+    /// file). A daemon that accepts tasks from others must not read any repository it can reach
+    /// on disk for them. Default: the directory of this file.
+    #[serde(default, skip_serializing_if = "Vec::is_empty")]
+    pub local_repos: Vec<PathBuf>,
 }
 
 impl Default for DaemonConfig {
@@ -56,6 +66,8 @@ impl Default for DaemonConfig {
             github: None,
             git: None,
             api: None,
+            branch_prefix: default_branch_prefix(),
+            local_repos: Vec::new(),
         }
     }
 }
@@ -75,6 +87,9 @@ fn default_concurrency() -> u32 {
 pub fn default_image() -> String {
     "maxions/sandbox:latest".into()
 }
+pub fn default_branch_prefix() -> String {
+    "maxions/".into()
+}
 
 /// Where a secret's value comes from. Exactly one key: `env` or `file`.
 #[derive(Debug, Clone, PartialEq, Eq, Serialize, Deserialize, JsonSchema)]
@@ -82,7 +97,7 @@ pub fn default_image() -> String {
 pub enum SecretSource {
     /// The name of an environment variable of the daemon's process.
     Env(#[schemars(extend("format" = "maxions-env-name"))] String),
-    /// A file whose content (trimmed) is the secret.
+    /// A file whose content (trimmed) is the secret, relative to this file.
     File(PathBuf),
 }
 
@@ -93,6 +108,13 @@ pub struct GithubConfig {
     /// `https://HOST/api/v3`.
     #[serde(default = "default_github_api")]
     pub api_url: String,
+    /// Where the forge serves its repositories: `owner/name` is cloned from
+    /// `WEB_URL/owner/name.git`, and the forge's credentials go to this origin (scheme, host and
+    /// port) and no other. Default: from `api_url`: `https://api.github.com` gives
+    /// `https://github.com`, `https://api.HOST` gives `https://HOST`, `https://HOST/api/v3`
+    /// (GitHub Enterprise) gives `https://HOST`; any other API URL gives its own origin.
+    #[serde(default, skip_serializing_if = "Option::is_none")]
+    pub web_url: Option<String>,
     /// Authenticate as a GitHub App (preferred): tokens are minted per run.
     #[serde(default, skip_serializing_if = "Option::is_none")]
     pub app: Option<GithubApp>,
@@ -106,6 +128,37 @@ fn default_github_api() -> String {
     "https://api.github.com".into()
 }
 
+impl GithubConfig {
+    /// Where repositories live: `web_url`, or the one derived from `api_url` (see `web_url`),
+    /// without a trailing slash.
+    #[must_use]
+    pub fn repo_base_url(&self) -> String {
+        match &self.web_url {
+            Some(url) => url.trim().trim_end_matches('/').to_owned(),
+            None => web_url_for_api(&self.api_url),
+        }
+    }
+}
+
+/// The web URL beside a GitHub REST API URL: `https://api.github.com` → `https://github.com`,
+/// `https://api.HOST` → `https://HOST`, `https://HOST/api/v3` → `https://HOST`, anything else →
+/// its own `scheme://host[:port]`.
+#[must_use]
+pub fn web_url_for_api(api_url: &str) -> String {
+    let url = api_url.trim().trim_end_matches('/');
+    if let Some(base) = url.strip_suffix("/api/v3") {
+        return base.to_owned();
+    }
+    let Some((scheme, rest)) = url.split_once("://") else {
+        return url.to_owned();
+    };
+    let (authority, path) = rest.split_once('/').unwrap_or((rest, ""));
+    match authority.strip_prefix("api.") {
+        Some(host) if path.is_empty() && !host.is_empty() => format!("{scheme}://{host}"),
+        _ => format!("{scheme}://{authority}"),
+    }
+}
+
 #[derive(Debug, Clone, PartialEq, Eq, Serialize, Deserialize, JsonSchema)]
 #[serde(deny_unknown_fields)]
 pub struct GithubApp {
@@ -117,7 +170,7 @@ pub struct GithubApp {
     #[serde(default, skip_serializing_if = "Option::is_none")]
     #[schemars(extend("format" = "maxions-env-name"))]
     pub private_key_env: Option<String>,
-    /// Or a file holding it.
+    /// Or a file holding it (relative to this file).
     #[serde(default, skip_serializing_if = "Option::is_none")]
     pub private_key_file: Option<PathBuf>,
 }
@@ -146,4 +199,34 @@ fn default_listen() -> String {
 }
 fn default_api_token_env() -> String {
     "MAXIONS_API_TOKEN".into()
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    #[test]
+    fn web_urls_follow_the_api_url() {
+        for (api, web) in [
+            ("https://api.github.com", "https://github.com"),
+            ("https://api.github.com/", "https://github.com"),
+            ("https://api.acme.ghe.com", "https://acme.ghe.com"),
+            ("https://ghe.example/api/v3", "https://ghe.example"),
+            (
+                "https://ghe.example:8443/api/v3/",
+                "https://ghe.example:8443",
+            ),
+            ("http://127.0.0.1:9000", "http://127.0.0.1:9000"),
+            ("http://127.0.0.1:9000/prefix", "http://127.0.0.1:9000"),
+        ] {
+            assert_eq!(web_url_for_api(api), web, "{api}");
+        }
+        let config = GithubConfig {
+            api_url: "https://api.github.com".into(),
+            web_url: Some("http://127.0.0.1:9/".into()),
+            app: None,
+            token_env: None,
+        };
+        assert_eq!(config.repo_base_url(), "http://127.0.0.1:9");
+    }
 }

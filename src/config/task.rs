@@ -63,8 +63,18 @@ pub struct RepoRef {
 }
 
 impl RepoRef {
-    /// Reads `owner/name` (a repository on GitHub) or a clone URL.
+    /// Where `owner/name` lives when no forge is configured.
+    pub const GITHUB_WEB_URL: &str = "https://github.com";
+
+    /// Reads `owner/name` (a repository on github.com) or a clone URL. With a forge configured,
+    /// use [`Self::resolve`], so that `owner/name` is cloned from that forge.
     pub fn parse(text: &str) -> Result<Self, String> {
+        Self::resolve(text, Self::GITHUB_WEB_URL)
+    }
+
+    /// Reads `owner/name` (a repository on the forge whose repositories live below
+    /// `forge_web_url`, e.g. `https://github.com` or `https://ghe.example`) or a clone URL.
+    pub fn resolve(text: &str, forge_web_url: &str) -> Result<Self, String> {
         let text = text.trim();
         let is_part = |s: &str| {
             !s.is_empty()
@@ -78,13 +88,14 @@ impl RepoRef {
             && is_part(owner)
             && is_part(name)
         {
+            let name = name.trim_end_matches(".git");
             return Ok(Self {
                 owner: owner.to_owned(),
-                name: name.trim_end_matches(".git").to_owned(),
-                full_name: format!("{owner}/{}", name.trim_end_matches(".git")),
+                name: name.to_owned(),
+                full_name: format!("{owner}/{name}"),
                 clone_url: format!(
-                    "https://github.com/{owner}/{}.git",
-                    name.trim_end_matches(".git")
+                    "{}/{owner}/{name}.git",
+                    forge_web_url.trim().trim_end_matches('/')
                 ),
             });
         }
@@ -97,6 +108,18 @@ impl RepoRef {
             return Err(format!("unsupported URL scheme `{scheme}` in `{text}`"));
         }
         let path = if scheme == "file" {
+            // git reads `file://HOST/path` and percent escapes its own way: accept only the one
+            // plain form, so that what is checked (see `load::check_local_repo`) is what git opens.
+            if !rest.starts_with('/') {
+                return Err(format!(
+                    "`{text}` is not a local path: write `file:///absolute/path`"
+                ));
+            }
+            if rest.contains(['%', '?', '#', '\\']) {
+                return Err(format!(
+                    "`{text}`: a `file://` path may not contain `%`, `?`, `#` or `\\`"
+                ));
+            }
             rest
         } else {
             rest.split_once('/').map_or("", |(_, p)| p)
@@ -118,6 +141,38 @@ impl RepoRef {
             clone_url: text.to_owned(),
         })
     }
+
+    /// The directory of a `file://` repository, as written (not yet checked against the roots
+    /// local repositories may live in).
+    #[must_use]
+    pub fn local_path(&self) -> Option<std::path::PathBuf> {
+        self.clone_url
+            .strip_prefix("file://")
+            .map(std::path::PathBuf::from)
+    }
+}
+
+/// Checks that maxions may push `branch`: a valid branch name that starts with `prefix` (the
+/// config's `branch_prefix`) and is not `base`. `validate` checks what a task writes; the runner
+/// checks again at push time against the base it resolved (the repository's default branch when
+/// the task names none). The error is a sentence for the run's log or a diagnostic.
+pub fn check_push_branch(branch: &str, base: Option<&str>, prefix: &str) -> Result<(), String> {
+    check_branch_name(branch)?;
+    let short = |name: &str| name.strip_prefix("refs/heads/").unwrap_or(name).to_owned();
+    if let Some(base) = base
+        && short(base).eq_ignore_ascii_case(&short(branch))
+    {
+        return Err(format!(
+            "branch `{branch}` is the base branch: maxions never pushes to the branch it starts from"
+        ));
+    }
+    if prefix.is_empty() || !branch.starts_with(prefix) || branch.len() == prefix.len() {
+        return Err(format!(
+            "branch `{branch}` does not start with `{prefix}`: maxions pushes only to branches \
+             under its prefix (`branch_prefix` in maxions.yaml)"
+        ));
+    }
+    Ok(())
 }
 
 /// Checks a branch name the way `git check-ref-format --branch` would, for the common mistakes.
@@ -160,6 +215,38 @@ mod tests {
         assert!(RepoRef::parse("just-a-name").is_err());
         assert!(RepoRef::parse("ftp://x/y/z").is_err());
         assert!(RepoRef::parse("a/b c").is_err());
+        for bad in ["file://host/x", "file:///a%2e%2e/b", "file:///a/b?x"] {
+            assert!(RepoRef::parse(bad).is_err(), "{bad}");
+        }
+    }
+
+    #[test]
+    fn owner_name_is_cloned_from_the_forge_it_is_on() {
+        let r = RepoRef::resolve("octo/hello", "https://ghe.example/").unwrap();
+        assert_eq!(r.clone_url, "https://ghe.example/octo/hello.git");
+        let r = RepoRef::resolve("https://gitlab.example/a/b.git", "https://ghe.example").unwrap();
+        assert_eq!(r.clone_url, "https://gitlab.example/a/b.git");
+    }
+
+    #[test]
+    fn push_branches_need_the_prefix_and_differ_from_the_base() {
+        assert!(check_push_branch("maxions/x", Some("main"), "maxions/").is_ok());
+        assert!(check_push_branch("maxions/x", None, "maxions/").is_ok());
+        for (branch, base) in [
+            ("main", Some("main")),
+            ("main", None),
+            ("maxions/", None),
+            ("maxions/x", Some("maxions/x")),
+            ("maxions/x", Some("refs/heads/maxions/X")),
+            ("maxions/a..b", None),
+        ] {
+            assert!(
+                check_push_branch(branch, base, "maxions/").is_err(),
+                "{branch} {base:?}"
+            );
+        }
+        assert!(check_push_branch("bot-x", None, "bot-").is_ok());
+        assert!(check_push_branch("maxions/x", None, "").is_err());
     }
 
     #[test]

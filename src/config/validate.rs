@@ -359,8 +359,11 @@ impl Validator {
             );
         }
         let config = self.config_for(&doc.path);
+        check_task_repo_and_branch(doc, config.as_deref(), &mut found);
         if let Some(path) = self.blueprint_override.clone() {
-            let _ = self.validate_file(&path, Some(FileKind::Blueprint));
+            if let Some(blueprint) = self.validate_file(&path, Some(FileKind::Blueprint)) {
+                self.check_task_secrets(doc, &blueprint, config.as_deref());
+            }
             return found;
         }
         let (name, name_node) = match tree.get("blueprint") {
@@ -406,6 +409,7 @@ impl Validator {
         // Cross-check the variables the blueprint's templates read against the task's vars.
         let mut scratch = Vec::new();
         let uses = self.check_blueprint(&blueprint, &mut scratch, config.as_deref());
+        self.check_task_secrets(doc, &blueprint, config.as_deref());
         let defined: BTreeSet<&str> = match tree.get("vars").map(|v| &v.value) {
             Some(Value::Map(entries)) => entries.iter().map(|(k, _)| k.name.as_str()).collect(),
             _ => BTreeSet::new(),
@@ -439,6 +443,76 @@ impl Validator {
             found.push(d);
         }
         found
+    }
+
+    /// The secrets `blueprint` names, against the config that applies to the task `doc` (which
+    /// is what the run reads them from). A task with no maxions.yaml has no secrets. Reported in
+    /// the blueprint, at each `secrets:` entry, unless the blueprint's own check (same config)
+    /// reported it already.
+    fn check_task_secrets(
+        &mut self,
+        task: &Document,
+        blueprint: &Document,
+        config: Option<&ConfigInfo>,
+    ) {
+        let own = self.config_for(&blueprint.path);
+        let same = match (&own, config) {
+            (Some(own), Some(task)) => own.dir == task.dir,
+            _ => false,
+        };
+        // A maxions.yaml that does not load is reported on its own; guessing here helps no one.
+        if same || config.is_some_and(|c| c.config.is_none()) {
+            return;
+        }
+        let secrets = config.and_then(|c| c.config.as_ref()).map(|c| &c.secrets);
+        let task_name = task.display.clone();
+        for item in secret_entries(&blueprint.tree) {
+            let Some(name) = item.as_str() else { continue };
+            if secrets.is_some_and(|s| s.keys().any(|k| k.0 == name)) {
+                continue;
+            }
+            let (message, hint) = match secrets {
+                Some(_) => (
+                    format!(
+                        "secret `{name}` is not defined in the maxions.yaml of task `{task_name}`"
+                    ),
+                    format!("define it under `secrets:` there, e.g. `{name}: {{ env: {name} }}`"),
+                ),
+                None => (
+                    format!(
+                        "secret `{name}` is not defined: no maxions.yaml applies to task \
+                         `{task_name}`, so it has no secrets"
+                    ),
+                    format!(
+                        "add a maxions.yaml beside the task's `tasks/` directory with \
+                         `secrets: {{ {name}: {{ env: {name} }} }}`"
+                    ),
+                ),
+            };
+            let d = Diagnostic::error("unknown-secret", message)
+                .at(item.pos)
+                .width(token_width(&blueprint.text, item.pos))
+                .hint(hint)
+                .in_file(blueprint.display.clone());
+            // The blueprint's own "no maxions.yaml here" warning says less than this error.
+            self.result.diagnostics.retain(|old| {
+                !(old.file == d.file
+                    && old.line == d.line
+                    && old.column == d.column
+                    && old.code == "unknown-secret"
+                    && !old.is_error())
+            });
+            let known = self.result.diagnostics.iter().any(|old| {
+                old.file == d.file
+                    && old.line == d.line
+                    && old.column == d.column
+                    && old.code == d.code
+                    && old.message == d.message
+            });
+            if !known {
+                self.result.diagnostics.push(d);
+            }
+        }
     }
 
     fn check_blueprint(
@@ -798,15 +872,40 @@ impl BlueprintChecker<'_> {
     }
 
     fn check_secrets(&mut self, secrets: Option<&Node>) {
-        let (Some(config), Some(Value::Seq(items))) = (self.config, secrets.map(|s| &s.value))
-        else {
+        let Some(Value::Seq(items)) = secrets.map(|s| &s.value) else {
             return;
         };
         for item in items {
             let Some(name) = item.as_str() else { continue };
-            if config.secrets.keys().any(|k| k.0 == name)
-                || (name == crate::config::blueprint::GIT_TOKEN && config.github.is_some())
-            {
+            let width = token_width(&self.doc.text, item.pos);
+            if name == crate::config::blueprint::GIT_TOKEN {
+                self.found.push(
+                    Diagnostic::warning(
+                        "git-token-secret",
+                        "`GIT_TOKEN` is an ordinary secret now: maxions gives no git credentials \
+                         to steps",
+                    )
+                    .at(item.pos)
+                    .width(width)
+                    .hint("use `checkout: {}`; credentials never enter the sandbox"),
+                );
+            }
+            let Some(config) = self.config else {
+                self.found.push(
+                    Diagnostic::warning(
+                        "unknown-secret",
+                        format!("secret `{name}` is not defined: no maxions.yaml applies here"),
+                    )
+                    .at(item.pos)
+                    .width(width)
+                    .hint(format!(
+                        "a task using this blueprint needs `{name}` under `secrets:` in its \
+                         maxions.yaml"
+                    )),
+                );
+                continue;
+            };
+            if config.secrets.keys().any(|k| k.0 == name) {
                 continue;
             }
             let known: Vec<&str> = config.secrets.keys().map(|k| k.0.as_str()).collect();
@@ -822,7 +921,7 @@ impl BlueprintChecker<'_> {
                     format!("secret `{name}` is not defined in maxions.yaml"),
                 )
                 .at(item.pos)
-                .width(token_width(&self.doc.text, item.pos))
+                .width(width)
                 .hint(hint),
             );
         }
@@ -1175,6 +1274,7 @@ fn check_config(doc: &Document, found: &mut Vec<Diagnostic>) {
             }
         }
     }
+    check_config_paths(doc, found);
     if let Some(app) = doc.tree.get("github").and_then(|g| g.get("app"))
         && app.get("private_key_env").is_none()
         && app.get("private_key_file").is_none()
@@ -1189,6 +1289,200 @@ fn check_config(doc: &Document, found: &mut Vec<Diagnostic>) {
             .width(3),
         );
     }
+}
+
+/// The `secrets:` entries of a blueprint's steps and agent.
+fn secret_entries(tree: &Node) -> Vec<&Node> {
+    let mut lists: Vec<&Node> = match tree.get("steps").map(|s| &s.value) {
+        Some(Value::Seq(steps)) => steps.iter().filter_map(|s| s.get("secrets")).collect(),
+        _ => Vec::new(),
+    };
+    lists.extend(tree.get("agent").and_then(|a| a.get("secrets")));
+    let mut entries: Vec<&Node> = lists
+        .into_iter()
+        .filter_map(|list| match &list.value {
+            Value::Seq(items) => Some(items.iter()),
+            _ => None,
+        })
+        .flatten()
+        .collect();
+    // In file order, so that diagnostics read top to bottom.
+    entries.sort_by_key(|node| (node.pos.line, node.pos.column));
+    entries
+}
+
+/// A string value of a config file, located.
+fn string_at<'a>(tree: &'a Node, path: &[&str]) -> Option<(&'a Node, &'a str)> {
+    let node = path.iter().try_fold(tree, |node, key| node.get(key))?;
+    Some((node, node.as_str()?))
+}
+
+/// The file and directory settings of maxions.yaml, read relative to its directory.
+fn check_config_paths(doc: &Document, found: &mut Vec<Diagnostic>) {
+    let dir = doc.path.parent().unwrap_or(Path::new("."));
+    let located =
+        |d: Diagnostic, node: &Node| d.at(node.pos).width(token_width(&doc.text, node.pos));
+    if let Some((node, file)) = string_at(&doc.tree, &["github", "app", "private_key_file"]) {
+        let path = dir.join(file);
+        if !path.is_file() {
+            found.push(
+                located(
+                    Diagnostic::error(
+                        "missing-file",
+                        format!(
+                            "`github.app.private_key_file`: no file `{}`",
+                            display_path(&path)
+                        ),
+                    ),
+                    node,
+                )
+                .hint("a relative path is read relative to the directory of maxions.yaml"),
+            );
+        }
+    }
+    if let Some((node, url)) = string_at(&doc.tree, &["github", "web_url"]) {
+        let authority = url
+            .split_once("://")
+            .map(|(_, rest)| rest.split('/').next().unwrap_or(""));
+        let plain = (url.starts_with("https://") || url.starts_with("http://"))
+            && authority.is_some_and(|a| !a.is_empty() && !a.contains(['@', '%', '\\']));
+        if !plain {
+            found.push(
+                located(
+                    Diagnostic::error(
+                        "invalid-url",
+                        format!("`github.web_url` `{url}` is not `http(s)://host[:port]`"),
+                    ),
+                    node,
+                )
+                .hint("the address repositories are cloned from, e.g. `https://ghe.example`"),
+            );
+        }
+    }
+    if let Some((node, prefix)) = string_at(&doc.tree, &["branch_prefix"])
+        && let Err(problem) = super::task::check_branch_name(&format!("{prefix}x")).and_then(|()| {
+            if prefix.is_empty() {
+                Err(String::new())
+            } else {
+                Ok(())
+            }
+        })
+    {
+        let why = if problem.is_empty() {
+            "it is empty".to_owned()
+        } else {
+            "branches starting with it are not valid git branch names".to_owned()
+        };
+        found.push(
+            located(
+                Diagnostic::error(
+                    "invalid-value",
+                    format!("`branch_prefix: {prefix}` cannot be used: {why}"),
+                ),
+                node,
+            )
+            .hint("use a prefix such as `maxions/`"),
+        );
+    }
+    if let Some(Value::Seq(roots)) = doc.tree.get("local_repos").map(|r| &r.value) {
+        for node in roots {
+            if let Some(root) = node.as_str()
+                && !dir.join(root).is_dir()
+            {
+                found.push(located(
+                    Diagnostic::warning(
+                        "missing-directory",
+                        format!(
+                            "`local_repos`: no directory `{}`",
+                            display_path(&dir.join(root))
+                        ),
+                    ),
+                    node,
+                ));
+            }
+        }
+    }
+}
+
+/// A task's `repo:` (a `file://` repository must lie below the allowed roots) and `branch:`
+/// (maxions pushes only under `branch_prefix`, never to the base).
+fn check_task_repo_and_branch(
+    doc: &Document,
+    config: Option<&ConfigInfo>,
+    found: &mut Vec<Diagnostic>,
+) {
+    use super::load::{check_local_repo, local_repo_roots, prefixed_branch};
+    let tree = &doc.tree;
+    let located =
+        |d: Diagnostic, node: &Node| d.at(node.pos).width(token_width(&doc.text, node.pos));
+    let typed_config = config.and_then(|c| Some((c.dir.as_path(), c.config.as_ref()?)));
+    if let Some((node, text)) = string_at(tree, &["repo"])
+        && let Ok(repo) = super::RepoRef::parse(text)
+        && let Some(path) = repo.local_path()
+    {
+        let roots = local_repo_roots(typed_config, &doc.path);
+        if let Err(problem) = check_local_repo(&path, &roots) {
+            let hint = if typed_config.is_some() {
+                "list its directory under `local_repos:` in maxions.yaml"
+            } else {
+                "without a maxions.yaml, local repositories must lie below the directory that \
+                 holds the task's `tasks/` directory; add a maxions.yaml with `local_repos:` \
+                 to allow others"
+            };
+            let problem = problem.describe(|root| match display_path(root) {
+                shown if shown.is_empty() => ".".to_owned(),
+                shown => shown,
+            });
+            found.push(located(Diagnostic::error("local-repo-outside", problem), node).hint(hint));
+        }
+    }
+    let prefix = typed_config.map_or_else(super::daemon::default_branch_prefix, |(_, c)| {
+        c.branch_prefix.clone()
+    });
+    let base = string_at(tree, &["base"]);
+    match string_at(tree, &["branch"]) {
+        // A name git refuses is reported by the format check already.
+        Some((node, branch)) if super::task::check_branch_name(branch).is_ok() => {
+            if let Err(problem) = super::task::check_push_branch(branch, base.map(|b| b.1), &prefix)
+            {
+                // The same comparison as `check_push_branch`'s, to pick the matching hint.
+                let short = |name: &str| {
+                    name.strip_prefix("refs/heads/")
+                        .unwrap_or(name)
+                        .to_ascii_lowercase()
+                };
+                let is_base = base.is_some_and(|(_, base)| short(base) == short(branch));
+                let hint = if is_base {
+                    format!("pick a branch of its own, e.g. `{prefix}{}`", doc_stem(doc))
+                } else {
+                    format!("start it with `{prefix}`, e.g. `{prefix}{branch}`")
+                };
+                found.push(located(Diagnostic::error("invalid-branch", problem), node).hint(hint));
+            }
+        }
+        Some(_) => {}
+        None => {
+            let branch = prefixed_branch(&doc.path, &prefix);
+            if let Some((node, base)) = base
+                && let Err(problem) = super::task::check_push_branch(&branch, Some(base), &prefix)
+            {
+                found.push(
+                    located(
+                        Diagnostic::error(
+                            "invalid-branch",
+                            format!("{problem} (the task names no `branch:`, so it is `{branch}`)"),
+                        ),
+                        node,
+                    )
+                    .hint("give the task a `branch:` of its own"),
+                );
+            }
+        }
+    }
+}
+
+fn doc_stem(doc: &Document) -> String {
+    super::load::prefixed_branch(&doc.path, "")
 }
 
 /// Deserializes a checked tree into a typed model.
@@ -1242,6 +1536,8 @@ fn detect_kind(path: &Path, tree: &Node) -> Option<FileKind> {
             "default_image",
             "api",
             "git",
+            "branch_prefix",
+            "local_repos",
         ];
         if config_keys.iter().any(|k| has(k)) {
             return Some(FileKind::Config);

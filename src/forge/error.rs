@@ -48,6 +48,12 @@ pub enum ForgeError {
     )]
     InvalidApiUrl { url: String, problem: String },
 
+    #[error(
+        "`{url}` is not a usable `github.web_url`: {problem}; use the address repositories are \
+         cloned from, e.g. `https://github.com` or `https://HOST` for GitHub Enterprise"
+    )]
+    InvalidWebUrl { url: String, problem: String },
+
     #[error("GitHub refused the credentials while {action} (401 {message}); {hint}")]
     Unauthorized {
         action: String,

@@ -6,6 +6,7 @@
 //! check; text that comes back from GitHub is scrubbed of the tokens in play first.
 
 use std::fmt;
+use std::path::Path;
 use std::time::Duration;
 
 use chrono::{DateTime, Utc};
@@ -15,9 +16,10 @@ use octocrab::{EncodingKey, Octocrab};
 use serde::Deserialize;
 use serde_json::{Value, json};
 
+use super::credentials::same_origin;
 use super::{BoxFuture, Forge, ForgeError, GitCredentials, PullRequestOutcome, PullRequestSpec};
 use crate::config::RepoRef;
-use crate::config::daemon::{GithubApp, GithubConfig};
+use crate::config::daemon::{GithubApp, GithubConfig, web_url_for_api};
 use crate::error_chain::error_chain;
 use crate::secret::Secret;
 
@@ -33,6 +35,9 @@ const WRITE_TIMEOUT: Duration = Duration::from_secs(60);
 pub struct GitHub {
     api_url: String,
     graphql_url: String,
+    /// Where repositories live (`WEB_URL/owner/name.git`); its origin is the only one the
+    /// forge's git credentials are for.
+    web_url: String,
     auth: Auth,
 }
 
@@ -52,13 +57,17 @@ struct App {
 impl GitHub {
     /// Builds the forge from `maxions.yaml`'s `github` section, reading the App's private key or
     /// the token from the process environment or the named file. A relative `private_key_file`
-    /// is read relative to the current directory: resolve it against the config file first.
+    /// is read relative to `config_dir`, the directory of maxions.yaml (the current directory
+    /// when there is none).
     ///
     /// # Errors
-    /// A missing variable or file, a key that is not an RSA PEM key, an unusable token or API
-    /// URL; each message names what to fix and none contains the secret.
-    pub fn from_config(config: &GithubConfig) -> Result<Self, ForgeError> {
-        Self::from_config_with_env(config, |name| std::env::var(name).ok())
+    /// A missing variable or file, a key that is not an RSA PEM key, an unusable token, API URL
+    /// or web URL; each message names what to fix and none contains the secret.
+    pub fn from_config(
+        config: &GithubConfig,
+        config_dir: Option<&Path>,
+    ) -> Result<Self, ForgeError> {
+        Self::from_config_with_env(config, config_dir, |name| std::env::var(name).ok())
     }
 
     /// [`Self::from_config`] with the environment given as a function (for tests and for
@@ -68,17 +77,20 @@ impl GitHub {
     /// As [`Self::from_config`].
     pub fn from_config_with_env(
         config: &GithubConfig,
+        config_dir: Option<&Path>,
         env: impl Fn(&str) -> Option<String>,
     ) -> Result<Self, ForgeError> {
+        let web_url = config.repo_base_url();
         if let Some(app) = &config.app {
-            let (origin, pem) = read_private_key(app, &env)?;
+            let (origin, pem) = read_private_key(app, config_dir, &env)?;
             return Self::app(
                 &config.api_url,
                 app.app_id,
                 app.installation_id,
                 &pem,
                 origin,
-            );
+            )?
+            .with_web_url(&web_url);
         }
         if let Some(var) = &config.token_env {
             let value = env(var)
@@ -92,9 +104,32 @@ impl GitHub {
                     origin: format!("environment variable `{var}`"),
                     problem: err.to_string(),
                 })?;
-            return Self::with_token(&config.api_url, token);
+            return Self::with_token(&config.api_url, token)?.with_web_url(&web_url);
         }
         Err(ForgeError::NotConfigured)
+    }
+
+    /// Serves repositories from `web_url` (`WEB_URL/owner/name.git`) instead of the one derived
+    /// from the API URL (see `github.web_url` in maxions.yaml).
+    ///
+    /// # Errors
+    /// [`ForgeError::InvalidWebUrl`] for a URL that is not plain `http(s)://host[:port][/path]`.
+    pub fn with_web_url(mut self, web_url: &str) -> Result<Self, ForgeError> {
+        let checked = check_api_url(web_url).map_err(|err| match err {
+            ForgeError::InvalidApiUrl { url, problem } => {
+                ForgeError::InvalidWebUrl { url, problem }
+            }
+            other => other,
+        })?;
+        if !same_origin(&checked, &checked) {
+            return Err(ForgeError::InvalidWebUrl {
+                url: web_url.to_owned(),
+                problem: "it must be `http(s)://host[:port]` with no user name or password"
+                    .to_owned(),
+            });
+        }
+        self.web_url = checked;
+        Ok(self)
     }
 
     /// Authenticates as GitHub App `app_id`, minting tokens for installation `installation_id`.
@@ -129,6 +164,7 @@ impl GitHub {
         let key = parse_private_key(app_id, pem, &key_origin)?;
         Ok(Self {
             graphql_url: graphql_url(&api_url),
+            web_url: web_url_for_api(&api_url),
             api_url,
             auth: Auth::App(App {
                 id: app_id,
@@ -152,6 +188,7 @@ impl GitHub {
         })?;
         Ok(Self {
             graphql_url: graphql_url(&api_url),
+            web_url: web_url_for_api(&api_url),
             api_url,
             auth: Auth::Token(token),
         })
@@ -161,6 +198,19 @@ impl GitHub {
     #[must_use]
     pub fn api_url(&self) -> &str {
         &self.api_url
+    }
+
+    /// Where repositories live, without a trailing slash: `owner/name` is cloned from
+    /// `WEB_URL/owner/name.git`.
+    #[must_use]
+    pub fn web_url(&self) -> &str {
+        &self.web_url
+    }
+
+    /// The clone URL of `owner/name` on this forge.
+    #[must_use]
+    pub fn clone_url(&self, owner: &str, name: &str) -> String {
+        format!("{}/{owner}/{name}.git", self.web_url)
     }
 
     /// Mints an installation token for `repo` only, with `permissions` (all the installation's
@@ -215,14 +265,61 @@ impl GitHub {
         Ok((token, expires_at))
     }
 
-    /// A REST client for one operation on `repo`: with an App, behind a freshly minted token.
+    /// A REST client for one operation on `repo`: with an App, behind a freshly minted token,
+    /// which [`Self::end`] revokes.
     async fn session(&self, repo: &RepoRef) -> Result<Session, ForgeError> {
-        let token = match &self.auth {
-            Auth::Token(token) => token.clone(),
-            Auth::App(app) => self.mint(app, repo, None).await?.0,
+        let (token, minted) = match &self.auth {
+            Auth::Token(token) => (token.clone(), false),
+            Auth::App(app) => (self.mint(app, repo, None).await?.0, true),
         };
         let rest = build_client(&self.api_url, ClientAuth::Token(token.expose()))?;
-        Ok(Session { rest, token })
+        Ok(Session {
+            rest,
+            token,
+            minted,
+        })
+    }
+
+    /// Revokes the token a session minted, so that it does not outlive the operation by an hour.
+    async fn end(&self, session: &Session) -> Result<(), ForgeError> {
+        if !session.minted {
+            return Ok(());
+        }
+        self.revoke_token(&session.token).await
+    }
+
+    /// `DELETE /installation/token`, authenticated with the token itself. A 401 means the token
+    /// no longer works (expired, or revoked already): that is what was wanted.
+    async fn revoke_token(&self, token: &Secret) -> Result<(), ForgeError> {
+        let action = "revoking an installation token".to_owned();
+        let client = build_client(&self.api_url, ClientAuth::Token(token.expose()))?;
+        let url = format!("{}/installation/token", self.api_url);
+        let scrub = |text: String| text.replace(token.expose(), "***");
+        let response = client
+            ._delete(url.as_str(), None::<&()>)
+            .await
+            .map_err(|err| ForgeError::Unreachable {
+                api_url: self.api_url.clone(),
+                action: action.clone(),
+                reason: scrub(err.to_string().lines().next().unwrap_or("").to_owned()),
+            })?;
+        match octocrab::map_github_error(response).await {
+            Ok(_) => Ok(()),
+            Err(octocrab::Error::GitHub { source, .. }) if source.status_code.as_u16() == 401 => {
+                Ok(())
+            }
+            Err(octocrab::Error::GitHub { source, .. }) => Err(ForgeError::Api {
+                action,
+                status: source.status_code.as_u16(),
+                message: scrub(source.message.clone()),
+                hint: "the token stops working at its expiry anyway; check GitHub's status"
+                    .to_owned(),
+            }),
+            Err(err) => Err(ForgeError::UnexpectedResponse {
+                action,
+                reason: scrub(err.to_string().lines().next().unwrap_or("").to_owned()),
+            }),
+        }
     }
 
     async fn find_open_pull_request(
@@ -335,13 +432,28 @@ impl GitHub {
         spec: &PullRequestSpec,
     ) -> Result<PullRequestOutcome, ForgeError> {
         let session = self.session(repo).await?;
+        let result = self.open_or_update_in(&session, repo, spec).await;
+        let ended = self.end(&session).await;
+        let mut outcome = result?;
+        if let Err(err) = ended {
+            outcome.warnings.push(err.to_string());
+        }
+        Ok(outcome)
+    }
+
+    async fn open_or_update_in(
+        &self,
+        session: &Session,
+        repo: &RepoRef,
+        spec: &PullRequestSpec,
+    ) -> Result<PullRequestOutcome, ForgeError> {
         let secrets = [session.token.expose()];
         let existing = self
-            .find_open_pull_request(&session, repo, &spec.head_branch)
+            .find_open_pull_request(session, repo, &spec.head_branch)
             .await?;
         let (pr, created) = if let Some(existing) = existing {
             let pr = self
-                .update_pull_request(&session, repo, spec, &existing)
+                .update_pull_request(session, repo, spec, &existing)
                 .await?;
             (pr, false)
         } else {
@@ -359,7 +471,7 @@ impl GitHub {
                 // create: GitHub says so with a 422, and updating theirs is what we want.
                 Err(err) if is_already_exists(&err) => {
                     let existing = self
-                        .find_open_pull_request(&session, repo, &spec.head_branch)
+                        .find_open_pull_request(session, repo, &spec.head_branch)
                         .await?
                         .ok_or_else(|| ForgeError::UnexpectedResponse {
                             action: format!(
@@ -369,7 +481,7 @@ impl GitHub {
                             reason: "GitHub says one already exists but lists none open".to_owned(),
                         })?;
                     let pr = self
-                        .update_pull_request(&session, repo, spec, &existing)
+                        .update_pull_request(session, repo, spec, &existing)
                         .await?;
                     (pr, false)
                 }
@@ -390,7 +502,7 @@ impl GitHub {
         let mut warnings = Vec::new();
         let mut draft = pr.draft.unwrap_or(false);
         if draft != spec.draft {
-            match self.set_draft(&session, repo, &pr, spec.draft).await {
+            match self.set_draft(session, repo, &pr, spec.draft).await {
                 Ok(()) => draft = spec.draft,
                 Err(err) => warnings.push(err.to_string()),
             }
@@ -457,8 +569,12 @@ impl GitHub {
             .repos(&repo.owner, &repo.name)
             .get()
             .await
-            .map_err(|err| self.error(err, &ctx, &[session.token.expose()]))?;
-        found
+            .map_err(|err| self.error(err, &ctx, &[session.token.expose()]));
+        // A failed revocation costs nothing here: the token lapses within the hour anyway.
+        if let Err(error) = self.end(&session).await {
+            tracing::warn!(%error, "could not revoke the token used to read the default branch");
+        }
+        found?
             .default_branch
             .ok_or_else(|| ForgeError::UnexpectedResponse {
                 action: ctx.action,
@@ -639,25 +755,42 @@ impl Forge for GitHub {
     ) -> BoxFuture<'a, Result<GitCredentials, ForgeError>> {
         Box::pin(async move {
             match &self.auth {
-                Auth::Token(token) => Ok(GitCredentials::new(
-                    GitCredentials::TOKEN_USERNAME,
-                    token.clone(),
-                    None,
-                )),
+                Auth::Token(token) => {
+                    Ok(
+                        GitCredentials::new(GitCredentials::TOKEN_USERNAME, token.clone(), None)
+                            .scoped_to(&self.web_url),
+                    )
+                }
                 Auth::App(app) => {
                     // Pushing needs nothing but Contents (write): the token that enters the
                     // sandbox can do no more than that, on this one repository, for an hour.
                     let (token, expires_at) = self
                         .mint(app, repo, Some(json!({ "contents": "write" })))
                         .await?;
-                    Ok(GitCredentials::new(
-                        GitCredentials::TOKEN_USERNAME,
-                        token,
-                        expires_at,
-                    ))
+                    Ok(
+                        GitCredentials::new(GitCredentials::TOKEN_USERNAME, token, expires_at)
+                            .scoped_to(&self.web_url),
+                    )
                 }
             }
         })
+    }
+
+    fn revoke<'a>(
+        &'a self,
+        credentials: &'a GitCredentials,
+    ) -> BoxFuture<'a, Result<(), ForgeError>> {
+        Box::pin(async move {
+            match &self.auth {
+                // The operator's token: not ours to revoke.
+                Auth::Token(_) => Ok(()),
+                Auth::App(_) => self.revoke_token(credentials.token()).await,
+            }
+        })
+    }
+
+    fn serves(&self, remote_url: &str) -> bool {
+        same_origin(&self.web_url, remote_url)
     }
 
     fn open_or_update_pull_request<'a>(
@@ -680,6 +813,7 @@ impl fmt::Debug for GitHub {
     fn fmt(&self, f: &mut fmt::Formatter<'_>) -> fmt::Result {
         let mut out = f.debug_struct("GitHub");
         out.field("api_url", &self.api_url);
+        out.field("web_url", &self.web_url);
         match &self.auth {
             Auth::App(app) => out
                 .field("app_id", &app.id)
@@ -695,6 +829,8 @@ impl fmt::Debug for GitHub {
 struct Session {
     rest: Octocrab,
     token: Secret,
+    /// Whether the token was minted for this session (and so is revoked after it).
+    minted: bool,
 }
 
 /// What maxions was doing when GitHub answered, to pick the hint.
@@ -785,6 +921,7 @@ fn graphql_url(api_url: &str) -> String {
 
 fn read_private_key(
     app: &GithubApp,
+    config_dir: Option<&Path>,
     env: &impl Fn(&str) -> Option<String>,
 ) -> Result<(String, String), ForgeError> {
     if let Some(var) = &app.private_key_env {
@@ -797,6 +934,10 @@ fn read_private_key(
         return Ok((format!("environment variable `{var}`"), pem));
     }
     if let Some(path) = &app.private_key_file {
+        let path = &match config_dir {
+            Some(dir) if path.is_relative() => dir.join(path),
+            _ => path.clone(),
+        };
         let pem = std::fs::read_to_string(path).map_err(|err| ForgeError::UnreadableKeyFile {
             path: path.clone(),
             reason: err.to_string(),

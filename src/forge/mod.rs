@@ -9,6 +9,7 @@
 pub mod credentials;
 pub mod error;
 pub mod github;
+pub mod run_credentials;
 
 use std::future::Future;
 use std::pin::Pin;
@@ -16,6 +17,7 @@ use std::pin::Pin;
 pub use credentials::GitCredentials;
 pub use error::ForgeError;
 pub use github::GitHub;
+pub use run_credentials::RunCredentials;
 
 use crate::config::RepoRef;
 
@@ -24,13 +26,27 @@ pub type BoxFuture<'a, T> = Pin<Box<dyn Future<Output = T> + Send + 'a>>;
 
 /// A code forge (GitHub, later GitLab or Gitea).
 pub trait Forge: Send + Sync {
-    /// Credentials for HTTPS git access to `repo`, for this run only. A GitHub App mints a fresh
-    /// installation token on every call (never cached across runs); a personal access token is
-    /// handed out as it is.
+    /// Credentials for HTTPS git access to `repo`, for this run only, scoped to the forge's git
+    /// origin (see [`GitCredentials::applies_to`]). A GitHub App mints a fresh installation token
+    /// on every call (never cached across runs; hold them in a [`RunCredentials`], which re-mints
+    /// before expiry and revokes them all at the end); a personal access token is handed out as
+    /// it is.
     fn git_credentials<'a>(
         &'a self,
         repo: &'a RepoRef,
     ) -> BoxFuture<'a, Result<GitCredentials, ForgeError>>;
+
+    /// Makes `credentials` (from [`Self::git_credentials`]) stop working now, instead of at their
+    /// expiry: GitHub's `DELETE /installation/token`. A no-op for a personal access token, which
+    /// maxions does not own. A token that no longer works counts as revoked.
+    fn revoke<'a>(
+        &'a self,
+        credentials: &'a GitCredentials,
+    ) -> BoxFuture<'a, Result<(), ForgeError>>;
+
+    /// Whether `remote_url` is on this forge: its scheme, host and port are the forge's git
+    /// origin. Only then do the forge's credentials and pull requests apply to it.
+    fn serves(&self, remote_url: &str) -> bool;
 
     /// Opens the pull request described by `spec`, or updates the open one whose head is
     /// `spec.head_branch` (title, body, base and draft state), then adds labels and requests

@@ -7,7 +7,8 @@ use std::sync::Arc;
 
 use maxions::config::RepoRef;
 use maxions::config::daemon::{GithubApp, GithubConfig};
-use maxions::forge::{Forge, ForgeError, GitCredentials, GitHub, PullRequestSpec};
+use maxions::config::load::load_task;
+use maxions::forge::{Forge, ForgeError, GitCredentials, GitHub, PullRequestSpec, RunCredentials};
 use maxions::secret::Secret;
 use serde_json::json;
 
@@ -358,6 +359,7 @@ async fn github_enterprise_paths_keep_the_api_v3_prefix() {
 fn config_errors_name_what_to_fix_and_never_the_secret() {
     let app = |env: Option<&str>, file: Option<&Path>| GithubConfig {
         api_url: "https://api.github.com".into(),
+        web_url: None,
         app: Some(GithubApp {
             app_id: APP_ID,
             installation_id: INSTALLATION,
@@ -368,7 +370,7 @@ fn config_errors_name_what_to_fix_and_never_the_secret() {
     };
     let no_env = |_: &str| None;
 
-    let err = GitHub::from_config_with_env(&app(Some("APP_KEY"), None), no_env).unwrap_err();
+    let err = GitHub::from_config_with_env(&app(Some("APP_KEY"), None), None, no_env).unwrap_err();
     assert_eq!(
         err.to_string(),
         "environment variable `APP_KEY` (the GitHub App's private key) is not set or is empty; \
@@ -376,9 +378,10 @@ fn config_errors_name_what_to_fix_and_never_the_secret() {
     );
 
     let garbage = "not-a-key-but-a-secret-0123456789";
-    let err =
-        GitHub::from_config_with_env(&app(Some("APP_KEY"), None), |_| Some(garbage.to_owned()))
-            .unwrap_err();
+    let err = GitHub::from_config_with_env(&app(Some("APP_KEY"), None), None, |_| {
+        Some(garbage.to_owned())
+    })
+    .unwrap_err();
     let text = err.to_string();
     assert!(text.contains("environment variable `APP_KEY`"), "{text}");
     assert!(text.contains("not in PEM format"), "{text}");
@@ -386,7 +389,7 @@ fn config_errors_name_what_to_fix_and_never_the_secret() {
 
     let dir = tempfile::tempdir().unwrap();
     let missing = dir.path().join("app.pem");
-    let err = GitHub::from_config_with_env(&app(None, Some(&missing)), no_env).unwrap_err();
+    let err = GitHub::from_config_with_env(&app(None, Some(&missing)), None, no_env).unwrap_err();
     assert!(
         matches!(err, ForgeError::UnreadableKeyFile { .. }),
         "{err:?}"
@@ -394,38 +397,42 @@ fn config_errors_name_what_to_fix_and_never_the_secret() {
     assert!(err.to_string().contains("app.pem"), "{err}");
 
     std::fs::write(&missing, &app_key().private_pem).unwrap();
-    let forge = GitHub::from_config_with_env(&app(None, Some(&missing)), no_env).unwrap();
+    let forge = GitHub::from_config_with_env(&app(None, Some(&missing)), None, no_env).unwrap();
     assert!(format!("{forge:?}").contains("app.pem"));
 
     // A key pasted into one line of an environment file keeps its `\n`s literally.
     let one_line = app_key().private_pem.trim().replace('\n', "\\n");
     assert!(
-        GitHub::from_config_with_env(&app(Some("APP_KEY"), None), |_| Some(one_line.clone()))
-            .is_ok()
+        GitHub::from_config_with_env(&app(Some("APP_KEY"), None), None, |_| Some(
+            one_line.clone()
+        ))
+        .is_ok()
     );
 
     let token = |var: &str| GithubConfig {
         api_url: "https://ghe.example/api/v3".into(),
+        web_url: None,
         app: None,
         token_env: Some(var.into()),
     };
-    let err = GitHub::from_config_with_env(&token("GH_TOKEN"), no_env).unwrap_err();
+    let err = GitHub::from_config_with_env(&token("GH_TOKEN"), None, no_env).unwrap_err();
     assert!(
         err.to_string().contains("`GH_TOKEN` (the GitHub token)"),
         "{err}"
     );
-    let err =
-        GitHub::from_config_with_env(&token("GH_TOKEN"), |_| Some("ghp_a b c".into())).unwrap_err();
+    let err = GitHub::from_config_with_env(&token("GH_TOKEN"), None, |_| Some("ghp_a b c".into()))
+        .unwrap_err();
     assert!(matches!(err, ForgeError::InvalidToken { .. }), "{err:?}");
     assert!(!err.to_string().contains("ghp_a b c"), "{err}");
 
     let none = GithubConfig {
         api_url: "https://api.github.com".into(),
+        web_url: None,
         app: None,
         token_env: None,
     };
     assert_eq!(
-        GitHub::from_config_with_env(&none, no_env).unwrap_err(),
+        GitHub::from_config_with_env(&none, None, no_env).unwrap_err(),
         ForgeError::NotConfigured
     );
 }
@@ -455,7 +462,12 @@ async fn a_minted_token_clones_and_pushes_over_http() {
     let fake = fake();
     let server = GitServer::start_with(fake.token_check());
     let url = server.create_repo("octo", "hello");
-    let credentials = app_forge(&fake).git_credentials(&hello()).await.unwrap();
+    let credentials = app_forge(&fake)
+        .with_web_url(&server.base_url())
+        .unwrap()
+        .git_credentials(&hello())
+        .await
+        .unwrap();
     let work = tempfile::tempdir().unwrap();
 
     let clone = git(
@@ -512,7 +524,8 @@ async fn a_wrong_token_is_refused_by_the_git_server() {
         GitCredentials::TOKEN_USERNAME,
         Secret::new("GIT_TOKEN", "ghs_notatokenthefakeevermintedxx").unwrap(),
         None,
-    );
+    )
+    .scoped_to(&url);
     let work = tempfile::tempdir().unwrap();
 
     let clone = git(
@@ -534,4 +547,295 @@ async fn a_wrong_token_is_refused_by_the_git_server() {
     assert!(!stderr.contains("ghs_notatoken"), "{stderr}");
     assert!(server.requests().iter().all(|r| r.status == 401));
     assert!(server.pushes().is_empty());
+}
+
+// ---------------------------------------------------------------------------------------------
+// Credentials go to the forge's own git host, and nowhere else.
+
+#[test]
+fn owner_name_is_cloned_from_the_configured_enterprise_host() {
+    let dir = tempfile::tempdir().unwrap();
+    crate::support::write(
+        dir.path(),
+        "maxions.yaml",
+        "github:\n  api_url: https://ghe.example/api/v3\n  token_env: GHE_TOKEN\n",
+    );
+    crate::support::write(
+        dir.path(),
+        "blueprints/b.yaml",
+        "name: b\nsteps:\n  - run: echo hi\n",
+    );
+    crate::support::write(
+        dir.path(),
+        "tasks/t.yaml",
+        "task: Do it.\nrepo: octo/hello\nblueprint: b\n",
+    );
+    let loaded = load_task(&dir.path().join("tasks/t.yaml"), None).unwrap_or_else(|v| {
+        panic!("{:?}", v.diagnostics);
+    });
+    assert_eq!(loaded.repo.clone_url, "https://ghe.example/octo/hello.git");
+    assert_eq!(loaded.repo.full_name, "octo/hello");
+
+    // `web_url` says where repositories live when it is not beside the API.
+    crate::support::write(
+        dir.path(),
+        "maxions.yaml",
+        "github:\n  api_url: http://127.0.0.1:1/api/v3\n  web_url: http://127.0.0.1:2/\n  \
+         token_env: GHE_TOKEN\n",
+    );
+    let loaded = load_task(&dir.path().join("tasks/t.yaml"), None).unwrap_or_else(|v| {
+        panic!("{:?}", v.diagnostics);
+    });
+    assert_eq!(loaded.repo.clone_url, "http://127.0.0.1:2/octo/hello.git");
+}
+
+#[tokio::test]
+async fn credentials_are_never_sent_to_a_clone_url_on_another_host() {
+    let fake = fake();
+    let forge_git = GitServer::start_with(fake.token_check());
+    forge_git.create_repo("octo", "hello");
+    // Another host (here: another port), which lets anyone in and records what it is sent.
+    let elsewhere = GitServer::start(|_| true);
+    let foreign = elsewhere.create_repo("octo", "hello");
+    let forge = app_forge(&fake)
+        .with_web_url(&forge_git.base_url())
+        .unwrap();
+    let own = forge.clone_url("octo", "hello");
+    assert_eq!(own, forge_git.url("octo", "hello"));
+    assert!(forge.serves(&own));
+    assert!(!forge.serves(&foreign));
+    let credentials = forge.git_credentials(&hello()).await.unwrap();
+    assert!(credentials.applies_to(&own));
+    assert!(!credentials.applies_to(&foreign));
+    // The authority tricks a hostile task might try.
+    let port = own
+        .trim_start_matches("http://")
+        .split('/')
+        .next()
+        .unwrap()
+        .to_owned();
+    let trick = foreign.replacen("http://", &format!("http://{port}@"), 1);
+    assert!(!credentials.applies_to(&trick) && !forge.serves(&trick));
+
+    let work = tempfile::tempdir().unwrap();
+    // (Whether these clones succeed does not matter: the other host must not see the token.)
+    for (url, dir) in [(&foreign, "foreign"), (&trick, "trick")] {
+        git(
+            work.path(),
+            &credentials,
+            url,
+            &["clone", "--quiet", url, dir],
+        );
+    }
+    assert!(!elsewhere.requests().is_empty());
+    let sent: Vec<_> = elsewhere
+        .requests()
+        .into_iter()
+        .filter_map(|r| r.token)
+        .collect();
+    assert!(
+        !sent.iter().any(|t| t == credentials.token().expose()),
+        "the forge's token reached another host: {sent:?}"
+    );
+    let clone = git(
+        work.path(),
+        &credentials,
+        &own,
+        &["clone", "--quiet", &own, "own"],
+    );
+    assert!(
+        clone.status.success(),
+        "{}",
+        String::from_utf8_lossy(&clone.stderr)
+    );
+    assert!(
+        forge_git
+            .requests()
+            .iter()
+            .any(|r| r.token.as_deref() == Some(credentials.token().expose()))
+    );
+}
+
+// ---------------------------------------------------------------------------------------------
+// Installation tokens: revoked when done, re-minted before they lapse.
+
+#[tokio::test]
+async fn a_revoked_installation_token_no_longer_clones() {
+    let fake = fake();
+    let server = GitServer::start_with(fake.token_check());
+    let url = server.create_repo("octo", "hello");
+    let forge = app_forge(&fake).with_web_url(&server.base_url()).unwrap();
+    let credentials = forge.git_credentials(&hello()).await.unwrap();
+    let work = tempfile::tempdir().unwrap();
+    let clone = git(
+        work.path(),
+        &credentials,
+        &url,
+        &["clone", "--quiet", &url, "a"],
+    );
+    assert!(
+        clone.status.success(),
+        "{}",
+        String::from_utf8_lossy(&clone.stderr)
+    );
+
+    forge.revoke(&credentials).await.unwrap();
+
+    assert_eq!(fake.count("DELETE", "/installation/token"), 1);
+    let revoke = fake
+        .requests()
+        .into_iter()
+        .find(|r| r.method == "DELETE")
+        .unwrap();
+    assert_eq!(revoke.token.as_deref(), Some(credentials.token().expose()));
+    assert_eq!(revoke.status, 204);
+    assert!(!fake.valid_token_check(credentials.token().expose()));
+    let clone = git(
+        work.path(),
+        &credentials,
+        &url,
+        &["clone", "--quiet", &url, "b"],
+    );
+    assert!(!clone.status.success());
+    // Revoking again (or a token that lapsed) is no error.
+    forge.revoke(&credentials).await.unwrap();
+
+    // A PAT is the operator's: revoking it is a no-op that sends nothing.
+    let pat = pat_forge(&fake, PAT);
+    let credentials = pat.git_credentials(&hello()).await.unwrap();
+    pat.revoke(&credentials).await.unwrap();
+    assert_eq!(fake.count("DELETE", "/installation/token"), 2);
+    assert!(fake.valid_token_check(PAT));
+}
+
+#[tokio::test]
+async fn tokens_minted_for_api_calls_are_revoked_after_them() {
+    let fake = FakeGitHub::builder()
+        .app(APP_ID, INSTALLATION, &app_key().public_pem)
+        .repo_with_default_branch("octo", "hello", "trunk")
+        .start();
+    let forge = app_forge(&fake);
+
+    assert_eq!(forge.default_branch(&hello()).await.unwrap(), "trunk");
+    let outcome = forge
+        .open_or_update_pull_request(&hello(), &spec("Add dark mode"))
+        .await
+        .unwrap();
+
+    assert!(
+        outcome.created && outcome.warnings.is_empty(),
+        "{outcome:?}"
+    );
+    let minted = fake.minted_tokens();
+    assert_eq!(minted.len(), 2);
+    assert!(minted.iter().all(|t| t.revoked), "{minted:?}");
+    assert_eq!(fake.count("DELETE", "/installation/token"), 2);
+    assert_eq!(fake.count("GET", "/repos/octo/hello"), 1);
+}
+
+#[tokio::test]
+async fn run_credentials_reuse_a_fresh_token_and_revoke_all_at_the_end() {
+    let fake = fake();
+    let forge: Arc<dyn Forge> = Arc::new(app_forge(&fake));
+    let run = RunCredentials::new(Arc::clone(&forge), hello());
+
+    let first = run.get().await.unwrap();
+    let second = run.get().await.unwrap();
+
+    assert_eq!(first.token().expose(), second.token().expose());
+    assert_eq!(fake.count("POST", ACCESS_TOKENS), 1);
+    assert!(run.revoke_all().await.is_empty());
+    assert!(fake.minted_tokens().iter().all(|t| t.revoked));
+    assert!(!fake.valid_token_check(first.token().expose()));
+}
+
+#[tokio::test]
+async fn run_credentials_are_reminted_before_they_expire() {
+    // Tokens that live two minutes: less than the five-minute margin from the start.
+    let fake = FakeGitHub::builder()
+        .app(APP_ID, INSTALLATION, &app_key().public_pem)
+        .repo("octo", "hello")
+        .token_lifetime(120)
+        .start();
+    let server = GitServer::start_with(fake.token_check());
+    let url = server.create_repo("octo", "hello");
+    let forge: Arc<dyn Forge> =
+        Arc::new(app_forge(&fake).with_web_url(&server.base_url()).unwrap());
+    let run = RunCredentials::new(Arc::clone(&forge), hello());
+
+    let first = run.get().await.unwrap();
+    let second = run.get().await.unwrap();
+
+    assert_ne!(first.token().expose(), second.token().expose());
+    assert_eq!(fake.count("POST", ACCESS_TOKENS), 2);
+    assert!(run.applies_to(&url));
+    let work = tempfile::tempdir().unwrap();
+    let clone = git(work.path(), &second, &url, &["clone", "--quiet", &url, "a"]);
+    assert!(
+        clone.status.success(),
+        "{}",
+        String::from_utf8_lossy(&clone.stderr)
+    );
+
+    // With a margin shorter than their life, the same token serves.
+    let patient = RunCredentials::new(Arc::clone(&forge), hello())
+        .with_margin(std::time::Duration::from_secs(30));
+    let a = patient.get().await.unwrap();
+    let b = patient.get().await.unwrap();
+    assert_eq!(a.token().expose(), b.token().expose());
+
+    // Every token handed out is revoked, the replaced one too.
+    assert!(run.revoke_all().await.is_empty());
+    assert!(patient.revoke_all().await.is_empty());
+    assert!(fake.minted_tokens().iter().all(|t| t.revoked));
+    let clone = git(work.path(), &second, &url, &["clone", "--quiet", &url, "b"]);
+    assert!(!clone.status.success());
+}
+
+#[tokio::test]
+async fn run_credentials_dropped_without_revoke_all_are_revoked_anyway() {
+    let fake = fake();
+    let forge: Arc<dyn Forge> = Arc::new(app_forge(&fake));
+    let run = RunCredentials::new(forge, hello());
+    let token = run.get().await.unwrap().token().expose().to_owned();
+
+    drop(run);
+
+    let deadline = std::time::Instant::now() + std::time::Duration::from_secs(10);
+    while fake.valid_token_check(&token) && std::time::Instant::now() < deadline {
+        tokio::time::sleep(std::time::Duration::from_millis(20)).await;
+    }
+    assert!(
+        !fake.valid_token_check(&token),
+        "the token outlived its run"
+    );
+}
+
+// ---------------------------------------------------------------------------------------------
+// The App's key file is found beside maxions.yaml, wherever maxions runs from.
+
+#[test]
+fn a_relative_private_key_file_is_read_beside_maxions_yaml() {
+    let dir = tempfile::tempdir().unwrap();
+    crate::support::write(dir.path(), "keys/app.pem", &app_key().private_pem);
+    let config = GithubConfig {
+        api_url: "https://api.github.com".into(),
+        web_url: None,
+        app: Some(GithubApp {
+            app_id: APP_ID,
+            installation_id: INSTALLATION,
+            private_key_env: None,
+            private_key_file: Some("keys/app.pem".into()),
+        }),
+        token_env: None,
+    };
+    // The tests run in the crate's root, where there is no `keys/app.pem`.
+    assert!(!Path::new("keys/app.pem").exists());
+    let forge = GitHub::from_config_with_env(&config, Some(dir.path()), |_| None).unwrap();
+    assert_eq!(forge.web_url(), "https://github.com");
+    let err = GitHub::from_config_with_env(&config, None, |_| None).unwrap_err();
+    assert!(
+        matches!(err, ForgeError::UnreadableKeyFile { .. }),
+        "{err:?}"
+    );
 }

@@ -52,9 +52,14 @@ impl World {
 
     fn with(fake: FakeGitHub, git: GitServer) -> Self {
         let url = git.create_repo("octo", "hello");
-        // No `maxions.yaml`: with one, validation wants every secret a step names defined there,
-        // `GIT_TOKEN` included (see `a_secret_printed_by_a_step_appears_in_no_record`).
+        // Secrets come only from `maxions.yaml`, `GIT_TOKEN` included (until the blueprints here
+        // use a `checkout` step, the forge's token still stands in for it).
         let dir = tempfile::tempdir().expect("temp dir");
+        crate::support::write(
+            dir.path(),
+            "maxions.yaml",
+            "secrets:\n  GIT_TOKEN: { env: E2E_GIT_TOKEN }\n",
+        );
         Self {
             fake,
             git,
@@ -93,6 +98,7 @@ impl World {
             INSTALLATION,
             &app_key().private_pem,
         )
+        .and_then(|forge| forge.with_web_url(&self.git.base_url()))
         .expect("app forge")
     }
 
@@ -1006,6 +1012,7 @@ async fn a_token_the_git_server_rejects_fails_the_run_without_leaking_it() {
         &world.fake.base_url(),
         Secret::new("GITHUB_TOKEN", PAT).unwrap(),
     )
+    .and_then(|forge| forge.with_web_url(&world.git.base_url()))
     .unwrap();
     let outcome = Run::new(&engine, &task, Some(&forge)).go().await;
 

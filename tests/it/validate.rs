@@ -53,11 +53,26 @@ fn broken_corpus_matches_snapshots() {
 
 #[test]
 fn shipped_examples_are_valid() {
+    // The shipped tasks need the secrets their blueprints name defined in a maxions.yaml (there
+    // is no other source), and the demo task's `file://` repository allowed by `local_repos`.
+    let dir = tempfile::tempdir().unwrap();
+    let config = "secrets:\n  COPILOT_GITHUB_TOKEN: { env: COPILOT_GITHUB_TOKEN }\n  \
+                  GIT_TOKEN: { env: GIT_TOKEN }\nlocal_repos: [/tmp/maxions-demo]\n";
+    crate::support::write(dir.path(), "maxions.yaml", config);
+    for sub in ["blueprints", "tasks"] {
+        for entry in std::fs::read_dir(root().join(sub)).unwrap() {
+            let path = entry.unwrap().path();
+            let name = path.file_name().unwrap().to_str().unwrap().to_owned();
+            let text = std::fs::read_to_string(&path).unwrap();
+            crate::support::write(dir.path(), &format!("{sub}/{name}"), &text);
+        }
+    }
     let out = Maxions::new()
+        .current_dir(dir.path())
         .args(["validate", "blueprints", "tasks"])
         .run();
     assert_eq!(out.code, 0, "{}", out.stderr);
-    assert!(out.stderr.contains("6 files valid"), "{}", out.stderr);
+    assert!(out.stderr.contains("7 files valid"), "{}", out.stderr);
 }
 
 #[test]
@@ -205,8 +220,9 @@ fn a_symlink_loop_is_reported_not_followed() {
 }
 
 #[test]
-fn git_token_needs_no_definition_when_a_forge_supplies_it() {
+fn git_token_is_an_ordinary_secret_and_naming_it_warns() {
     let blueprint = "name: b\nsteps:\n  - run: git clone x\n    secrets: [GIT_TOKEN]\n";
+    // A forge no longer stands in for the definition: its credentials never enter the sandbox.
     let with_forge = tree(&[
         ("maxions.yaml", "github:\n  token_env: GH_PAT\n"),
         ("blueprints/b.yaml", blueprint),
@@ -215,21 +231,79 @@ fn git_token_needs_no_definition_when_a_forge_supplies_it() {
         .current_dir(with_forge.path())
         .args(["validate", "blueprints"])
         .run();
-    assert_eq!(out.code, 0, "{}", out.stderr);
-    let without = tree(&[
-        ("maxions.yaml", "concurrency: 2\n"),
-        ("blueprints/b.yaml", blueprint),
-    ]);
-    let out = Maxions::new()
-        .current_dir(without.path())
-        .args(["validate", "blueprints"])
-        .run();
     assert_eq!(out.code, 1, "{}", out.stderr);
     assert!(
         out.stderr.contains("secret `GIT_TOKEN` is not defined"),
         "{}",
         out.stderr
     );
+    let defined = tree(&[
+        ("maxions.yaml", "secrets:\n  GIT_TOKEN: { env: CI_TOKEN }\n"),
+        ("blueprints/b.yaml", blueprint),
+    ]);
+    let out = Maxions::new()
+        .current_dir(defined.path())
+        .args(["validate", "blueprints"])
+        .run();
+    assert_eq!(out.code, 0, "{}", out.stderr);
+    assert!(
+        out.stderr.contains("warning[git-token-secret]")
+            && out
+                .stderr
+                .contains("use `checkout: {}`; credentials never enter the sandbox"),
+        "{}",
+        out.stderr
+    );
+}
+
+#[test]
+fn a_task_without_maxions_yaml_has_no_secrets() {
+    let dir = tree(&[
+        (
+            "blueprints/b.yaml",
+            "name: b\nagent: { kind: command, command: [cat], secrets: [LLM_KEY] }\nsteps:\n  \
+             - run: make\n    secrets: [MAXIONS_GITHUB_APP_KEY]\n",
+        ),
+        ("tasks/t.yaml", "task: x\nrepo: octo/hello\nblueprint: b\n"),
+    ]);
+    // On its own the blueprint may yet be used by a task whose maxions.yaml defines them.
+    let out = Maxions::new()
+        .current_dir(dir.path())
+        .args(["validate", "blueprints"])
+        .run();
+    assert_eq!(out.code, 0, "{}", out.stderr);
+    assert!(
+        out.stderr.contains("warning[unknown-secret]"),
+        "{}",
+        out.stderr
+    );
+    // Through the task it cannot: no variable of the daemon's is read for a name it asks for.
+    let out = Maxions::new()
+        .current_dir(dir.path())
+        .args(["validate", "tasks/t.yaml"])
+        .run();
+    assert_eq!(out.code, 1, "{}", out.stderr);
+    for (name, at) in [
+        ("MAXIONS_GITHUB_APP_KEY", "blueprints/b.yaml:5:15"),
+        ("LLM_KEY", "blueprints/b.yaml:2:51"),
+    ] {
+        assert!(
+            out.stderr.contains(&format!(
+                "error[unknown-secret]: secret `{name}` is not defined: no maxions.yaml applies \
+                 to task `tasks/t.yaml`"
+            )) && out.stderr.contains(at),
+            "{name} at {at}: {}",
+            out.stderr
+        );
+    }
+    assert!(
+        !out.stderr.contains("warning[unknown-secret]"),
+        "{}",
+        out.stderr
+    );
+    let err = maxions::config::load::load_task(&dir.path().join("tasks/t.yaml"), None)
+        .expect_err("the task must not load");
+    assert!(err.errors() >= 2, "{:?}", err.diagnostics);
 }
 
 #[test]
@@ -263,6 +337,11 @@ fn secrets_must_be_defined_in_the_daemon_config() {
     );
     assert!(
         !out.stderr.contains("secret `GIT_TOKEN` is not"),
+        "{}",
+        out.stderr
+    );
+    assert!(
+        out.stderr.contains("warning[git-token-secret]"),
         "{}",
         out.stderr
     );
@@ -332,4 +411,205 @@ mod never_panics {
             }
         }
     }
+}
+
+// ---------------------------------------------------------------------------------------------
+// A task may use only the local repositories maxions.yaml allows, and push only its own branch.
+
+#[test]
+fn a_file_repository_outside_the_allowed_roots_is_refused() {
+    let outside = tempfile::tempdir().unwrap();
+    let secret_repo = outside.path().join("secret.git");
+    std::fs::create_dir_all(&secret_repo).unwrap();
+    let task = |repo: &str| format!("task: x\nrepo: file://{repo}\nblueprint: b\n");
+    let dir = tree(&[
+        ("blueprints/b.yaml", "name: b\nsteps:\n  - run: make\n"),
+        ("origin/demo.git/HEAD", "ref: refs/heads/main\n"),
+    ]);
+    let root = dir.path().canonicalize().unwrap();
+    crate::support::write(
+        dir.path(),
+        "tasks/mine.yaml",
+        &task(&format!("{}/origin/demo.git", root.display())),
+    );
+    crate::support::write(
+        dir.path(),
+        "tasks/theirs.yaml",
+        &task(&secret_repo.display().to_string()),
+    );
+    // A symlink inside the root that leads out, and `..` that climbs out.
+    std::os::unix::fs::symlink(outside.path(), dir.path().join("origin/link")).unwrap();
+    crate::support::write(
+        dir.path(),
+        "tasks/link.yaml",
+        &task(&format!("{}/origin/link/secret.git", root.display())),
+    );
+    crate::support::write(
+        dir.path(),
+        "tasks/climb.yaml",
+        &task(&format!(
+            "{}/origin/../../{}",
+            root.display(),
+            secret_repo.display()
+        )),
+    );
+
+    // The demo layout, DIR/{origin/demo.git,tasks/demo.yaml}, needs no maxions.yaml.
+    let out = Maxions::new()
+        .current_dir(dir.path())
+        .args(["validate", "tasks/mine.yaml"])
+        .run();
+    assert_eq!(out.code, 0, "{}", out.stderr);
+    let loaded = maxions::config::load::load_task(&dir.path().join("tasks/mine.yaml"), None)
+        .unwrap_or_else(|v| panic!("{:?}", v.diagnostics));
+    assert_eq!(loaded.local_repo, Some(root.join("origin/demo.git")));
+
+    for (name, expected) in [
+        ("theirs", "is outside the directories tasks may use (`.`)"),
+        ("link", "resolves to"),
+        ("climb", "without `.` or `..`"),
+    ] {
+        let out = Maxions::new()
+            .current_dir(dir.path())
+            .args(["validate", &format!("tasks/{name}.yaml")])
+            .run();
+        assert_eq!(out.code, 1, "{name}: {}", out.stderr);
+        assert!(
+            out.stderr.contains("error[local-repo-outside]")
+                && out.stderr.contains(expected)
+                && out.stderr.contains(&format!("tasks/{name}.yaml:2:7")),
+            "{name}: {}",
+            out.stderr
+        );
+        // The runner loads through load_task, which refuses the same.
+        assert!(
+            maxions::config::load::load_task(&dir.path().join(format!("tasks/{name}.yaml")), None)
+                .is_err(),
+            "{name}"
+        );
+    }
+
+    // maxions.yaml may allow other directories (relative to it).
+    crate::support::write(
+        dir.path(),
+        "maxions.yaml",
+        &format!("local_repos: [origin, {}]\n", outside.path().display()),
+    );
+    let out = Maxions::new()
+        .current_dir(dir.path())
+        .args(["validate", "tasks/theirs.yaml", "tasks/mine.yaml"])
+        .run();
+    assert_eq!(out.code, 0, "{}", out.stderr);
+    crate::support::write(dir.path(), "maxions.yaml", "local_repos: [elsewhere]\n");
+    let out = Maxions::new()
+        .current_dir(dir.path())
+        .args(["validate", "tasks/mine.yaml"])
+        .run();
+    assert_eq!(out.code, 1, "{}", out.stderr);
+    assert!(
+        out.stderr.contains("warning[missing-directory]")
+            && out
+                .stderr
+                .contains("list its directory under `local_repos:`"),
+        "{}",
+        out.stderr
+    );
+}
+
+#[test]
+fn a_task_may_push_only_below_the_branch_prefix_and_never_to_its_base() {
+    let dir = tree(&[
+        ("blueprints/b.yaml", "name: b\nsteps:\n  - run: make\n"),
+        (
+            "tasks/main.yaml",
+            "task: x\nrepo: octo/hello\nblueprint: b\nbase: main\nbranch: main\n",
+        ),
+        (
+            "tasks/mine.yaml",
+            "task: x\nrepo: octo/hello\nblueprint: b\nbranch: bot/mine\n",
+        ),
+    ]);
+    let task = |name: &str| dir.path().join(format!("tasks/{name}.yaml"));
+    let out = Maxions::new()
+        .current_dir(dir.path())
+        .args(["validate", "tasks/main.yaml"])
+        .run();
+    assert_eq!(out.code, 1, "{}", out.stderr);
+    assert!(
+        out.stderr
+            .contains("error[invalid-branch]: branch `main` is the base branch")
+            && out.stderr.contains("tasks/main.yaml:5:9"),
+        "{}",
+        out.stderr
+    );
+    assert!(maxions::config::load::load_task(&task("main"), None).is_err());
+    assert!(maxions::config::load::load_task(&task("mine"), None).is_err());
+
+    // A prefix of the operator's choosing, also for the branch a task does not name.
+    crate::support::write(dir.path(), "maxions.yaml", "branch_prefix: bot/\n");
+    let loaded = maxions::config::load::load_task(&task("mine"), None)
+        .unwrap_or_else(|v| panic!("{:?}", v.diagnostics));
+    assert_eq!(loaded.branch, "bot/mine");
+    crate::support::write(
+        dir.path(),
+        "tasks/unnamed.yaml",
+        "task: x\nrepo: octo/hello\nblueprint: b\n",
+    );
+    let loaded = maxions::config::load::load_task(&task("unnamed"), None)
+        .unwrap_or_else(|v| panic!("{:?}", v.diagnostics));
+    assert_eq!(loaded.branch, "bot/unnamed");
+    assert!(
+        maxions::config::task::check_push_branch(&loaded.branch, Some("bot/unnamed"), "bot/")
+            .is_err()
+    );
+
+    crate::support::write(
+        dir.path(),
+        "maxions.yaml",
+        "branch_prefix: \"bad prefix \"\n",
+    );
+    let out = Maxions::new()
+        .current_dir(dir.path())
+        .args(["validate", "maxions.yaml"])
+        .run();
+    assert_eq!(out.code, 1, "{}", out.stderr);
+    assert!(
+        out.stderr
+            .contains("`branch_prefix: bad prefix ` cannot be used"),
+        "{}",
+        out.stderr
+    );
+}
+
+#[test]
+fn a_relative_private_key_file_is_checked_beside_maxions_yaml() {
+    let dir = tree(&[
+        (
+            "conf/maxions.yaml",
+            "github:\n  app:\n    app_id: 1\n    installation_id: 2\n    private_key_file: keys/app.pem\n",
+        ),
+        ("conf/keys/app.pem", "stand-in\n"),
+    ]);
+    // From another directory: the key is still found beside maxions.yaml.
+    let out = Maxions::new()
+        .current_dir(dir.path())
+        .args(["validate", "conf/maxions.yaml"])
+        .run();
+    assert_eq!(out.code, 0, "{}", out.stderr);
+    std::fs::remove_file(dir.path().join("conf/keys/app.pem")).unwrap();
+    let out = Maxions::new()
+        .current_dir(dir.path())
+        .args(["validate", "conf/maxions.yaml"])
+        .run();
+    assert_eq!(out.code, 1, "{}", out.stderr);
+    assert!(
+        out.stderr.contains(
+            "error[missing-file]: `github.app.private_key_file`: no file `conf/keys/app.pem`"
+        ) && out.stderr.contains("conf/maxions.yaml:5:23")
+            && out
+                .stderr
+                .contains("relative to the directory of maxions.yaml"),
+        "{}",
+        out.stderr
+    );
 }

@@ -16,7 +16,10 @@
 //! those (404 for others, as GitHub hides what a token cannot see), and one minted with
 //! `contents: write` only cannot touch pull requests (403). A second open pull request for the
 //! same head is refused with GitHub's 422. Draft state changes through `/graphql` (or
-//! `/api/graphql` beside an Enterprise `/api/v3`), as on GitHub.
+//! `/api/graphql` beside an Enterprise `/api/v3`), as on GitHub. `DELETE /installation/token`
+//! revokes the installation token it is sent with (204), after which neither the API nor a git
+//! server holding [`FakeGitHub::token_check`] accepts it; how long minted tokens live is
+//! [`FakeGitHubBuilder::token_lifetime`].
 //! Test keys come from `openssl genrsa` at run time: no private key is ever committed.
 
 use std::collections::hash_map::RandomState;
@@ -138,14 +141,31 @@ pub struct MintedToken {
     /// The permissions asked for (`None`: all of the installation's).
     pub permissions: Option<Value>,
     pub expires_at: u64,
+    /// Revoked with `DELETE /installation/token`.
+    pub revoked: bool,
 }
 
-#[derive(Default)]
 pub struct FakeGitHubBuilder {
     app: Option<(u64, u64, String)>,
     pats: Vec<String>,
     repos: Vec<(String, String)>,
+    /// Default branches other than `main`, by `owner/name`.
+    default_branches: Vec<(String, String)>,
     prefix: String,
+    token_lifetime: u64,
+}
+
+impl Default for FakeGitHubBuilder {
+    fn default() -> Self {
+        Self {
+            app: None,
+            pats: Vec::new(),
+            repos: Vec::new(),
+            default_branches: Vec::new(),
+            prefix: String::new(),
+            token_lifetime: 3600,
+        }
+    }
 }
 
 impl FakeGitHubBuilder {
@@ -164,6 +184,20 @@ impl FakeGitHubBuilder {
     /// A repository (default branch `main`) that exists and the installation can reach.
     pub fn repo(mut self, owner: &str, name: &str) -> Self {
         self.repos.push((owner.to_owned(), name.to_owned()));
+        self
+    }
+
+    /// A repository whose default branch is `branch`.
+    pub fn repo_with_default_branch(mut self, owner: &str, name: &str, branch: &str) -> Self {
+        self.repos.push((owner.to_owned(), name.to_owned()));
+        self.default_branches
+            .push((format!("{owner}/{name}"), branch.to_owned()));
+        self
+    }
+
+    /// Minted tokens expire after `seconds` (GitHub: an hour).
+    pub fn token_lifetime(mut self, seconds: u64) -> Self {
+        self.token_lifetime = seconds;
         self
     }
 
@@ -399,6 +433,9 @@ async fn handle(
         token,
         status: status.as_u16(),
     });
+    if status == StatusCode::NO_CONTENT {
+        return status.into_response();
+    }
     (status, axum::Json(answer)).into_response()
 }
 
@@ -409,7 +446,7 @@ impl State {
         }
         self.minted
             .iter()
-            .find(|minted| minted.token == token && minted.expires_at > now())
+            .find(|minted| minted.token == token && minted.expires_at > now() && !minted.revoked)
             .cloned()
             .map(Caller::Installation)
     }
@@ -447,6 +484,24 @@ impl State {
         };
         if full_path == graphql_path && method == Method::POST {
             return self.graphql(&caller, body);
+        }
+        if path == "/installation/token" {
+            // GitHub: only an installation token can revoke itself; a PAT gets 403.
+            return match (method.as_str(), caller) {
+                ("DELETE", Caller::Installation(minted)) => {
+                    for entry in &mut self.minted {
+                        if entry.token == minted.token {
+                            entry.revoked = true;
+                        }
+                    }
+                    (StatusCode::NO_CONTENT, Value::Null)
+                }
+                ("DELETE", Caller::Pat) => message(
+                    StatusCode::FORBIDDEN,
+                    "Resource not accessible by personal access token",
+                ),
+                _ => not_found(),
+            };
         }
         let ["repos", owner, name, rest @ ..] = segments.as_slice() else {
             return not_found();
@@ -562,13 +617,14 @@ impl State {
             );
         }
         let permissions = body.and_then(|b| b.get("permissions")).cloned();
-        let expires_at = now() + 3600;
+        let expires_at = now() + self.config.token_lifetime;
         let minted = MintedToken {
             token: random_token("ghs_"),
             installation_id,
             repositories: repositories.clone(),
             permissions: permissions.clone(),
             expires_at,
+            revoked: false,
         };
         self.minted.push(minted.clone());
         let expires = chrono::DateTime::from_timestamp(i64::try_from(expires_at).unwrap(), 0)
@@ -816,7 +872,10 @@ impl State {
             "html_url": format!("{web}/{owner}/{name}"),
             "url": format!("{api}/repos/{owner}/{name}"),
             "clone_url": format!("{web}/{owner}/{name}.git"),
-            "default_branch": "main", "fork": false, "archived": false, "disabled": false,
+            "default_branch": self.config.default_branches.iter()
+                .find(|(repo, _)| *repo == format!("{owner}/{name}"))
+                .map_or("main", |(_, branch)| branch.as_str()),
+            "fork": false, "archived": false, "disabled": false,
             "visibility": "private"
         })
     }
