@@ -8,6 +8,7 @@ pub mod cli;
 pub mod config;
 pub mod error_chain;
 pub mod forge;
+pub mod logging;
 pub mod runner;
 pub mod sandbox;
 pub mod secret;

@@ -305,6 +305,8 @@ impl<'a> Runner<'a> {
             redact.extend(credentials.redactions());
         }
         self.redactor = Redactor::new(&redact).map_err(|e| Stop::Failed(e.to_string()))?;
+        // No log line shows them while the run lasts (`crate::logging`).
+        let _logged = crate::logging::register(&redact).map_err(|e| Stop::Failed(e.to_string()))?;
 
         let mut spec = ContainerSpec::from_blueprint(
             &self.run_id,
