@@ -300,3 +300,53 @@ async fn escape_sequences_from_a_run_are_shown_not_obeyed_by_the_terminal() {
         .unwrap_or_default();
     assert!(reason.contains("^[]0;owned^G fatal"), "{}", out.stderr);
 }
+
+#[test]
+fn with_an_engine_that_does_not_answer_at_docker_host_the_demo_says_what_to_do() {
+    let dir = tempfile::tempdir().unwrap();
+    let out = Maxions::new()
+        .env("DOCKER_HOST", "tcp://127.0.0.1:1")
+        .args(["demo", "--dir"])
+        .arg_path(dir.path().join("demo"))
+        .run();
+    assert_eq!(out.code, 2, "{}", out.stderr);
+    // Nothing is installed or started for an engine someone else runs.
+    assert!(
+        out.stderr.contains(
+            "DOCKER_HOST=tcp://127.0.0.1:1 is set, so maxions does not start a local engine"
+        ),
+        "{}",
+        out.stderr
+    );
+    assert!(!out.stderr.contains("starting one"), "{}", out.stderr);
+}
+
+#[tokio::test]
+async fn images_maxions_does_not_build_are_left_to_the_engine_and_present_ones_are_kept() {
+    let Some(engine) = engine("cli-images").await else {
+        return;
+    };
+    let said = std::sync::Arc::new(std::sync::Mutex::new(Vec::<String>::new()));
+    let log = said.clone();
+    let progress = maxions::sandbox::bootstrap::Progress::new(move |line| {
+        log.lock().unwrap().push(line.to_owned());
+    });
+    let started = Instant::now();
+    maxions::sandbox::bootstrap::ensure_images(
+        &engine,
+        &[
+            maxions::sandbox::image::SANDBOX_IMAGE,
+            "maxions-test/not-built-by-maxions:none",
+        ],
+        &progress,
+    )
+    .await
+    .unwrap();
+    // Present: nothing built, nothing said; unknown: no attempt (the run's own error says it).
+    assert!(
+        said.lock().unwrap().is_empty(),
+        "{:?}",
+        said.lock().unwrap()
+    );
+    assert!(started.elapsed() < Duration::from_secs(10));
+}
