@@ -11,8 +11,8 @@ use std::sync::Arc;
 
 use tokio::io::{AsyncBufReadExt, BufReader};
 
-use super::DockerEngine;
 use super::image::{self, ImageError, RECIPES, is_root, which};
+use super::{DockerEngine, SandboxError};
 
 /// `scripts/docker-engine.sh`: installs docker.io and debootstrap when missing, starts dockerd
 /// detached (setsid, logging to a file) and waits for `docker info`.
@@ -77,6 +77,8 @@ pub enum BootstrapError {
 pub async fn ensure_engine(progress: &Progress) -> Result<DockerEngine, BootstrapError> {
     let reason = match DockerEngine::connect().await {
         Ok(engine) => return Ok(engine),
+        // The bare reason: the advice below replaces the error's own.
+        Err(SandboxError::EngineUnreachable(reason)) => reason,
         Err(error) => error.to_string(),
     };
     let no_engine = |advice: &str| BootstrapError::NoEngine {
@@ -88,6 +90,11 @@ pub async fn ensure_engine(progress: &Progress) -> Result<DockerEngine, Bootstra
             "DOCKER_HOST={} is set, so maxions does not start a local engine: start that one, or unset DOCKER_HOST",
             host.to_string_lossy()
         )));
+    }
+    if reason.contains("Permission denied") {
+        return Err(no_engine(
+            "an engine runs but this user may not use its socket: add the user to the `docker` group (and log in again), or run as root",
+        ));
     }
     if !is_root() {
         return Err(no_engine(
