@@ -23,6 +23,10 @@ pub struct Cli {
     pub command: Command,
 
     /// Say more (repeat for even more).
+    ///
+    /// `MAXIONS_LOG` adds levels, per module if wanted (`debug`, `maxions::sandbox=trace`). Only
+    /// maxions' own logs can be raised: other crates stay at `warn`, as their debug logs hold
+    /// request bodies with secrets in them.
     #[arg(short, long, action = clap::ArgAction::Count, global = true)]
     pub verbose: u8,
 
