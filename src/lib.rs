@@ -10,6 +10,7 @@ pub mod config;
 pub mod error_chain;
 pub mod forge;
 pub mod git;
+pub mod logging;
 pub mod runner;
 pub mod sandbox;
 pub mod secret;

@@ -67,6 +67,10 @@ pub fn run(args: &Args, output: Output) -> u8 {
     let Some(runtime) = super::runtime() else {
         return code::SETUP;
     };
+    // A fresh machine: start the engine and build the sandbox image first, saying so.
+    if !runtime.block_on(super::image::prepare(&loaded, output)) {
+        return code::SETUP;
+    }
     let status = runtime.block_on(run_loaded(&loaded, &run_args, output));
     if status == code::OK && !output.quiet {
         eprintln!(

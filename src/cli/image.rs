@@ -1,6 +1,14 @@
-//! `maxions image`: builds the sandbox images locally, no registry needed.
+//! `maxions image`: builds the sandbox images locally, no registry needed. Also what `maxions run`
+//! and `maxions demo` do first on a fresh machine: start an engine, build missing images.
 
+use std::io::IsTerminal;
+
+use indicatif::{ProgressBar, ProgressDrawTarget, ProgressStyle};
+
+use super::terminal::printable;
 use super::{Output, exit};
+use crate::config::load::LoadedTask;
+use crate::sandbox::bootstrap::{self, Progress};
 use crate::sandbox::image::{self, Outcome, RECIPES};
 
 #[derive(Debug, clap::Args)]
@@ -56,6 +64,17 @@ fn build(names: &[String], force: bool, output: Output) -> u8 {
             return exit::INVALID;
         }
     };
+    // An engine first, started if none answers and this machine allows it.
+    let Some(runtime) = super::runtime() else {
+        return exit::UNREADABLE;
+    };
+    let (progress, spinner) = progress(output);
+    let engine = runtime.block_on(bootstrap::ensure_engine(&progress));
+    finish(spinner);
+    if let Err(error) = engine {
+        eprintln!("error: {error}");
+        return exit::UNREADABLE;
+    }
     let mut say = |line: &str| {
         if !output.quiet {
             eprintln!("{line}");
@@ -72,4 +91,62 @@ fn build(names: &[String], force: bool, output: Output) -> u8 {
         }
     }
     exit::OK
+}
+
+/// Before a run: an engine that answers (started when none does and this machine allows it), and
+/// the run's image built if it is one maxions builds and is missing. Progress goes to stderr (a
+/// spinner with the current step on a terminal). Returns whether the run can go ahead; when not,
+/// the reason has been printed.
+pub(super) async fn prepare(loaded: &LoadedTask, output: Output) -> bool {
+    let image = loaded
+        .blueprint
+        .sandbox
+        .image
+        .as_deref()
+        .unwrap_or(&loaded.config.default_image);
+    let (progress, spinner) = progress(output);
+    let ready = match bootstrap::ensure_engine(&progress).await {
+        Ok(engine) => bootstrap::ensure_images(&engine, &[image], &progress).await,
+        Err(error) => Err(error),
+    };
+    finish(spinner);
+    match ready {
+        Ok(()) => true,
+        Err(error) => {
+            eprintln!("error: {error}");
+            false
+        }
+    }
+}
+
+/// Lines as they come, and on a terminal a spinner that shows how long the current one takes
+/// (debootstrap and image builds take minutes and print little).
+fn progress(output: Output) -> (Progress, Option<ProgressBar>) {
+    if output.quiet {
+        return (Progress::silent(), None);
+    }
+    if !std::io::stderr().is_terminal() {
+        return (
+            Progress::new(|line| eprintln!("setup: {}", printable(line))),
+            None,
+        );
+    }
+    let spinner = ProgressBar::with_draw_target(None, ProgressDrawTarget::stderr());
+    if let Ok(style) = ProgressStyle::with_template("       {spinner} {msg} {elapsed}") {
+        spinner.set_style(style);
+    }
+    spinner.enable_steady_tick(std::time::Duration::from_millis(100));
+    let bar = spinner.clone();
+    let progress = Progress::new(move |line| {
+        let line = printable(line).into_owned();
+        bar.println(format!("setup: {line}"));
+        bar.set_message(line);
+    });
+    (progress, Some(spinner))
+}
+
+fn finish(spinner: Option<ProgressBar>) {
+    if let Some(spinner) = spinner {
+        spinner.finish_and_clear();
+    }
 }

@@ -5,6 +5,7 @@ mod image;
 mod render;
 mod run;
 mod schema;
+pub mod terminal;
 mod validate;
 
 use std::process::ExitCode;
@@ -22,6 +23,10 @@ pub struct Cli {
     pub command: Command,
 
     /// Say more (repeat for even more).
+    ///
+    /// `MAXIONS_LOG` adds levels, per module if wanted (`debug`, `maxions::sandbox=trace`). Only
+    /// maxions' own logs can be raised: other crates stay at `warn`, as their debug logs hold
+    /// request bodies with secrets in them.
     #[arg(short, long, action = clap::ArgAction::Count, global = true)]
     pub verbose: u8,
 
@@ -109,6 +114,7 @@ pub fn main() -> ExitCode {
     };
     choice.write_global();
     init_tracing(&cli);
+    raise_open_files_limit();
     let output = Output {
         quiet: cli.quiet,
         verbose: cli.verbose,
@@ -124,19 +130,36 @@ pub fn main() -> ExitCode {
     ExitCode::from(code)
 }
 
+/// Logs go to stderr through the redacting writer; only maxions' own targets follow `-v` and
+/// `MAXIONS_LOG` (see `crate::logging`).
 fn init_tracing(cli: &Cli) {
-    let level = match (cli.quiet, cli.verbose) {
-        (true, _) => "error",
-        (false, 0) => "warn",
-        (false, 1) => "info",
-        (false, 2) => "debug",
-        _ => "trace",
-    };
-    let filter = tracing_subscriber::EnvFilter::try_from_env("MAXIONS_LOG")
-        .unwrap_or_else(|_| tracing_subscriber::EnvFilter::new(level));
+    let env = std::env::var("MAXIONS_LOG").ok();
+    let (filter, ignored) = crate::logging::filter(cli.quiet, cli.verbose, env.as_deref());
     let _ = tracing_subscriber::fmt()
         .with_env_filter(filter)
-        .with_writer(std::io::stderr)
+        .with_writer(crate::logging::Redacting::new(std::io::stderr))
         .with_ansi(!matches!(cli.color, ColorWhen::Never) && std::env::var_os("NO_COLOR").is_none())
         .try_init();
+    if !ignored.is_empty() {
+        tracing::warn!(
+            ignored = %ignored.join(","),
+            "MAXIONS_LOG: only maxions' own logs can be raised (other crates log request bodies, which hold secrets)"
+        );
+    }
+}
+
+/// A daemon with many runs holds many sockets, pipes and log files: the default soft limit on
+/// open files (often 1024) is raised to the hard limit, which needs no privilege.
+fn raise_open_files_limit() {
+    use rustix::process::{Resource, getrlimit, setrlimit};
+    let limit = getrlimit(Resource::Nofile);
+    let raised = rustix::process::Rlimit {
+        current: limit.maximum,
+        maximum: limit.maximum,
+    };
+    if limit.current != limit.maximum
+        && let Err(error) = setrlimit(Resource::Nofile, raised)
+    {
+        tracing::warn!(%error, "cannot raise the open files limit (RLIMIT_NOFILE); runs may fail with `too many open files`, raise it with `ulimit -n`");
+    }
 }

@@ -9,6 +9,7 @@ use std::time::Instant;
 use indicatif::{ProgressBar, ProgressDrawTarget, ProgressStyle};
 use tokio_util::sync::CancellationToken;
 
+use super::terminal::{printable, short};
 use super::{Output, exit};
 use crate::config::diagnostic::{Styles, render};
 use crate::config::load::{LoadedTask, load_task};
@@ -77,6 +78,9 @@ pub fn run(args: &Args, output: Output) -> u8 {
     let Some(runtime) = super::runtime() else {
         return code::SETUP;
     };
+    if !runtime.block_on(super::image::prepare(&loaded, output)) {
+        return code::SETUP;
+    }
     runtime.block_on(run_loaded(&loaded, args, output))
 }
 
@@ -122,7 +126,11 @@ pub async fn run_loaded(loaded: &LoadedTask, args: &Args, output: Output) -> u8 
     let tee = Tee(vec![&log, &printer]);
     let mut options = RunOptions::new(&engine, run_id.clone());
     options.keep = args.keep;
-    options.forge = github.as_ref().map(|g| g as &dyn Forge);
+    // A forge opens pull requests only for repositories it serves: a clone URL on another host
+    // gets neither its token nor a pull request on its `owner/name`.
+    options.forge = github
+        .filter(|g| g.serves(&loaded.repo.clone_url))
+        .map(|g| std::sync::Arc::new(g) as std::sync::Arc<dyn Forge>);
 
     let cancel = CancellationToken::new();
     let on_signal = cancel.clone();
@@ -186,9 +194,11 @@ impl Printer {
             .unwrap_or_else(std::sync::PoisonError::into_inner)
     }
 
+    /// Prints one line of the timeline. Everything in it may come from the run (output, reasons,
+    /// titles), so the whole line is made printable; maxions' own parts are unchanged by that.
     fn line(&self, text: &str) {
         let elapsed = self.started.elapsed().as_secs_f64();
-        let text = format!("[{elapsed:>6.1}s] {text}");
+        let text = format!("[{elapsed:>6.1}s] {}", printable(text));
         let state = self.state();
         match &state.spinner {
             // Above the spinner, which redraws below.
@@ -205,7 +215,7 @@ impl Printer {
         if let Ok(style) = ProgressStyle::with_template("          {spinner} {msg} {elapsed}") {
             spinner.set_style(style);
         }
-        spinner.set_message(format!("{step} ({kind})"));
+        spinner.set_message(printable(&format!("{step} ({kind})")).into_owned());
         spinner.enable_steady_tick(std::time::Duration::from_millis(100));
         self.state().spinner = Some(spinner);
     }
@@ -217,51 +227,46 @@ impl Printer {
     }
 
     fn summary(&self, result: &RunResult, result_file: &Path) {
-        let mut stderr = anstream::stderr().lock();
         let status = serde_json::to_value(result.status)
             .ok()
             .and_then(|v| v.as_str().map(str::to_owned))
             .unwrap_or_default();
-        let _ = writeln!(stderr);
-        let _ = writeln!(stderr, "status:  {status}");
+        let mut lines = vec![String::new(), format!("status:  {status}")];
         if let Some(reason) = &result.reason {
-            let _ = writeln!(stderr, "reason:  {reason}");
+            lines.push(format!("reason:  {reason}"));
         }
-        let _ = writeln!(stderr, "branch:  {}", result.branch);
+        lines.push(format!("branch:  {}", result.branch));
         if let Some(commit) = &result.commit {
-            let _ = writeln!(stderr, "commit:  {commit}");
+            lines.push(format!("commit:  {commit}"));
         }
         if let Some(pr) = &result.pull_request {
             match (&pr.url, pr.opened) {
-                (Some(url), true) => {
-                    let _ = writeln!(stderr, "pull request: {url}");
-                }
-                _ => {
-                    let _ = writeln!(
-                        stderr,
-                        "pull request (not opened, no forge configured): {}{}",
-                        pr.title,
-                        if pr.draft { " [draft]" } else { "" }
-                    );
-                }
+                (Some(url), true) => lines.push(format!("pull request: {url}")),
+                _ => lines.push(format!(
+                    "pull request (not opened, no forge configured): {}{}",
+                    pr.title,
+                    if pr.draft { " [draft]" } else { "" }
+                )),
             }
         }
         if let Some(id) = &result.kept_container {
-            let _ = writeln!(
-                stderr,
-                "sandbox kept: {id} (docker exec -it {} bash; docker rm -f {} when done)",
-                &id[..12.min(id.len())],
-                &id[..12.min(id.len())]
-            );
+            let id_short = short(id, 12);
+            lines.push(format!(
+                "sandbox kept: {id} (docker exec -it {id_short} bash; docker rm -f {id_short} when done)"
+            ));
         }
-        let _ = writeln!(
-            stderr,
+        lines.push(format!(
             "took {:.1}s ({:.1}s inside step commands)",
             result.duration_ms as f64 / 1000.0,
             result.exec_ms as f64 / 1000.0
-        );
-        let _ = writeln!(stderr, "result:  {}", result_file.display());
-        let _ = writeln!(stderr, "log:     {}", result.log);
+        ));
+        lines.push(format!("result:  {}", result_file.display()));
+        lines.push(format!("log:     {}", result.log));
+        let mut stderr = anstream::stderr().lock();
+        for line in lines {
+            // Reasons, branch and title come from the run: printable, one line each.
+            let _ = writeln!(stderr, "{}", printable(&line));
+        }
     }
 }
 
@@ -287,10 +292,7 @@ impl EventSink for Printer {
                 ));
             }
             Event::SandboxReady { container, image } if !self.output.quiet => {
-                self.line(&format!(
-                    "sandbox {} ({image}) ready",
-                    &container[..12.min(container.len())]
-                ));
+                self.line(&format!("sandbox {} ({image}) ready", short(container, 12)));
             }
             Event::StepStarted { step, kind } => {
                 self.state().tails.insert(step.clone(), Tail::new(4096));
@@ -381,7 +383,7 @@ impl EventSink for Printer {
                 }
             }
             Event::Commit { sha } if !self.output.quiet => {
-                self.line(&format!("  committed {}", &sha[..12.min(sha.len())]));
+                self.line(&format!("  committed {}", short(sha, 12)));
             }
             Event::Pushed { branch, .. } if !self.output.quiet => {
                 self.line(&format!("  pushed {branch}"));
@@ -391,7 +393,9 @@ impl EventSink for Printer {
                 self.line(&format!("  {verb} {url}"));
             }
             Event::Warning { message } => self.line(&format!("warning: {message}")),
-            _ => {}
+            // Not on the timeline (egress decisions, …) but worth seeing with `-vv`; the log
+            // writer masks registered secrets in it.
+            other => tracing::debug!(event = ?other, "run event"),
         }
     }
 }

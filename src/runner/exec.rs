@@ -122,7 +122,6 @@ impl Runner<'_> {
             batch.finish(&emit);
             batch.logged
         };
-        drop(sink);
         self.logged_output += logged;
         let outcome = result.map_err(|e| StepError::Fatal(e.to_string()))?;
         self.exec_time += outcome.duration;

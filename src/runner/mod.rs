@@ -24,7 +24,7 @@ use tokio_util::sync::CancellationToken;
 
 use crate::config::load::LoadedTask;
 use crate::config::{Step, StepKind};
-use crate::forge::{Forge, GitCredentials};
+use crate::forge::{Forge, GitCredentials, RunCredentials};
 use crate::git::{Mirror, Oid};
 use crate::sandbox::egress::EgressEvent;
 use crate::sandbox::redact::Redactor;
@@ -69,7 +69,7 @@ pub struct RunOptions<'a> {
     pub engine: &'a dyn Engine,
     /// Where pull requests are opened and git credentials come from; `None` records the pull
     /// request that would be opened, and git runs without credentials.
-    pub forge: Option<&'a dyn Forge>,
+    pub forge: Option<Arc<dyn Forge>>,
     pub run_id: String,
     /// Keep the sandbox when the run ends (for debugging).
     pub keep: bool,
@@ -147,7 +147,7 @@ pub async fn run(
     };
     let kept = runner.finish_sandbox(options.keep).await;
     runner.drain_egress();
-    runner.revoke_credentials(&options).await;
+    runner.revoke_credentials().await;
     runner.remove_scratch();
     let reason = reason.map(|r| runner.redactor.redact_str(&r).into_owned());
     if !runner.started_event {
@@ -203,8 +203,11 @@ struct Runner<'a> {
     sandbox: Option<Box<dyn Sandbox>>,
     redactor: Redactor,
     secrets: BTreeMap<String, Secret>,
-    /// The forge's git credentials for this run (never given to the sandbox).
-    credentials: Option<GitCredentials>,
+    /// The forge's git credentials for this run, minted again before they expire (never given
+    /// to the sandbox).
+    credentials: Option<RunCredentials>,
+    /// Every token handed out so far, for the secret scan and the log redaction.
+    tokens: Vec<GitCredentials>,
     /// maxions' own mirror of the repository, on this machine (blueprints with `checkout`).
     mirror: Option<Mirror>,
     checkout: Option<CheckedOut>,
@@ -226,6 +229,9 @@ struct Runner<'a> {
     scratch: Option<PathBuf>,
     egress: Option<tokio::sync::mpsc::Receiver<EgressEvent>>,
     egress_dropped: Arc<AtomicU64>,
+    /// Keeps the run's secrets masked in every log line until the runner is gone.
+    logged: Option<crate::logging::Guard>,
+    extra_logged: Vec<crate::logging::Guard>,
 }
 
 impl<'a> Runner<'a> {
@@ -254,6 +260,7 @@ impl<'a> Runner<'a> {
             redactor: Redactor::none(),
             secrets: BTreeMap::new(),
             credentials: None,
+            tokens: Vec::new(),
             mirror: None,
             checkout: None,
             checked_tree: None,
@@ -270,6 +277,8 @@ impl<'a> Runner<'a> {
             scratch: None,
             egress: None,
             egress_dropped: Arc::new(AtomicU64::new(0)),
+            logged: None,
+            extra_logged: Vec::new(),
         }
     }
 
@@ -329,19 +338,24 @@ impl<'a> Runner<'a> {
         options: &RunOptions<'_>,
     ) -> Result<RunStatus, Stop> {
         self.secrets = secrets::resolve(self.task, &options.env).map_err(Stop::Failed)?;
-        if let Some(forge) = options.forge {
-            self.credentials = Some(
-                forge
-                    .git_credentials(&self.task.repo)
-                    .await
-                    .map_err(|e| Stop::Failed(format!("cannot get git credentials: {e}")))?,
-            );
+        if let Some(forge) = &options.forge
+            && forge.serves(&self.task.repo.clone_url)
+        {
+            let credentials = RunCredentials::new(Arc::clone(forge), self.task.repo.clone());
+            let first = credentials
+                .get()
+                .await
+                .map_err(|e| Stop::Failed(format!("cannot get git credentials: {e}")))?;
+            self.tokens.push(first);
+            self.credentials = Some(credentials);
         }
         let mut redact: Vec<Secret> = self.secrets.values().cloned().collect();
-        if let Some(credentials) = &self.credentials {
+        for credentials in &self.tokens {
             redact.extend(credentials.redactions());
         }
         self.redactor = Redactor::new(&redact).map_err(|e| Stop::Failed(e.to_string()))?;
+        // No log line shows them while the run lasts (`crate::logging`).
+        self.logged = Some(crate::logging::register(&redact).map_err(|e| Stop::Failed(e.to_string()))?);
         let state_dir = options
             .state_dir
             .clone()
@@ -351,13 +365,22 @@ impl<'a> Runner<'a> {
                 .map_err(|e| Stop::Failed(format!("cannot make the run's scratch directory: {e}")))?,
         );
         if self.uses_checkout() {
-            let mirror = Mirror::open(&state_dir, &self.task.repo.clone_url, cancel)
+            let mirror = Mirror::open(&state_dir, &self.remote_url(), cancel)
                 .await
                 .map_err(|e| Stop::Failed(self.redacted(&e)))?;
             if self.context.base.is_empty() {
+                let credentials = self
+                    .git_credentials(mirror.url())
+                    .await
+                    .map_err(|e| match e {
+                        steps::StepError::Failed { reason, .. } | steps::StepError::Fatal(reason) => {
+                            Stop::Failed(reason)
+                        }
+                        _ => Stop::Cancelled,
+                    })?;
                 let base = tokio::select! {
                     () = cancel.cancelled() => return Err(Stop::Cancelled),
-                    base = mirror.default_branch(self.credentials.as_ref(), cancel) => base,
+                    base = mirror.default_branch(credentials.as_ref(), cancel) => base,
                 };
                 self.context.base = base.map_err(|e| {
                     Stop::Failed(format!(
@@ -611,13 +634,49 @@ impl<'a> Runner<'a> {
         None
     }
 
-    /// An installation token lives an hour; this run is done with it now.
-    async fn revoke_credentials(&mut self, options: &RunOptions<'_>) {
-        let (Some(forge), Some(credentials)) = (options.forge, self.credentials.take()) else {
+    /// Where the repository is fetched from: the checked local path of a `file://` repository
+    /// (so a symlink swapped in after the check is not followed), else its URL.
+    fn remote_url(&self) -> String {
+        match &self.task.local_repo {
+            Some(path) => format!("file://{}", path.display()),
+            None => self.task.repo.clone_url.clone(),
+        }
+    }
+
+    /// The run's git credentials for `remote`, fresh (minted again when they are about to
+    /// expire), or `None` when the forge does not serve that remote: a token never goes to
+    /// another host.
+    async fn git_credentials(
+        &mut self,
+        remote: &str,
+    ) -> Result<Option<GitCredentials>, steps::StepError> {
+        let Some(credentials) = &self.credentials else {
+            return Ok(None);
+        };
+        if !credentials.applies_to(remote) {
+            return Ok(None);
+        }
+        let fresh = credentials.get().await.map_err(|e| steps::StepError::Failed {
+            code: None,
+            reason: format!("cannot get git credentials: {}", self.redacted(&e)),
+        })?;
+        if !self.tokens.contains(&fresh) {
+            // A token minted during the run is masked in the logs as the first one was.
+            if let Ok(guard) = crate::logging::register(&fresh.redactions()) {
+                self.extra_logged.push(guard);
+            }
+            self.tokens.push(fresh.clone());
+        }
+        Ok(Some(fresh))
+    }
+
+    /// An installation token lives an hour; this run is done with its tokens now.
+    async fn revoke_credentials(&mut self) {
+        let Some(credentials) = self.credentials.take() else {
             return;
         };
-        if let Err(error) = forge.revoke(&credentials).await {
-            let message = format!("could not revoke the run's git token: {error}");
+        for error in credentials.revoke_all().await {
+            let message = format!("could not revoke a git token of the run: {error}");
             let message = self.redactor.redact_str(&message).into_owned();
             self.emit(Event::Warning { message });
         }

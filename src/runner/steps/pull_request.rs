@@ -39,7 +39,7 @@ impl Runner<'_> {
             head: self.task.branch.clone(),
             base: self.context.base.clone(),
         };
-        let Some(forge) = options.forge else {
+        let Some(forge) = &options.forge else {
             let reason = "no forge is configured (no `github:` in maxions.yaml, or a local repository): this is the pull request maxions would open".to_owned();
             self.emit(Event::PrNotOpened {
                 title,

@@ -14,8 +14,16 @@ impl Runner<'_> {
         cancel: &CancellationToken,
     ) -> Result<Done, StepError> {
         let branch = self.task.branch.clone();
-        crate::config::task::check_push_branch(&branch, &self.context.base, self.task.branch_prefix())
-            .map_err(|reason| StepError::Failed { code: None, reason })?;
+        crate::config::task::check_push_branch(
+            &branch,
+            Some(&self.context.base),
+            &self.task.config.branch_prefix,
+        )
+        .map_err(|reason| StepError::Failed { code: None, reason })?;
+        let Some(url) = self.mirror.as_ref().map(|m| m.url().to_owned()) else {
+            return Err(StepError::Fatal("`push` needs a `checkout` step".into()));
+        };
+        let credentials = self.git_credentials(&url).await?;
         let (Some(mirror), Some(commit)) = (&self.mirror, &self.commit) else {
             return Err(StepError::Fatal(
                 "`push` needs a commit from a `commit` step".into(),
@@ -23,7 +31,7 @@ impl Runner<'_> {
         };
         let pushed = tokio::select! {
             () = cancel.cancelled() => return Err(StepError::Cancelled),
-            pushed = mirror.push(commit, &branch, self.credentials.as_ref(), cancel) => pushed,
+            pushed = mirror.push(commit, &branch, credentials.as_ref(), cancel) => pushed,
         };
         pushed.map_err(|e| StepError::Failed {
             code: None,

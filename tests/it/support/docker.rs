@@ -1,29 +1,47 @@
-//! Reaching the real Docker engine from tests. Tests that need it fail with a clear message when
-//! no engine answers, unless `MAXIONS_SKIP_DOCKER=1` says to skip them (and then they say so):
+//! Reaching the real Docker engine from tests. The first test to ask sets the machine up the way
+//! `maxions demo` does (engine started when none answers and this is root, missing images built
+//! under a file lock), once per test process. Tests that need it fail with a clear message when
+//! that is impossible, unless `MAXIONS_SKIP_DOCKER=1` says to skip them (and then they say so):
 //! they never pass silently.
 
-use maxions::sandbox::image::SANDBOX_IMAGE;
+use maxions::sandbox::bootstrap::{self, Progress};
+use maxions::sandbox::image::{BASE_IMAGE, SANDBOX_IMAGE};
 use maxions::sandbox::{ContainerSpec, DockerEngine, Engine, Sandbox};
+use tokio::sync::OnceCell;
+
+/// The outcome of setting the machine up, shared by every test of this process.
+static READY: OnceCell<Result<(), String>> = OnceCell::const_new();
 
 /// An engine whose containers carry the instance label `test-<name>`, so that orphan removal in
 /// one test never touches another's containers. `None` only when skipping was asked for.
 pub async fn engine(name: &str) -> Option<DockerEngine> {
-    match DockerEngine::connect().await {
-        Ok(engine) => {
-            assert!(
-                maxions::sandbox::image::exists(SANDBOX_IMAGE),
-                "{SANDBOX_IMAGE} is missing: run `cargo run -- image build` (or .ci/run) first"
-            );
-            Some(engine.with_instance(format!("test-{name}")))
-        }
-        Err(error) if std::env::var_os("MAXIONS_SKIP_DOCKER").is_some_and(|v| v == "1") => {
-            eprintln!("SKIPPED {name}: no Docker engine ({error})");
-            None
-        }
-        Err(error) => panic!(
-            "{error}\n(this test needs a Docker engine: run `scripts/docker-engine.sh`, or set MAXIONS_SKIP_DOCKER=1 to skip the Docker tests and say so)"
-        ),
+    let skip = std::env::var_os("MAXIONS_SKIP_DOCKER").is_some_and(|v| v == "1");
+    if skip && let Err(error) = DockerEngine::connect().await {
+        // Skipping asked for: no engine is installed or started on the tests' behalf.
+        eprintln!("SKIPPED {name}: no Docker engine ({error})");
+        return None;
     }
+    let ready = READY.get_or_init(set_up).await;
+    if let Err(error) = ready {
+        panic!(
+            "{error}\n(this test needs a Docker engine and the maxions images; or set MAXIONS_SKIP_DOCKER=1 to skip the Docker tests and say so)"
+        );
+    }
+    // Each test its own client: a connection belongs to the runtime of the test that made it.
+    match DockerEngine::connect().await {
+        Ok(engine) => Some(engine.with_instance(format!("test-{name}"))),
+        Err(error) => panic!("the Docker engine stopped answering: {error}"),
+    }
+}
+
+async fn set_up() -> Result<(), String> {
+    let progress = Progress::new(|line| eprintln!("test setup: {line}"));
+    let engine = bootstrap::ensure_engine(&progress)
+        .await
+        .map_err(|e| e.to_string())?;
+    bootstrap::ensure_images(&engine, &[BASE_IMAGE, SANDBOX_IMAGE], &progress)
+        .await
+        .map_err(|e| e.to_string())
 }
 
 /// A spec for the default image with a unique run id.
