@@ -105,8 +105,10 @@ impl Object for Raw {
     }
 }
 
+/// Whether a value is being written into a `run:` command. This goes by the template, not by
+/// its auto-escape setting, so `{% autoescape false %}` cannot turn the quoting off.
 fn is_shell(state: &State) -> bool {
-    matches!(state.auto_escape(), AutoEscape::Custom(name) if name == "sh")
+    state.name() == Mode::Shell.template_name()
 }
 
 /// The names a template reads, such as `task`, `vars.name` or `steps.describe.title`.

@@ -185,6 +185,11 @@ const SHAPES: &[(&str, &str, Expect)] = &[
         Expect::Text,
     ),
     (
+        "{% autoescape false %}{{ task }}{% endautoescape %}",
+        "printf %s @ > out",
+        Expect::Text,
+    ),
+    (
         "{% filter upper %}{{ task }}{% endfilter %}",
         "printf %s @ > out",
         Expect::Requoted,
