@@ -174,11 +174,11 @@ impl Templates {
             }
         });
         for name in ["escape", "e"] {
-            env.add_filter(name, |state: &State, value: Value| {
+            env.add_filter(name, |state: &mut State, value: Value| {
                 if is_shell(state) {
                     Ok(Value::from(value.to_string()))
                 } else {
-                    Ok(Value::from_safe_string(value.to_string()))
+                    minijinja::filters::escape(state, &value)
                 }
             });
         }
@@ -436,6 +436,28 @@ mod tests {
         let found = t.unknown_filters("{{ task | truncate(20) }} {{ x | tail(2) | upper }} {% if a | nope %}{% endif %} '|' {{ 'a|b' }}");
         let names: Vec<&str> = found.iter().map(|(_, n)| n.as_str()).collect();
         assert_eq!(names, ["truncate", "nope"]);
+    }
+
+    #[test]
+    fn escape_keeps_its_builtin_meaning_in_text() {
+        let t = Templates::new();
+        let ctx = Context {
+            task: "<b>".into(),
+            repo: crate::config::RepoRef::parse("a/b").expect("valid repo"),
+            branch: "b".into(),
+            base: "main".into(),
+            vars: Default::default(),
+            steps: Default::default(),
+            run: RunInfo {
+                id: "r".into(),
+                failed_checks: 0,
+            },
+            failed: None,
+        };
+        let text = t.render("{{ task | e }}", Mode::Text, &ctx).unwrap();
+        assert_eq!(text, "&lt;b&gt;");
+        let shell = t.render("{{ task | e }}", Mode::Shell, &ctx).unwrap();
+        assert_eq!(shell, "'<b>'");
     }
 
     #[test]

@@ -78,7 +78,8 @@ enum Expect {
     TextTrimmed,
     /// That text quoted once more: a block or macro output, not marked `| safe`, is one value.
     Requoted,
-    /// The value itself (`shell_quote` quotes in text, and adds nothing in a command).
+    /// The value itself (`shell_quote` quotes and `escape` escapes HTML in text, and in a
+    /// command they add nothing).
     Value,
 }
 
@@ -108,8 +109,8 @@ const SHAPES: &[(&str, &str, Expect)] = &[
         "printf %s @ > out",
         Expect::Text,
     ),
-    ("{{ task | e }}", "printf %s @ > out", Expect::Text),
-    ("{{ task | escape }}", "printf %s @ > out", Expect::Text),
+    ("{{ task | e }}", "printf %s @ > out", Expect::Value),
+    ("{{ task | escape }}", "printf %s @ > out", Expect::Value),
     (
         "{{ task | shell_quote }}",
         "printf %s @ > out",
