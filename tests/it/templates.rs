@@ -502,3 +502,70 @@ fn render_refuses_an_invalid_task_with_its_diagnostics() {
     );
     assert!(out.stderr.contains("tasks/t.yaml:1:1"), "{}", out.stderr);
 }
+
+/// Pieces of shell syntax that change quoting, from which random `run:` templates are built.
+const PIECES: &[&str] = &[
+    "echo ",
+    "printf %s ",
+    " ",
+    "a",
+    ";",
+    "\n",
+    "'",
+    "\"",
+    "`",
+    "$(",
+    ")",
+    "(",
+    "${x:-",
+    "}",
+    "\\",
+    "$",
+    "#",
+    "<<EOF ",
+    "\nEOF\n",
+    "<<-'E' ",
+    "\n\tE\n",
+    "$((",
+    "))",
+    "$'",
+    "&& ",
+    "| ",
+    "{{ task }}",
+    "{{ task }}",
+    "{{ task | upper }}",
+    "{{ [task, task] | join }}",
+    "{% if task %}'{% endif %}",
+    "{% set s %}'{{ task }}{% endset %}{{ s }}",
+    "{{ \"'\" | safe }}",
+    "{{ '\"' | safe }}",
+    "{{ '\\\\' | safe }}",
+];
+
+proptest! {
+    #![proptest_config(ProptestConfig::with_cases(160))]
+    /// A template made of random shell pieces is either refused by `render`, or, run by `sh`,
+    /// never executes the value, which would create the marker file.
+    #[test]
+    fn what_render_accepts_never_runs_the_value(
+        picks in proptest::collection::vec(proptest::sample::select(PIECES), 1..14)
+    ) {
+        let script: String = picks.concat();
+        let dir = tempfile::tempdir().unwrap();
+        let marker = dir.path().join("pwned");
+        let m = marker.to_str().unwrap();
+        let task = format!(
+            "$(touch {m})`touch {m}`'$(touch {m})'\"$(touch {m})\"\ntouch {m}\nEOF\ntouch {m}\n\tE\ntouch {m} #"
+        );
+        let ctx = context(&task, "b", "v");
+        if let Ok(rendered) = Templates::new().render(&script, Mode::Shell, &ctx) {
+            let _ = Command::new("timeout")
+                .args(["5", "/bin/sh", "-c", &rendered])
+                .current_dir(dir.path())
+                .stdin(std::process::Stdio::null())
+                .output()
+                .expect("timeout and /bin/sh run");
+            prop_assert!(!marker.exists(), "{script:?} ran the value:\n{rendered}");
+        }
+    }
+}
