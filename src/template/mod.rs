@@ -1,10 +1,9 @@
 //! Rendering steps with minijinja: strict undefined, and shell auto-escaping for `run:` steps so
 //! that task text, branch names and agent output are always data, never commands.
 //!
-//! Two modes: [`Mode::Shell`] quotes every interpolated value for POSIX `sh` unless its last
-//! filter is `| safe`, and refuses a value inside quotes, here-documents or comments, where its
-//! quotes would not hold; [`Mode::Text`] (prompts, commit messages, PR bodies) inserts values as
-//! they are. Task text reaches templates only as the value `task`: it is never parsed as a template.
+//! [`Mode::Shell`] quotes every value for `sh` unless its last filter is `| safe`, and refuses a
+//! value inside quotes, here-documents or comments; [`Mode::Text`] (prompts, commit messages, PR
+//! bodies) inserts values as they are. Task text is only ever the value `task`, never a template.
 
 mod context;
 mod shell;

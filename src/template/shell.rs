@@ -1,8 +1,6 @@
-//! A small POSIX `sh` lexer that finds where an interpolated value would land in a `run:` script,
-//! so that a value is only ever inserted where its own single quotes make it one plain word.
-//!
-//! Values are bracketed by private markers (Unicode noncharacters) while rendering; [`scan`]
-//! lexes the script and reports every marker found inside quotes, a here-document, a comment, etc.
+//! A small POSIX `sh` lexer: values are bracketed by markers (Unicode noncharacters) while a
+//! `run:` command renders, and [`scan`] reports every value that lands inside quotes, a
+//! here-document, a comment, etc., where its own single quotes would not make it one plain word.
 
 use std::fmt;
 
