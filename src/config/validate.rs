@@ -9,7 +9,9 @@ use std::sync::Arc;
 use super::diagnostic::{Diagnostic, did_you_mean, token_width};
 use super::yaml::{self, Key, Node, Pos, Value};
 use super::{Blueprint, DaemonConfig, Task, check, schema};
-use crate::template::{Mode, Names, REPO_FIELDS, ROOTS, RUN_FIELDS, TemplateError, Templates};
+use crate::template::{
+    Mode, Names, REPO_FIELDS, ROOTS, RUN_FIELDS, TemplateError, Templates, shell_hazards,
+};
 
 /// Files larger than this are refused before parsing: no config needs a megabyte.
 pub const MAX_FILE_BYTES: u64 = 4 * 1024 * 1024;
@@ -1002,6 +1004,9 @@ impl BlueprintChecker<'_> {
                             .hint("see README.md, \"Templates\", for the filters there are"),
                         );
                     }
+                    if mode == Mode::Shell {
+                        self.check_shell_quoting(node, text, name);
+                    }
                 }
                 Err(err) => self.template_error(&err, node, text, name),
             }
@@ -1013,6 +1018,29 @@ impl BlueprintChecker<'_> {
                 Ok(names) => self.check_names(&names, node, text, infos, index, name, false),
                 Err(err) => self.template_error(&err, node, text, name),
             }
+        }
+    }
+
+    /// A value inside quotes, a here-document or a comment of a `run:` command would not be
+    /// quoted by its own quotes: task text would run.
+    fn check_shell_quoting(&mut self, node: &Node, text: &str, step: &str) {
+        for hazard in shell_hazards(text) {
+            let tag = &text[hazard.offset..];
+            let width = tag
+                .find("}}")
+                .map_or(2, |end| tag[..end + 2].chars().count());
+            self.found.push(
+                Diagnostic::error(
+                    "shell-quoting",
+                    format!(
+                        "template {} in the shell command of {step}: its value would not be quoted",
+                        hazard.kind.place()
+                    ),
+                )
+                .at(template_pos(&self.doc.text, node, text, hazard.offset))
+                .width(width.clamp(2, 40))
+                .hint(hazard.kind.hint()),
+            );
         }
     }
 

@@ -1,19 +1,24 @@
 //! Rendering steps with minijinja: strict undefined, and shell auto-escaping for `run:` steps so
 //! that task text, branch names and agent output are always data, never commands.
 //!
-//! Two modes: [`Mode::Shell`] quotes every interpolated value for POSIX `sh` unless it is marked
-//! `| safe`; [`Mode::Text`] (prompts, commit messages, PR bodies) inserts values as they are.
-//! Task text reaches templates only as the value `task`: it is never parsed as a template.
+//! [`Mode::Shell`] quotes every value for `sh` unless its last filter is `| safe`, and refuses a
+//! value inside quotes, here-documents or comments; [`Mode::Text`] (prompts, commit messages, PR
+//! bodies) inserts values as they are. Task text is only ever the value `task`, never a template.
 
 mod context;
+mod shell;
 
 use std::collections::BTreeSet;
-use std::fmt;
+use std::fmt::{self, Write as _};
 use std::ops::Range;
+use std::sync::Arc;
 
-use minijinja::{AutoEscape, Environment, UndefinedBehavior, Value};
+use minijinja::value::{Object, ObjectRepr};
+use minijinja::{AutoEscape, Environment, State, UndefinedBehavior, Value};
 
 pub use context::{Context, FailedCheck, REPO_FIELDS, ROOTS, RUN_FIELDS, RunInfo};
+pub use shell::HazardKind;
+use shell::{RAW_END, RAW_START, VALUE_END, VALUE_START};
 
 /// How a template's output is used.
 #[derive(Debug, Clone, Copy, PartialEq, Eq)]
@@ -41,6 +46,8 @@ pub struct TemplateError {
     pub range: Option<Range<usize>>,
     /// The expression that was undefined, when that is what went wrong (e.g. `vars.name`).
     pub undefined: Option<String>,
+    /// In a `run:` command: the value that would not have been one plain word, and where.
+    pub hazard: Option<HazardKind>,
 }
 
 impl fmt::Display for TemplateError {
@@ -53,6 +60,55 @@ impl fmt::Display for TemplateError {
 }
 
 impl std::error::Error for TemplateError {}
+
+/// A `{{ }}` in a `run:` template whose value would not be one plain word for `sh`.
+#[derive(Debug, Clone, Copy, PartialEq, Eq)]
+pub struct ShellHazard {
+    /// Byte offset of the `{{` in the template source.
+    pub offset: usize,
+    pub kind: HazardKind,
+}
+
+/// Every `{{ }}` of a `run:` template written inside quotes, backquotes, `${ }`, `$(( ))`, a
+/// here-document or a comment, or right after `\` or `$`: places where the quotes the value gets
+/// would not make it one word of data. The template is read straight through, both branches of
+/// an `if` and a loop's body once; a template that does not parse gives what its text shows.
+pub fn shell_hazards(source: &str) -> Vec<ShellHazard> {
+    let (text, places) = shell::skeleton(source);
+    shell::scan(&text)
+        .into_iter()
+        .map(|found| ShellHazard {
+            offset: places
+                .iter()
+                .find(|(at, _)| *at == found.offset)
+                .map_or(0, |&(_, source)| source),
+            kind: found.kind,
+        })
+        .collect()
+}
+
+/// A value marked `| safe` in a `run:` template: shell code, inserted as it is.
+#[derive(Debug)]
+struct Raw(String);
+
+impl Object for Raw {
+    fn repr(self: &Arc<Self>) -> ObjectRepr {
+        ObjectRepr::Plain
+    }
+
+    fn render(self: &Arc<Self>, f: &mut fmt::Formatter<'_>) -> fmt::Result
+    where
+        Self: Sized + 'static,
+    {
+        f.write_str(&self.0)
+    }
+}
+
+/// Whether a value is being written into a `run:` command. This goes by the template, not by
+/// its auto-escape setting, so `{% autoescape false %}` cannot turn the quoting off.
+fn is_shell(state: &State) -> bool {
+    state.name() == Mode::Shell.template_name()
+}
 
 /// The names a template reads, such as `task`, `vars.name` or `steps.describe.title`.
 pub type Names = BTreeSet<String>;
@@ -82,23 +138,56 @@ impl Templates {
                 AutoEscape::None
             }
         });
+        // In shell mode every value is quoted, whatever filter made it, and bracketed by markers
+        // so that `render` can check where it landed; only a `Raw` (`| safe`) goes in as code.
+        // Markers inside a value (captured blocks, macro output) are dropped: it is all one word.
         env.set_formatter(|out, state, value| {
-            if matches!(state.auto_escape(), AutoEscape::Custom(name) if name == "sh")
-                && !value.is_safe()
-            {
-                let text = match value.as_str() {
-                    Some(s) => s.to_owned(),
-                    None => value.to_string(),
-                };
-                out.write_str(&shell_quote(&text))?;
-                Ok(())
-            } else {
-                minijinja::escape_formatter(out, state, value)
+            if !is_shell(state) {
+                return minijinja::escape_formatter(out, state, value);
             }
+            if let Some(raw) = value.downcast_object_ref::<Raw>() {
+                out.write_char(RAW_START)?;
+                out.write_str(&raw.0)?;
+                out.write_char(RAW_END)?;
+                return Ok(());
+            }
+            let text = match value.as_str() {
+                Some(s) => s.to_owned(),
+                None => value.to_string(),
+            };
+            let text: String = text.chars().filter(|c| !shell::is_marker(*c)).collect();
+            out.write_char(VALUE_START)?;
+            out.write_str(&shell_quote(&text))?;
+            out.write_char(VALUE_END)?;
+            Ok(())
         });
         env.add_filter("tail", tail);
         env.add_filter("head", head);
-        env.add_filter("shell_quote", |s: String| shell_quote(&s));
+        // `safe` is the one way to insert shell code; in shell mode `escape` and `shell_quote`
+        // leave the value as it is, since it is quoted on output anyway.
+        env.add_filter("safe", |state: &State, text: String| {
+            if is_shell(state) {
+                Value::from_object(Raw(text))
+            } else {
+                Value::from_safe_string(text)
+            }
+        });
+        for name in ["escape", "e"] {
+            env.add_filter(name, |state: &mut State, value: Value| {
+                if is_shell(state) {
+                    Ok(Value::from(value.to_string()))
+                } else {
+                    minijinja::filters::escape(state, &value)
+                }
+            });
+        }
+        env.add_filter("shell_quote", |state: &State, text: String| {
+            if is_shell(state) {
+                text
+            } else {
+                shell_quote(&text)
+            }
+        });
         Self { env }
     }
 
@@ -138,19 +227,53 @@ impl Templates {
         Ok(compiled.undeclared_variables(true).into_iter().collect())
     }
 
+    /// Renders a template. In [`Mode::Shell`] it refuses a template with a [`shell_hazards`]
+    /// place, and a rendered command in which a value is not exactly one quoted word (such as a
+    /// value inside quotes that an `if` chose at run time, or one a filter changed after quoting).
     pub fn render(
         &self,
         source: &str,
         mode: Mode,
         context: &Context,
     ) -> Result<String, TemplateError> {
+        if mode == Mode::Shell
+            && let Some(hazard) = shell_hazards(source).first()
+        {
+            return Err(TemplateError {
+                message: format!(
+                    "a template {} in a shell command: {}",
+                    hazard.kind.place(),
+                    hazard.kind.hint()
+                ),
+                range: Some(hazard.offset..hazard.offset + 2),
+                undefined: None,
+                hazard: Some(hazard.kind),
+            });
+        }
         let template = self
             .env
             .template_from_named_str(mode.template_name(), source)
             .map_err(|e| convert(&e, source))?;
-        template
+        let rendered = template
             .render(Value::from(minijinja::value::Serde(context)))
-            .map_err(|e| convert(&e, source))
+            .map_err(|e| convert(&e, source))?;
+        if mode == Mode::Text {
+            return Ok(rendered);
+        }
+        if let Some(found) = shell::scan(&rendered).first() {
+            let line = rendered[..found.offset].matches('\n').count() + 1;
+            return Err(TemplateError {
+                message: format!(
+                    "a value {} on line {line} of the rendered shell command: {}",
+                    found.kind.place(),
+                    found.kind.hint()
+                ),
+                range: None,
+                undefined: None,
+                hazard: Some(found.kind),
+            });
+        }
+        Ok(shell::strip_markers(&rendered))
     }
 
     /// Evaluates an `if:` condition to true or false.
@@ -245,6 +368,7 @@ fn convert(error: &minijinja::Error, source: &str) -> TemplateError {
         message,
         range,
         undefined,
+        hazard: None,
     }
 }
 
@@ -311,6 +435,28 @@ mod tests {
         let found = t.unknown_filters("{{ task | truncate(20) }} {{ x | tail(2) | upper }} {% if a | nope %}{% endif %} '|' {{ 'a|b' }}");
         let names: Vec<&str> = found.iter().map(|(_, n)| n.as_str()).collect();
         assert_eq!(names, ["truncate", "nope"]);
+    }
+
+    #[test]
+    fn escape_keeps_its_builtin_meaning_in_text() {
+        let t = Templates::new();
+        let ctx = Context {
+            task: "<b>".into(),
+            repo: crate::config::RepoRef::parse("a/b").expect("valid repo"),
+            branch: "b".into(),
+            base: "main".into(),
+            vars: Default::default(),
+            steps: Default::default(),
+            run: RunInfo {
+                id: "r".into(),
+                failed_checks: 0,
+            },
+            failed: None,
+        };
+        let text = t.render("{{ task | e }}", Mode::Text, &ctx).unwrap();
+        assert_eq!(text, "&lt;b&gt;");
+        let shell = t.render("{{ task | e }}", Mode::Shell, &ctx).unwrap();
+        assert_eq!(shell, "'<b>'");
     }
 
     #[test]
