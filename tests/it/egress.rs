@@ -202,7 +202,7 @@ fn resolver() -> StaticResolver {
 }
 
 fn get(port: u16) -> String {
-    format!("GET http://allowed.test:{port}/path?q=1 HTTP/1.1\r\nHost: allowed.test\r\n\r\n")
+    format!("GET http://allowed.test:{port}/path?q=1 HTTP/1.1\r\nHost: allowed.test:{port}\r\n\r\n")
 }
 
 #[tokio::test]
@@ -231,7 +231,10 @@ async fn connect_to_an_allowed_host_tunnels_to_the_server() {
     assert!(event.dialed);
     assert_eq!(
         event.reason,
-        format!("allowed by `allowed.test:{}`", upstream.port)
+        format!(
+            "allowed by `allowed.test:{}` (a tunnel not inspected)",
+            upstream.port
+        )
     );
     proxy.stop().await;
     upstream.stop().await;
