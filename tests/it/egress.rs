@@ -1,7 +1,8 @@
 //! The egress proxy end to end, on this machine only: every allowed name resolves to 127.0.0.1,
 //! where the test runs its own HTTP server, and the proxy dials through a connector that refuses
-//! anything but 127.0.0.1. Denials are proven by the proxy's own events (nothing dialed) and by
-//! that connector's record of what it was asked to dial.
+//! anything but 127.0.0.1 (and carries the web ports 80 and 443 to the test's servers). Denials
+//! are proven by the proxy's own events (nothing dialed) and by that connector's record of what
+//! it was asked to dial.
 
 use std::io;
 use std::net::{IpAddr, Ipv4Addr, SocketAddr};
@@ -98,20 +99,36 @@ async fn read_head<S: AsyncRead + Unpin>(stream: &mut S) -> String {
     String::from_utf8(head).unwrap()
 }
 
-/// Dials 127.0.0.1 only, and records every address it was asked to dial.
+/// Dials 127.0.0.1 only, and records every address it was asked to dial. Ports listed in
+/// `redirect` are dialed on another port of 127.0.0.1 (a test cannot listen on 443 or 80).
 #[derive(Clone, Default)]
 struct LoopbackOnly {
     asked: Arc<Mutex<Vec<SocketAddr>>>,
+    redirect: Vec<(u16, u16)>,
+}
+
+impl LoopbackOnly {
+    fn redirecting(redirect: &[(u16, u16)]) -> Self {
+        Self {
+            redirect: redirect.to_vec(),
+            ..Self::default()
+        }
+    }
 }
 
 impl Connector for LoopbackOnly {
     fn connect(&self, addr: SocketAddr) -> BoxFuture<'_, io::Result<TcpStream>> {
         self.asked.lock().unwrap().push(addr);
+        let port = self
+            .redirect
+            .iter()
+            .find(|(from, _)| *from == addr.port())
+            .map_or(addr.port(), |(_, to)| *to);
         Box::pin(async move {
             if addr.ip() != LOOPBACK {
                 return Err(io::Error::other("test guard: only 127.0.0.1 may be dialed"));
             }
-            TcpStream::connect(addr).await
+            TcpStream::connect((LOOPBACK, port)).await
         })
     }
 }
@@ -132,11 +149,19 @@ fn proxy(policy: EgressPolicy, resolver: StaticResolver) -> EgressProxy {
 
 impl Proxy {
     async fn start(proxy: EgressProxy) -> Self {
+        Self::start_with(proxy, LoopbackOnly::default()).await
+    }
+
+    /// A proxy whose dials to port 443 and 80 reach `port` on 127.0.0.1.
+    async fn start_web(proxy: EgressProxy, port: u16) -> Self {
+        Self::start_with(proxy, LoopbackOnly::redirecting(&[(443, port), (80, port)])).await
+    }
+
+    async fn start_with(proxy: EgressProxy, dialer: LoopbackOnly) -> Self {
         let dir = tempfile::tempdir().unwrap();
         let socket = dir.path().join("egress.sock");
         let listener = bind_unix(&socket).unwrap();
         let (tx, events) = mpsc::unbounded_channel();
-        let dialer = LoopbackOnly::default();
         let proxy = proxy.with_connector(dialer.clone()).on_event(move |event| {
             let _ = tx.send(event);
         });
@@ -172,6 +197,13 @@ impl Proxy {
         self.dialer.asked.lock().unwrap().clone()
     }
 
+    /// No event has arrived (beyond those already read).
+    fn no_more_events(&mut self) {
+        if let Ok(event) = self.events.try_recv() {
+            panic!("unexpected event: {event:?}");
+        }
+    }
+
     async fn stop(self) {
         self.cancel.cancel();
         timeout(WAIT, self.task)
@@ -202,7 +234,7 @@ fn resolver() -> StaticResolver {
 }
 
 fn get(port: u16) -> String {
-    format!("GET http://allowed.test:{port}/path?q=1 HTTP/1.1\r\nHost: allowed.test\r\n\r\n")
+    format!("GET http://allowed.test:{port}/path?q=1 HTTP/1.1\r\nHost: allowed.test:{port}\r\n\r\n")
 }
 
 #[tokio::test]
@@ -231,7 +263,10 @@ async fn connect_to_an_allowed_host_tunnels_to_the_server() {
     assert!(event.dialed);
     assert_eq!(
         event.reason,
-        format!("allowed by `allowed.test:{}`", upstream.port)
+        format!(
+            "allowed by `allowed.test:{}` (a tunnel not inspected)",
+            upstream.port
+        )
     );
     proxy.stop().await;
     upstream.stop().await;
@@ -693,4 +728,503 @@ async fn the_relay_carries_requests_to_the_proxy_socket() {
     assert!(answer.contains("egress proxy"), "{answer}");
     relay.stop().await;
     upstream.stop().await;
+}
+
+/// The web policy of production: a host without a port (tunnels to 443, plain HTTP to 80).
+fn web(host: &str) -> EgressPolicy {
+    EgressPolicy::parse([host])
+        .unwrap()
+        .allow_loopback_for_tests()
+}
+
+/// Records every byte a connection sends until it goes quiet, then hangs up.
+struct Recorder {
+    port: u16,
+    received: Arc<Mutex<Vec<Vec<u8>>>>,
+    task: JoinHandle<()>,
+}
+
+impl Recorder {
+    async fn start() -> Self {
+        let listener = TcpListener::bind((LOOPBACK, 0)).await.unwrap();
+        let port = listener.local_addr().unwrap().port();
+        let received = Arc::new(Mutex::new(Vec::new()));
+        let task = tokio::spawn({
+            let received = Arc::clone(&received);
+            async move {
+                while let Ok((mut stream, _)) = listener.accept().await {
+                    let mut bytes = Vec::new();
+                    let mut chunk = [0; 4096];
+                    while let Ok(Ok(n @ 1..)) =
+                        timeout(Duration::from_millis(300), stream.read(&mut chunk)).await
+                    {
+                        bytes.extend_from_slice(&chunk[..n]);
+                    }
+                    received.lock().unwrap().push(bytes);
+                }
+            }
+        });
+        Self {
+            port,
+            received,
+            task,
+        }
+    }
+
+    fn received(&self) -> Vec<Vec<u8>> {
+        self.received.lock().unwrap().clone()
+    }
+}
+
+impl Drop for Recorder {
+    fn drop(&mut self) {
+        self.task.abort();
+    }
+}
+
+/// The first flight of a real TLS client (rustls) to `server_name`.
+fn client_hello(server_name: &str) -> Vec<u8> {
+    let provider = Arc::new(rustls::crypto::ring::default_provider());
+    let config = rustls::ClientConfig::builder_with_provider(provider)
+        .with_safe_default_protocol_versions()
+        .unwrap()
+        .with_root_certificates(rustls::RootCertStore::empty())
+        .with_no_client_auth();
+    let name = rustls::pki_types::ServerName::try_from(server_name.to_owned()).unwrap();
+    let mut client = rustls::ClientConnection::new(Arc::new(config), name).unwrap();
+    let mut bytes = Vec::new();
+    while client.wants_write() {
+        client.write_tls(&mut bytes).unwrap();
+    }
+    bytes
+}
+
+/// Opens a tunnel, checks the `200`, sends `first` through it and returns what comes back
+/// before the proxy closes.
+async fn through_tunnel(proxy: &Proxy, connect: &str, first: &[u8]) -> Vec<u8> {
+    let mut client = proxy.connect().await;
+    client.write_all(connect.as_bytes()).await.unwrap();
+    assert_eq!(
+        read_head(&mut client).await,
+        "HTTP/1.1 200 Connection Established\r\n\r\n"
+    );
+    client.write_all(first).await.unwrap();
+    let mut rest = Vec::new();
+    let _ = timeout(WAIT, client.read_to_end(&mut rest))
+        .await
+        .expect("the proxy closes in time");
+    rest
+}
+
+#[tokio::test]
+async fn a_tunnel_to_port_80_of_an_allowed_host_is_refused() {
+    // Through a tunnel to port 80, plain HTTP would reach any virtual host at that address with
+    // no request checked.
+    let upstream = Upstream::start().await;
+    let mut proxy = Proxy::start_web(proxy(web("allowed.test"), resolver()), upstream.port).await;
+    assert_denied_before_dialing(
+        &mut proxy,
+        "CONNECT allowed.test:80 HTTP/1.1\r\n\r\n",
+        "send plain HTTP through the proxy as `GET http://allowed.test/...`",
+    )
+    .await;
+    assert_denied_before_dialing(
+        &mut proxy,
+        "CONNECT allowed.test:22 HTTP/1.1\r\n\r\n",
+        "an entry `allowed.test:22` would allow it",
+    )
+    .await;
+    // Plain HTTP to port 80 itself is served, and checked.
+    let answer = proxy
+        .exchange("GET http://allowed.test/x HTTP/1.1\r\nHost: allowed.test\r\n\r\n")
+        .await;
+    assert!(answer.ends_with(BODY), "{answer}");
+    assert_eq!(proxy.event().await.decision, Decision::Allowed);
+    assert_eq!(upstream.heads().len(), 1);
+    proxy.stop().await;
+    upstream.stop().await;
+}
+
+#[tokio::test]
+async fn a_tls_tunnel_to_the_connect_host_carries_the_client_hello() {
+    let recorder = Recorder::start().await;
+    let mut proxy = Proxy::start_web(proxy(web("allowed.test"), resolver()), recorder.port).await;
+    let hello = client_hello("allowed.test");
+    // The ClientHello may come with the CONNECT, before the `200`, as some clients send it.
+    let mut client = proxy.connect().await;
+    let mut request = b"CONNECT Allowed.Test:443 HTTP/1.1\r\n\r\n".to_vec();
+    request.extend_from_slice(&hello[..10]);
+    client.write_all(&request).await.unwrap();
+    assert_eq!(
+        read_head(&mut client).await,
+        "HTTP/1.1 200 Connection Established\r\n\r\n"
+    );
+    client.write_all(&hello[10..]).await.unwrap();
+    let event = proxy.event().await;
+    assert_eq!(
+        (event.kind, event.decision),
+        (RequestKind::Connect, Decision::Allowed)
+    );
+    assert!(
+        event.reason.contains("TLS server name checked"),
+        "{event:?}"
+    );
+    assert_eq!(proxy.dialed(), [SocketAddr::new(LOOPBACK, 443)]);
+    let mut rest = Vec::new();
+    timeout(WAIT, client.read_to_end(&mut rest))
+        .await
+        .unwrap()
+        .unwrap();
+    assert_eq!(recorder.received(), [hello], "the bytes arrive unchanged");
+    proxy.stop().await;
+}
+
+#[tokio::test]
+async fn a_client_hello_for_another_server_is_refused_before_dialing() {
+    let recorder = Recorder::start().await;
+    let resolver = resolver().with("evil.test", [LOOPBACK]);
+    let mut proxy = Proxy::start_web(proxy(web("allowed.test"), resolver), recorder.port).await;
+    let connect = "CONNECT allowed.test:443 HTTP/1.1\r\n\r\n";
+    let cases: [(Vec<u8>, &str); 3] = [
+        (
+            client_hello("evil.test"),
+            "the TLS server name (SNI) evil.test is not the CONNECT host allowed.test",
+        ),
+        (
+            client_hello("127.0.0.1"),
+            "the TLS ClientHello names no server (SNI)",
+        ),
+        (
+            b"GET / HTTP/1.1\r\nHost: evil.test\r\n\r\n".to_vec(),
+            "the tunnel did not start with a TLS handshake",
+        ),
+    ];
+    for (first, reason) in cases {
+        let answer = through_tunnel(&proxy, connect, &first).await;
+        let event = proxy.event().await;
+        assert_eq!(event.decision, Decision::Denied, "{event:?}");
+        assert!(event.reason.contains(reason), "{event:?}");
+        assert!(!event.dialed);
+        assert_eq!(event.host.as_deref(), Some("allowed.test"));
+        if first[0] == 0x16 {
+            // A TLS alert (unrecognized_name), so that the client's error names the cause.
+            assert_eq!(answer, [21, 3, 3, 0, 2, 2, 112]);
+        }
+    }
+    assert_eq!(proxy.dialed(), [], "nothing dialed for a refused tunnel");
+    assert!(recorder.received().is_empty());
+    proxy.stop().await;
+}
+
+#[tokio::test]
+async fn a_tunnel_that_sends_no_client_hello_is_closed() {
+    let limits = ProxyLimits {
+        head_timeout: Duration::from_millis(300),
+        ..ProxyLimits::default()
+    };
+    let proxy = proxy(web("allowed.test"), resolver()).with_limits(limits);
+    let mut proxy = Proxy::start_web(proxy, 9).await;
+    // Half a record header, then silence (a slow-loris inside the tunnel).
+    let answer = through_tunnel(
+        &proxy,
+        "CONNECT allowed.test:443 HTTP/1.1\r\n\r\n",
+        b"\x16\x03",
+    )
+    .await;
+    assert!(answer.is_empty());
+    let event = proxy.event().await;
+    assert_eq!(event.decision, Decision::Denied);
+    assert!(
+        event.reason.contains("no TLS ClientHello within"),
+        "{event:?}"
+    );
+    assert_eq!(proxy.dialed(), []);
+    proxy.stop().await;
+}
+
+#[tokio::test]
+async fn curl_cannot_front_another_host_through_an_allowed_tunnel() {
+    // A real client: curl names evil.test in its ClientHello while tunnelling to allowed.test.
+    let recorder = Recorder::start().await;
+    let listener = TcpListener::bind((LOOPBACK, 0)).await.unwrap();
+    let addr = listener.local_addr().unwrap();
+    let (tx, mut events) = mpsc::unbounded_channel();
+    let dialer = LoopbackOnly::redirecting(&[(443, recorder.port)]);
+    let server = proxy(web("allowed.test"), resolver())
+        .with_connector(dialer.clone())
+        .on_event(move |event| {
+            let _ = tx.send(event);
+        });
+    let cancel = CancellationToken::new();
+    let task = tokio::spawn(server.serve_tcp(listener, cancel.clone()));
+    let curl = |url: &str, extra: &[&str]| {
+        let mut command = tokio::process::Command::new("curl");
+        command
+            .args(["-sS", "--max-time", "5", "--noproxy", "", "-x"])
+            .arg(format!("http://{addr}"))
+            .args(extra)
+            .arg(url);
+        command.output()
+    };
+    let Ok(fronted) = curl(
+        "https://evil.test/",
+        &["--connect-to", "evil.test:443:allowed.test:443"],
+    )
+    .await
+    else {
+        eprintln!("curl is not installed; skipping");
+        return;
+    };
+    assert!(!fronted.status.success());
+    let event = timeout(WAIT, events.recv()).await.unwrap().unwrap();
+    assert_eq!(event.decision, Decision::Denied, "{event:?}");
+    assert!(
+        event
+            .reason
+            .contains("(SNI) evil.test is not the CONNECT host"),
+        "{event:?}"
+    );
+    assert!(dialer.asked.lock().unwrap().is_empty());
+    // The honest request is let through (and fails the handshake with the recorder, which is
+    // no TLS server: what matters is that its ClientHello arrived).
+    let honest = curl("https://allowed.test/", &[]).await.unwrap();
+    assert!(!honest.status.success());
+    let event = timeout(WAIT, events.recv()).await.unwrap().unwrap();
+    assert_eq!(event.decision, Decision::Allowed, "{event:?}");
+    let received = recorder.received();
+    assert_eq!(received.len(), 1);
+    assert_eq!(received[0][0], 0x16, "a TLS handshake reached the upstream");
+    cancel.cancel();
+    timeout(WAIT, task).await.unwrap().unwrap();
+}
+
+#[tokio::test]
+async fn plain_http_with_another_host_header_is_refused() {
+    let upstream = Upstream::start().await;
+    let mut proxy = Proxy::start_web(proxy(web("allowed.test"), resolver()), upstream.port).await;
+    let cases = [
+        (
+            "GET http://allowed.test/ HTTP/1.1\r\nHost: tenant.example\r\n\r\n",
+            "the Host header names tenant.example, but the request is for allowed.test",
+        ),
+        (
+            "GET http://allowed.test/ HTTP/1.1\r\nHost: allowed.test\r\nHost: tenant.example\r\n\r\n",
+            "more than one Host header",
+        ),
+        (
+            "GET http://allowed.test/ HTTP/1.1\r\nHost: user@allowed.test\r\n\r\n",
+            "the Host header names user@allowed.test",
+        ),
+        (
+            // Request smuggling: which framing wins decides whether the body is a second request.
+            "POST http://allowed.test/ HTTP/1.1\r\nHost: allowed.test\r\nContent-Length: 0\r\n\
+             Transfer-Encoding: chunked\r\n\r\n0\r\n\r\nGET / HTTP/1.1\r\nHost: tenant.example\r\n\r\n",
+            "both Content-Length and Transfer-Encoding",
+        ),
+        (
+            "GET http://allowed.test/ HTTP/1.1\r\nHost: allowed.test\r\nX-A: 1\r\n Host: tenant.example\r\n\r\n",
+            "malformed request",
+        ),
+        (
+            "GET http://allowed%2etest/ HTTP/1.1\r\n\r\n",
+            "is not a valid host name",
+        ),
+    ];
+    for (request, reason) in cases {
+        let answer = proxy.exchange(request).await;
+        assert!(
+            answer.starts_with("HTTP/1.1 400 Bad Request\r\n"),
+            "{request:?}: {answer}"
+        );
+        assert!(answer.contains(reason), "{request:?}: {answer}");
+        let event = proxy.event().await;
+        assert_eq!(
+            (event.kind, event.decision),
+            (RequestKind::Invalid, Decision::Denied)
+        );
+        assert!(event.reason.contains(reason), "{event:?}");
+    }
+    assert_eq!(proxy.dialed(), []);
+    assert!(upstream.heads().is_empty());
+    proxy.stop().await;
+    upstream.stop().await;
+}
+
+/// An HTTP server that keeps its connections open and answers every request on them, the way a
+/// server that ignores `Connection: close` would.
+struct KeepAlive {
+    port: u16,
+    heads: Arc<Mutex<Vec<String>>>,
+    task: JoinHandle<()>,
+}
+
+impl KeepAlive {
+    async fn start() -> Self {
+        let listener = TcpListener::bind((LOOPBACK, 0)).await.unwrap();
+        let port = listener.local_addr().unwrap().port();
+        let heads = Arc::new(Mutex::new(Vec::new()));
+        let task = tokio::spawn({
+            let heads = Arc::clone(&heads);
+            async move {
+                while let Ok((mut stream, _)) = listener.accept().await {
+                    let heads = Arc::clone(&heads);
+                    tokio::spawn(async move {
+                        loop {
+                            let head = read_head(&mut stream).await;
+                            if head.is_empty() {
+                                break;
+                            }
+                            if head.contains("Transfer-Encoding: chunked\r\n") {
+                                // Enough for the test's bodies: up to the last chunk.
+                                let mut body = Vec::new();
+                                let mut byte = [0; 1];
+                                while !body.ends_with(b"0\r\n\r\n") {
+                                    if stream.read(&mut byte).await.unwrap_or(0) == 0 {
+                                        break;
+                                    }
+                                    body.push(byte[0]);
+                                }
+                            }
+                            heads.lock().unwrap().push(head);
+                            let reply = b"HTTP/1.1 200 OK\r\nContent-Length: 2\r\n\r\nok";
+                            if stream.write_all(reply).await.is_err() {
+                                break;
+                            }
+                        }
+                    });
+                }
+            }
+        });
+        Self { port, heads, task }
+    }
+}
+
+impl Drop for KeepAlive {
+    fn drop(&mut self) {
+        self.task.abort();
+    }
+}
+
+#[tokio::test]
+async fn a_keep_alive_connection_cannot_switch_hosts() {
+    let upstream = KeepAlive::start().await;
+    let resolver = resolver().with("tenant.example", [LOOPBACK]);
+    let mut proxy = Proxy::start_web(proxy(web("allowed.test"), resolver), upstream.port).await;
+    let mut client = proxy.connect().await;
+    let first = "POST http://allowed.test/a HTTP/1.1\r\nHost: allowed.test\r\n\
+                 Transfer-Encoding: chunked\r\n\r\n3\r\nabc\r\n0\r\n\r\n";
+    let second = "GET http://tenant.example/b HTTP/1.1\r\nHost: tenant.example\r\n\r\n";
+    let third = "GET /c HTTP/1.1\r\nHost: tenant.example\r\n\r\n";
+    client
+        .write_all(format!("{first}{second}{third}").as_bytes())
+        .await
+        .unwrap();
+    let mut answer = [0; 64];
+    let n = timeout(WAIT, client.read(&mut answer))
+        .await
+        .unwrap()
+        .unwrap();
+    assert!(answer[..n].starts_with(b"HTTP/1.1 200 OK"));
+    let allowed = proxy.event().await;
+    assert_eq!(allowed.decision, Decision::Allowed);
+    let refused = proxy.event().await;
+    assert_eq!(
+        (refused.kind, refused.decision, refused.host.as_deref()),
+        (RequestKind::Http, Decision::Denied, Some("tenant.example"))
+    );
+    assert!(
+        refused.reason.contains("only one request per connection"),
+        "{refused:?}"
+    );
+    // Whatever the server does with `Connection: close`, it saw one request, re-framed.
+    tokio::time::sleep(Duration::from_millis(200)).await;
+    let heads = upstream.heads.lock().unwrap().clone();
+    assert_eq!(heads.len(), 1, "{heads:?}");
+    assert!(
+        heads[0].starts_with("POST /a HTTP/1.1\r\nHost: allowed.test\r\n"),
+        "{heads:?}"
+    );
+    assert_eq!(proxy.dialed(), [SocketAddr::new(LOOPBACK, 80)]);
+    proxy.no_more_events();
+    drop(client);
+    proxy.stop().await;
+}
+
+#[tokio::test]
+async fn connections_past_the_limit_wait_in_the_backlog() {
+    let upstream = Upstream::start().await;
+    let limits = ProxyLimits {
+        max_connections: 2,
+        ..ProxyLimits::default()
+    };
+    let mut proxy =
+        Proxy::start(proxy(allowed(upstream.port), resolver()).with_limits(limits)).await;
+    // Two tunnels hold both slots.
+    let connect = format!("CONNECT allowed.test:{} HTTP/1.1\r\n\r\n", upstream.port);
+    let mut held = Vec::new();
+    for _ in 0..2 {
+        let mut client = proxy.connect().await;
+        client.write_all(connect.as_bytes()).await.unwrap();
+        read_head(&mut client).await;
+        held.push(client);
+    }
+    // A flood: a few are told 503 at once, the rest are not even accepted while those last.
+    let mut flood = Vec::new();
+    for _ in 0..40 {
+        let mut client = proxy.connect().await;
+        client.write_all(connect.as_bytes()).await.unwrap();
+        flood.push(client);
+    }
+    let mut answered = 0;
+    for client in &mut flood {
+        let mut first = [0; 12];
+        if let Ok(Ok(12)) = timeout(Duration::from_millis(20), client.read_exact(&mut first)).await
+        {
+            assert_eq!(&first, b"HTTP/1.1 503");
+            answered += 1;
+        }
+    }
+    assert_eq!(
+        answered, 16,
+        "the proxy holds at most max_connections + 16 clients"
+    );
+    for _ in 0..2 {
+        assert_eq!(proxy.event().await.decision, Decision::Allowed);
+    }
+    for _ in 0..16 {
+        let event = proxy.event().await;
+        assert!(
+            event
+                .reason
+                .contains("too many connections at once (at most 2)"),
+            "{event:?}"
+        );
+    }
+    proxy.no_more_events();
+    // Once the tunnels end, the next client in the backlog is served.
+    drop(held);
+    tokio::time::sleep(Duration::from_millis(300)).await;
+    drop(flood.drain(..16));
+    let answer = timeout(WAIT, read_head(&mut flood[0])).await.unwrap();
+    assert_eq!(answer, "HTTP/1.1 200 Connection Established\r\n\r\n");
+    drop(flood);
+    proxy.stop().await;
+    upstream.stop().await;
+}
+
+#[tokio::test]
+async fn event_reasons_quote_little_of_what_the_sandbox_sent() {
+    let mut proxy = Proxy::start(proxy(allowed(443), resolver())).await;
+    let name = format!("{}.test", "a".repeat(5000));
+    let answer = proxy
+        .exchange(&format!("CONNECT {name}:443 HTTP/1.1\r\n\r\n"))
+        .await;
+    assert!(answer.starts_with("HTTP/1.1 400 "), "{answer}");
+    let event = proxy.event().await;
+    assert!(event.reason.len() < 500, "{} bytes", event.reason.len());
+    let mismatch = "GET http://allowed.test/ HTTP/1.1\r\nHost: \x1b]52;c;c2VjcmV0\x07\r\n\r\n";
+    proxy.exchange(mismatch).await;
+    let event = proxy.event().await;
+    assert!(!event.reason.contains('\x1b'), "{event:?}");
+    proxy.stop().await;
 }

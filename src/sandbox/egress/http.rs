@@ -1,9 +1,7 @@
 //! Just enough HTTP/1 for a forward proxy: read one request head (bounded in size), tell a
-//! CONNECT from an absolute-form plain-HTTP request, rewrite the latter for the origin server, and
-//! write short error responses. Bodies and responses are never parsed: after the head, bytes are
-//! relayed as they are.
-
-use std::fmt::Write as _;
+//! CONNECT from an absolute-form plain-HTTP request, check the latter strictly (one `Host`, equal
+//! to the URL's authority; unambiguous body framing) and rewrite it for the origin server, and
+//! write short error responses. Responses are never parsed: they are relayed as they are.
 
 use tokio::io::{AsyncRead, AsyncReadExt};
 
@@ -11,21 +9,34 @@ use super::pattern::{Host, PatternError, parse_authority};
 
 /// The most headers a request head may have.
 const MAX_HEADERS: usize = 100;
+/// The longest line (request line or one header) of a head.
+pub(super) const MAX_LINE_BYTES: usize = 8 * 1024;
 
 /// A request head the proxy can act on.
 #[derive(Debug)]
 pub(super) enum Request {
-    Connect {
-        host: Host,
-        port: u16,
-    },
-    Http {
-        host: Host,
-        port: u16,
-        /// The head to send to the origin server: origin-form target, `Host` set from the URL,
-        /// hop-by-hop proxy headers dropped, `Connection: close`.
-        head: Vec<u8>,
-    },
+    Connect { host: Host, port: u16 },
+    Http(HttpRequest),
+}
+
+/// An absolute-form plain-HTTP request, checked and rewritten.
+#[derive(Debug)]
+pub(super) struct HttpRequest {
+    pub host: Host,
+    pub port: u16,
+    /// The head to send to the origin server: origin-form target, `Host` set from the URL,
+    /// hop-by-hop and routing-override headers dropped, `Connection: close`.
+    pub head: Vec<u8>,
+    pub body: Body,
+}
+
+/// How the request's body is delimited, decided by the proxy (and re-framed by it), so that the
+/// origin server cannot read a different body, or a second request, out of the same bytes.
+#[derive(Debug, Clone, Copy, PartialEq, Eq)]
+pub(super) enum Body {
+    None,
+    Length(u64),
+    Chunked,
 }
 
 /// Why a request head could not be used.
@@ -35,10 +46,16 @@ pub(super) enum HeadError {
     Closed,
     #[error("request head larger than {0} bytes")]
     TooLarge(usize),
+    #[error("a line of the request head is longer than {MAX_LINE_BYTES} bytes")]
+    LineTooLong,
     #[error("malformed request: {0}")]
     Malformed(String),
     #[error("{0}")]
     Unsupported(&'static str),
+    #[error("refused: {0}")]
+    Ambiguous(&'static str),
+    #[error("the Host header names {header}, but the request is for {target}")]
+    HostMismatch { header: String, target: String },
     #[error("bad target: {0}")]
     Target(#[from] PatternError),
     #[error("reading the request failed: {0}")]
@@ -46,15 +63,34 @@ pub(super) enum HeadError {
 }
 
 /// Reads one request head. Returns the request and any bytes read past the head (a client may
-/// send the start of its tunnelled data without waiting for the `200`).
+/// send the start of its tunnelled data, or its body, without waiting).
 pub(super) async fn read_request<S: AsyncRead + Unpin>(
     stream: &mut S,
     max_bytes: usize,
 ) -> Result<(Request, Vec<u8>), HeadError> {
-    let mut buffer = Vec::with_capacity(1024);
+    read_request_after(stream, Vec::new(), max_bytes).await
+}
+
+/// [`read_request`], for a head of which `buffer` holds the first bytes already read.
+pub(super) async fn read_request_after<S: AsyncRead + Unpin>(
+    stream: &mut S,
+    mut buffer: Vec<u8>,
+    max_bytes: usize,
+) -> Result<(Request, Vec<u8>), HeadError> {
     loop {
+        if !buffer.is_empty() {
+            if let Some((request, head_len)) = parse(&buffer, max_bytes)? {
+                buffer.drain(..head_len);
+                return Ok((request, buffer));
+            }
+            if buffer.len() > max_bytes {
+                return Err(HeadError::TooLarge(max_bytes));
+            }
+        }
         let mut chunk = [0; 4096];
-        let room = (max_bytes + 1 - buffer.len()).min(chunk.len());
+        let room = (max_bytes + 1)
+            .saturating_sub(buffer.len())
+            .clamp(1, chunk.len());
         let read = stream.read(&mut chunk[..room]).await?;
         if read == 0 {
             return Err(if buffer.is_empty() {
@@ -64,13 +100,6 @@ pub(super) async fn read_request<S: AsyncRead + Unpin>(
             });
         }
         buffer.extend_from_slice(&chunk[..read]);
-        if let Some((request, head_len)) = parse(&buffer, max_bytes)? {
-            buffer.drain(..head_len);
-            return Ok((request, buffer));
-        }
-        if buffer.len() > max_bytes {
-            return Err(HeadError::TooLarge(max_bytes));
-        }
     }
 }
 
@@ -78,7 +107,20 @@ pub(super) async fn read_request<S: AsyncRead + Unpin>(
 fn parse(buffer: &[u8], max_bytes: usize) -> Result<Option<(Request, usize)>, HeadError> {
     let mut headers = [httparse::EMPTY_HEADER; MAX_HEADERS];
     let mut request = httparse::Request::new(&mut headers);
-    let head_len = match request.parse(buffer) {
+    let parsed = request.parse(buffer);
+    // Checked before the verdict on completeness, so that a long line fails as soon as it is
+    // seen instead of when the head is complete.
+    let seen = match parsed {
+        Ok(httparse::Status::Complete(len)) => len,
+        _ => buffer.len(),
+    };
+    if buffer[..seen]
+        .split(|&b| b == b'\n')
+        .any(|line| line.len() > MAX_LINE_BYTES)
+    {
+        return Err(HeadError::LineTooLong);
+    }
+    let head_len = match parsed {
         Ok(httparse::Status::Complete(len)) => len,
         Ok(httparse::Status::Partial) => return Ok(None),
         Err(httparse::Error::TooManyHeaders) => return Err(HeadError::TooLarge(max_bytes)),
@@ -92,14 +134,26 @@ fn parse(buffer: &[u8], max_bytes: usize) -> Result<Option<(Request, usize)>, He
     else {
         return Err(HeadError::Malformed("incomplete request line".into()));
     };
+    if !target.is_ascii() {
+        return Err(HeadError::Malformed(
+            "the request target has bytes that are not ASCII".into(),
+        ));
+    }
     let request = if method == "CONNECT" {
         let (host, port) = parse_authority(target, None)?;
         Request::Connect { host, port }
     } else {
         let (authority, path) = split_http_url(target)?;
         let (host, port) = parse_authority(authority, Some(80))?;
+        check_host_header(request.headers, &host, port)?;
+        let body = framing(request.headers, version)?;
         let head = origin_head(method, path, version, &host, port, request.headers);
-        Request::Http { host, port, head }
+        Request::Http(HttpRequest {
+            host,
+            port,
+            head,
+            body,
+        })
     };
     Ok(Some((request, head_len)))
 }
@@ -127,6 +181,102 @@ fn split_http_url(target: &str) -> Result<(&str, &str), HeadError> {
     Ok((authority, path))
 }
 
+/// At most one `Host`, and it names the URL's host and port: an origin server (or the front end
+/// of a shared address) routes by `Host`, so a different one would reach a host nobody listed.
+fn check_host_header(
+    headers: &[httparse::Header<'_>],
+    host: &Host,
+    port: u16,
+) -> Result<(), HeadError> {
+    let mut values = headers
+        .iter()
+        .filter(|h| h.name.eq_ignore_ascii_case("host"))
+        .map(|h| h.value);
+    let Some(value) = values.next() else {
+        return Ok(());
+    };
+    if values.next().is_some() {
+        return Err(HeadError::Ambiguous("more than one Host header"));
+    }
+    let mismatch = || HeadError::HostMismatch {
+        header: String::from_utf8_lossy(value).into_owned(),
+        target: authority_text(host, port),
+    };
+    let text = std::str::from_utf8(value).map_err(|_| mismatch())?;
+    match parse_authority(text.trim_matches([' ', '\t']), Some(80)) {
+        Ok((h, p)) if h == *host && p == port => Ok(()),
+        _ => Err(mismatch()),
+    }
+}
+
+/// The body framing of a request (RFC 9112 §6), refusing every ambiguous form instead of picking
+/// one reading: a server behind the proxy might pick the other.
+fn framing(headers: &[httparse::Header<'_>], version: u8) -> Result<Body, HeadError> {
+    let named = |name: &'static str| -> Vec<&[u8]> {
+        headers
+            .iter()
+            .filter(|h| h.name.eq_ignore_ascii_case(name))
+            .map(|h| h.value)
+            .collect()
+    };
+    let lengths = named("content-length");
+    let encodings = named("transfer-encoding");
+    match (lengths.as_slice(), encodings.as_slice()) {
+        ([], []) => Ok(Body::None),
+        ([_, ..], [_, ..]) => Err(HeadError::Ambiguous(
+            "both Content-Length and Transfer-Encoding",
+        )),
+        ([length], []) => {
+            let length = trim(length);
+            if length.is_empty() || length.len() > 18 || !length.iter().all(u8::is_ascii_digit) {
+                return Err(HeadError::Ambiguous(
+                    "a Content-Length that is not one number",
+                ));
+            }
+            // At most 18 digits: always fits.
+            let n = std::str::from_utf8(length)
+                .ok()
+                .and_then(|s| s.parse().ok())
+                .ok_or(HeadError::Ambiguous(
+                    "a Content-Length that is not one number",
+                ))?;
+            Ok(if n == 0 { Body::None } else { Body::Length(n) })
+        }
+        (_, []) => Err(HeadError::Ambiguous("more than one Content-Length header")),
+        ([], [encoding]) if version == 1 && trim(encoding).eq_ignore_ascii_case(b"chunked") => {
+            Ok(Body::Chunked)
+        }
+        ([], _) => Err(HeadError::Ambiguous(
+            "a Transfer-Encoding other than a single `chunked` on HTTP/1.1",
+        )),
+    }
+}
+
+fn trim(value: &[u8]) -> &[u8] {
+    let start = value
+        .iter()
+        .position(|b| !matches!(b, b' ' | b'\t'))
+        .unwrap_or(value.len());
+    let end = value
+        .iter()
+        .rposition(|b| !matches!(b, b' ' | b'\t'))
+        .map_or(start, |i| i + 1);
+    &value[start..end]
+}
+
+/// `host` or `host:port` as a `Host` header writes it.
+fn authority_text(host: &Host, port: u16) -> String {
+    let host = match host {
+        Host::Ip(std::net::IpAddr::V6(ip)) => format!("[{ip}]"),
+        other => other.to_string(),
+    };
+    if port == 80 {
+        host
+    } else {
+        format!("{host}:{port}")
+    }
+}
+
 fn origin_head(
     method: &str,
     path: &str,
@@ -135,12 +285,25 @@ fn origin_head(
     port: u16,
     headers: &[httparse::Header<'_>],
 ) -> Vec<u8> {
-    const DROPPED: [&str; 5] = [
+    // Hop-by-hop headers (the proxy frames the connection itself), the proxy's own, and the
+    // headers some front ends route by instead of `Host`.
+    const DROPPED: [&str; 16] = [
         "host",
         "connection",
         "keep-alive",
         "proxy-connection",
         "proxy-authorization",
+        "proxy-authenticate",
+        "te",
+        "trailer",
+        "upgrade",
+        "transfer-encoding",
+        "forwarded",
+        "x-forwarded-host",
+        "x-forwarded-server",
+        "x-host",
+        "x-original-url",
+        "x-rewrite-url",
     ];
     let path = match path {
         "" => "/".to_owned(),
@@ -148,22 +311,23 @@ fn origin_head(
         p => p.to_owned(),
     };
     let mut head = format!("{method} {path} HTTP/1.{version}\r\n").into_bytes();
-    let mut host_header = match host {
-        Host::Ip(std::net::IpAddr::V6(ip)) => format!("[{ip}]"),
-        other => other.to_string(),
-    };
-    if port != 80 {
-        let _ = write!(host_header, ":{port}");
-    }
-    head.extend_from_slice(format!("Host: {host_header}\r\n").as_bytes());
+    head.extend_from_slice(format!("Host: {}\r\n", authority_text(host, port)).as_bytes());
+    let mut chunked = false;
     for header in headers {
+        if header.name.eq_ignore_ascii_case("transfer-encoding") {
+            chunked = true;
+        }
         if DROPPED.iter().any(|d| header.name.eq_ignore_ascii_case(d)) {
             continue;
         }
         head.extend_from_slice(header.name.as_bytes());
         head.extend_from_slice(b": ");
-        head.extend_from_slice(header.value);
+        head.extend_from_slice(trim(header.value));
         head.extend_from_slice(b"\r\n");
+    }
+    // Written by the proxy in one canonical spelling, as the proxy re-frames the body.
+    if chunked {
+        head.extend_from_slice(b"Transfer-Encoding: chunked\r\n");
     }
     // One request per connection: a second request on it could name another host.
     head.extend_from_slice(b"Connection: close\r\n\r\n");
@@ -203,6 +367,13 @@ mod tests {
         read_request(&mut input, 1024).await
     }
 
+    async fn http(input: &[u8]) -> (HttpRequest, Vec<u8>) {
+        match read(input).await {
+            Ok((Request::Http(request), rest)) => (request, rest),
+            other => panic!("expected a plain-HTTP request, got {other:?}"),
+        }
+    }
+
     #[tokio::test]
     async fn connect_requests_name_host_and_port() {
         let (request, rest) = read(b"CONNECT GitHub.com:443 HTTP/1.1\r\nHost: x\r\n\r\n\x16\x03")
@@ -217,19 +388,19 @@ mod tests {
 
     #[tokio::test]
     async fn plain_http_requests_are_rewritten_for_the_origin() {
-        let (request, rest) = read(
-            b"POST http://Example.com:8080/a/b?c=d#frag HTTP/1.1\r\nHost: evil.com\r\n\
+        let (request, rest) = http(
+            b"POST http://Example.com:8080/a/b?c=d#frag HTTP/1.1\r\nHost: example.COM:8080\r\n\
               Proxy-Connection: keep-alive\r\nProxy-Authorization: Basic eA==\r\n\
+              X-Forwarded-Host: other.test\r\nUpgrade: h2c\r\n\
               Content-Length: 4\r\n\r\nbody",
         )
-        .await
-        .unwrap();
-        let Request::Http { host, port, head } = request else {
-            panic!("expected a plain-HTTP request");
-        };
-        assert_eq!((host, port), (Host::Name("example.com".into()), 8080));
+        .await;
         assert_eq!(
-            String::from_utf8(head).unwrap(),
+            (request.host, request.port, request.body),
+            (Host::Name("example.com".into()), 8080, Body::Length(4))
+        );
+        assert_eq!(
+            String::from_utf8(request.head).unwrap(),
             "POST /a/b?c=d HTTP/1.1\r\nHost: example.com:8080\r\nContent-Length: 4\r\n\
              Connection: close\r\n\r\n"
         );
@@ -238,13 +409,95 @@ mod tests {
 
     #[tokio::test]
     async fn bare_authorities_get_a_root_path() {
-        let (request, _) = read(b"GET http://example.com?q HTTP/1.0\r\n\r\n")
-            .await
-            .unwrap();
-        let Request::Http { head, .. } = request else {
-            panic!("expected a plain-HTTP request");
+        let (request, _) = http(b"GET http://example.com?q HTTP/1.0\r\n\r\n").await;
+        assert!(
+            request
+                .head
+                .starts_with(b"GET /?q HTTP/1.0\r\nHost: example.com\r\n")
+        );
+        assert_eq!(request.body, Body::None);
+    }
+
+    #[tokio::test]
+    async fn the_host_header_must_name_the_url_host() {
+        // Equal after normalising, with the default port spelled out or not.
+        for same in [
+            "allowed.test",
+            "ALLOWED.test.",
+            "allowed.test:80",
+            " allowed.test ",
+        ] {
+            let head = format!("GET http://allowed.test/ HTTP/1.1\r\nHost: {same}\r\n\r\n");
+            http(head.as_bytes()).await;
+        }
+        for other in [
+            "other.test",
+            "allowed.test:8080",
+            "user@allowed.test",
+            "allowed.test.other.test",
+            "allowed%2etest",
+            "",
+        ] {
+            let head = format!("GET http://allowed.test/ HTTP/1.1\r\nHost: {other}\r\n\r\n");
+            assert!(
+                matches!(
+                    read(head.as_bytes()).await,
+                    Err(HeadError::HostMismatch { .. })
+                ),
+                "Host: {other}"
+            );
+        }
+        let twice = b"GET http://allowed.test/ HTTP/1.1\r\nHost: allowed.test\r\nhost: allowed.test\r\n\r\n";
+        assert!(matches!(read(twice).await, Err(HeadError::Ambiguous(_))));
+    }
+
+    #[tokio::test]
+    async fn ambiguous_framing_is_refused() {
+        let with = |headers: &str| {
+            format!("POST http://allowed.test/ HTTP/1.1\r\nHost: allowed.test\r\n{headers}\r\n")
         };
-        assert!(head.starts_with(b"GET /?q HTTP/1.0\r\nHost: example.com\r\n"));
+        for headers in [
+            "Content-Length: 4\r\nTransfer-Encoding: chunked\r\n",
+            "Transfer-Encoding: chunked\r\nContent-Length: 4\r\n",
+            "Content-Length: 4\r\nContent-Length: 4\r\n",
+            "Content-Length: 4, 4\r\n",
+            "Content-Length: +4\r\n",
+            "Content-Length: 99999999999999999999\r\n",
+            "Transfer-Encoding: gzip, chunked\r\n",
+            "Transfer-Encoding: chunked\r\nTransfer-Encoding: chunked\r\n",
+            "Transfer-Encoding: xchunked\r\n",
+        ] {
+            assert!(
+                matches!(
+                    read(with(headers).as_bytes()).await,
+                    Err(HeadError::Ambiguous(_))
+                ),
+                "{headers:?}"
+            );
+        }
+        let http10 = b"POST http://allowed.test/ HTTP/1.0\r\nTransfer-Encoding: chunked\r\n\r\n";
+        assert!(matches!(read(http10).await, Err(HeadError::Ambiguous(_))));
+        let (chunked, _) = http(with("Transfer-Encoding:  Chunked \r\n").as_bytes()).await;
+        assert_eq!(chunked.body, Body::Chunked);
+        let text = String::from_utf8(chunked.head).unwrap();
+        assert!(
+            text.ends_with("Transfer-Encoding: chunked\r\nConnection: close\r\n\r\n"),
+            "{text}"
+        );
+        // Obsolete line folding and whitespace before the colon are malformed, not merged.
+        for bad in [
+            "X-A: 1\r\n Host: other.test\r\n",
+            "X-A: 1\r\n\tTransfer-Encoding: chunked\r\n",
+            "Content-Length : 4\r\n",
+        ] {
+            assert!(
+                matches!(
+                    read(with(bad).as_bytes()).await,
+                    Err(HeadError::Malformed(_))
+                ),
+                "{bad:?}"
+            );
+        }
     }
 
     #[tokio::test]
@@ -262,10 +515,18 @@ mod tests {
             read(b"CONNECT x.com HTTP/1.1\r\n\r\n").await,
             Err(HeadError::Target(_))
         ));
-        assert!(matches!(
-            read(b"GET http://u@x.com/ HTTP/1.1\r\n\r\n").await,
-            Err(HeadError::Target(_))
-        ));
+        for target in [
+            "http://u@x.com/",
+            "http://x.com%2eevil.com/",
+            "http://x.com\\@evil.com/",
+            "http://[::1%25eth0]/",
+        ] {
+            let head = format!("GET {target} HTTP/1.1\r\n\r\n");
+            assert!(
+                matches!(read(head.as_bytes()).await, Err(HeadError::Target(_))),
+                "{target}"
+            );
+        }
         assert!(matches!(
             read(b"\x00\x01 garbage\r\n\r\n").await,
             Err(HeadError::Malformed(_))
@@ -281,6 +542,15 @@ mod tests {
         assert!(matches!(
             read(huge.as_bytes()).await,
             Err(HeadError::TooLarge(1024))
+        ));
+        let long_line = format!(
+            "GET http://x.com/{} HTTP/1.1\r\n\r\n",
+            "a".repeat(MAX_LINE_BYTES)
+        );
+        let mut input = long_line.as_bytes();
+        assert!(matches!(
+            read_request(&mut input, 64 * 1024).await,
+            Err(HeadError::LineTooLong)
         ));
     }
 }

@@ -8,6 +8,7 @@
 //! [`EgressEvent`]s either way.
 
 pub mod address;
+mod body;
 mod event;
 mod http;
 mod net;
@@ -16,9 +17,10 @@ mod policy;
 mod proxy;
 pub mod relay;
 pub mod relay_program;
+mod tls;
 
 pub use event::{Decision, EgressEvent, RequestKind};
 pub use net::{BoxFuture, Connector, Resolver, StaticResolver, SystemResolver, TcpConnector};
-pub use pattern::{DEFAULT_PORTS, Host, HostPattern, PatternError};
+pub use pattern::{Access, HTTP_PORT, Host, HostPattern, PatternError, TLS_PORT};
 pub use policy::{Denial, EgressPolicy};
 pub use proxy::{EgressProxy, ProxyLimits, bind_unix};

@@ -7,7 +7,9 @@
 //! - `140.82.112.3` or `[2606:4700::1111]` allow that one public address when a client asks
 //!   for it as a raw IP.
 //!
-//! Without a port an entry allows ports 80 and 443; `host:port` allows that port only. Names are
+//! Without a port an entry allows tunnels (CONNECT) to port 443, which the proxy checks are TLS
+//! to that very name, and plain-HTTP requests to port 80, which it checks one by one. `host:port`
+//! allows that port only, for both; a tunnel to a port other than 443 is not inspected. Names are
 //! compared case-insensitively and a trailing dot is ignored.
 
 use std::fmt;
@@ -64,27 +66,50 @@ pub enum PatternError {
     ForbiddenAddress { entry: String, reason: Forbidden },
 }
 
-/// The ports an entry without a port allows.
-pub const DEFAULT_PORTS: [u16; 2] = [80, 443];
+/// How a client asks the proxy for a host.
+#[derive(Debug, Clone, Copy, PartialEq, Eq)]
+pub enum Access {
+    /// `CONNECT host:port`, a tunnel.
+    Connect,
+    /// An absolute-form plain-HTTP request (`GET http://host/path`).
+    Http,
+}
+
+/// The port of tunnels an entry without a port allows; tunnels there must be TLS to the name.
+pub const TLS_PORT: u16 = 443;
+/// The port of plain-HTTP requests an entry without a port allows.
+pub const HTTP_PORT: u16 = 80;
+
+impl Access {
+    /// The one port an entry without a port allows for this kind of request.
+    #[must_use]
+    pub fn default_port(self) -> u16 {
+        match self {
+            Self::Connect => TLS_PORT,
+            Self::Http => HTTP_PORT,
+        }
+    }
+}
 
 impl HostPattern {
-    /// Whether this entry allows `host:port`.
+    /// Whether this entry allows `host:port` asked for by `access`.
     #[must_use]
-    pub fn matches(&self, host: &Host, port: u16) -> bool {
-        let port_ok = match self.port {
-            Some(allowed) => allowed == port,
-            None => DEFAULT_PORTS.contains(&port),
-        };
-        port_ok
-            && match (&self.host, host) {
-                (HostMatch::Exact(pattern), Host::Name(name)) => pattern == name,
-                (HostMatch::Below(suffix), Host::Name(name)) => name
-                    .strip_suffix(suffix.as_str())
-                    .and_then(|label| label.strip_suffix('.'))
-                    .is_some_and(|label| !label.is_empty()),
-                (HostMatch::Ip(pattern), Host::Ip(ip)) => pattern == ip,
-                _ => false,
-            }
+    pub fn matches(&self, host: &Host, port: u16, access: Access) -> bool {
+        self.port.unwrap_or(access.default_port()) == port && self.matches_host(host)
+    }
+
+    /// Whether this entry names `host`, on whatever port.
+    #[must_use]
+    pub fn matches_host(&self, host: &Host) -> bool {
+        match (&self.host, host) {
+            (HostMatch::Exact(pattern), Host::Name(name)) => pattern == name,
+            (HostMatch::Below(suffix), Host::Name(name)) => name
+                .strip_suffix(suffix.as_str())
+                .and_then(|label| label.strip_suffix('.'))
+                .is_some_and(|label| !label.is_empty()),
+            (HostMatch::Ip(pattern), Host::Ip(ip)) => pattern == ip,
+            _ => false,
+        }
     }
 }
 
@@ -280,44 +305,60 @@ mod tests {
     #[test]
     fn exact_entries_are_anchored() {
         let github = pattern("github.com");
-        assert!(github.matches(&name("github.com"), 443));
-        assert!(github.matches(&name("GitHub.COM."), 80));
+        assert!(github.matches(&name("github.com"), 443, Access::Connect));
+        assert!(github.matches(&name("GitHub.COM."), 80, Access::Http));
         for other in [
             "evilgithub.com",
             "github.com.evil.com",
             "api.github.com",
             "github.co",
         ] {
-            assert!(!github.matches(&name(other), 443), "{other}");
+            assert!(
+                !github.matches(&name(other), 443, Access::Connect),
+                "{other}"
+            );
         }
     }
 
     #[test]
     fn wildcards_match_subdomains_but_not_the_apex() {
         let content = pattern("*.githubusercontent.com");
-        assert!(content.matches(&name("raw.githubusercontent.com"), 443));
-        assert!(content.matches(&name("a.b.githubusercontent.com"), 443));
-        assert!(!content.matches(&name("githubusercontent.com"), 443));
-        assert!(!content.matches(&name("evilgithubusercontent.com"), 443));
-        assert!(!content.matches(&name("raw.githubusercontent.com.evil.com"), 443));
+        let tls = |host: &str| content.matches(&name(host), 443, Access::Connect);
+        assert!(tls("raw.githubusercontent.com"));
+        assert!(tls("a.b.githubusercontent.com"));
+        assert!(!tls("githubusercontent.com"));
+        assert!(!tls("evilgithubusercontent.com"));
+        assert!(!tls("raw.githubusercontent.com.evil.com"));
     }
 
     #[test]
-    fn ports_default_to_web_ports() {
+    fn ports_default_to_tls_tunnels_and_plain_http_on_80() {
         let github = pattern("github.com");
-        assert!(!github.matches(&name("github.com"), 22));
+        let host = name("github.com");
+        assert!(github.matches(&host, 443, Access::Connect));
+        assert!(github.matches(&host, 80, Access::Http));
+        // A tunnel to port 80 would carry plain HTTP to any virtual host, unchecked.
+        assert!(!github.matches(&host, 80, Access::Connect));
+        assert!(!github.matches(&host, 443, Access::Http));
+        assert!(!github.matches(&host, 22, Access::Connect));
         let ssh = pattern("github.com:22");
-        assert!(ssh.matches(&name("github.com"), 22));
-        assert!(!ssh.matches(&name("github.com"), 443));
+        assert!(ssh.matches(&host, 22, Access::Connect));
+        assert!(ssh.matches(&host, 22, Access::Http));
+        assert!(!ssh.matches(&host, 443, Access::Connect));
+        assert!(ssh.matches_host(&host));
     }
 
     #[test]
     fn ip_entries_match_only_that_address() {
         let ip = pattern("140.82.112.3");
-        assert!(ip.matches(&Host::parse("140.82.112.3").unwrap(), 443));
-        assert!(!ip.matches(&Host::parse("140.82.112.4").unwrap(), 443));
+        assert!(ip.matches(&Host::parse("140.82.112.3").unwrap(), 443, Access::Connect));
+        assert!(!ip.matches(&Host::parse("140.82.112.4").unwrap(), 443, Access::Connect));
         let v6 = pattern("[2606:4700::1111]:8443");
-        assert!(v6.matches(&Host::parse("2606:4700::1111").unwrap(), 8443));
+        assert!(v6.matches(
+            &Host::parse("2606:4700::1111").unwrap(),
+            8443,
+            Access::Connect
+        ));
         assert_eq!(v6.to_string(), "[2606:4700::1111]:8443");
     }
 

@@ -6,7 +6,7 @@ use std::fmt;
 use std::net::IpAddr;
 
 use super::address::{self, Forbidden};
-use super::pattern::{Host, HostPattern, PatternError};
+use super::pattern::{Access, Host, HostPattern, PatternError};
 
 /// What a sandbox may reach. Closed (nothing allowed) when it has no entries.
 #[derive(Debug, Clone, Default, PartialEq, Eq)]
@@ -22,6 +22,12 @@ pub enum Denial {
     Closed,
     /// No entry matches this host and port.
     NotListed { host: Host, port: u16 },
+    /// The host is listed, but not for this port and kind of request: a tunnel to port 80, say.
+    PortNotListed {
+        host: Host,
+        port: u16,
+        access: Access,
+    },
     /// A raw IP address was asked for and that address is not itself listed.
     IpNotListed { ip: IpAddr, port: u16 },
     /// The name is allowed but resolved to an address the proxy never dials.
@@ -39,6 +45,25 @@ impl fmt::Display for Denial {
             Self::NotListed { host, port } => {
                 write!(f, "{host}:{port} is not in the egress allowlist")
             }
+            Self::PortNotListed {
+                host,
+                port,
+                access: Access::Connect,
+            } if *port == Access::Http.default_port() => write!(
+                f,
+                "a tunnel (CONNECT) to {host}:{port} is refused: it would carry plain HTTP \
+                 unchecked; send plain HTTP through the proxy as `GET http://{host}/...`"
+            ),
+            Self::PortNotListed { host, port, access } => write!(
+                f,
+                "{host}:{port} is not in the egress allowlist for {}: an entry without a port \
+                 allows tunnels to port 443 and plain HTTP to port 80 only (an entry \
+                 `{host}:{port}` would allow it)",
+                match access {
+                    Access::Connect => "tunnels (CONNECT)",
+                    Access::Http => "plain HTTP",
+                },
+            ),
             Self::IpNotListed { ip, port } => write!(
                 f,
                 "raw IP address {ip} (port {port}) is not in the egress allowlist; ask for a \
@@ -103,18 +128,29 @@ impl EgressPolicy {
         self.patterns.is_empty()
     }
 
-    /// The first check, on what the client asked for. Returns the entry that allows it.
+    /// The first check, on what the client asked for and how. Returns the entry that allows it.
     ///
     /// # Errors
     /// The reason to refuse.
-    pub fn check_target(&self, host: &Host, port: u16) -> Result<&HostPattern, Denial> {
+    pub fn check_target(
+        &self,
+        host: &Host,
+        port: u16,
+        access: Access,
+    ) -> Result<&HostPattern, Denial> {
         if self.is_closed() {
             return Err(Denial::Closed);
         }
-        if let Some(pattern) = self.patterns.iter().find(|p| p.matches(host, port)) {
+        if let Some(pattern) = self.patterns.iter().find(|p| p.matches(host, port, access)) {
             return Ok(pattern);
         }
+        let listed = self.patterns.iter().any(|p| p.matches_host(host));
         Err(match host {
+            _ if listed => Denial::PortNotListed {
+                host: host.clone(),
+                port,
+                access,
+            },
             Host::Ip(ip) => Denial::IpNotListed { ip: *ip, port },
             Host::Name(_) => Denial::NotListed {
                 host: host.clone(),
@@ -158,7 +194,7 @@ mod tests {
         let closed = EgressPolicy::closed();
         assert!(closed.is_closed());
         assert_eq!(
-            closed.check_target(&host("github.com"), 443),
+            closed.check_target(&host("github.com"), 443, Access::Connect),
             Err(Denial::Closed)
         );
         assert_eq!(EgressPolicy::parse(Vec::<String>::new()).unwrap(), closed);
@@ -168,11 +204,11 @@ mod tests {
     fn listed_hosts_pass_and_others_do_not() {
         let p = policy(&["github.com", "*.githubusercontent.com"]);
         assert_eq!(
-            p.check_target(&host("github.com"), 443),
+            p.check_target(&host("github.com"), 443, Access::Connect),
             Ok(&p.patterns()[0])
         );
         assert_eq!(
-            p.check_target(&host("raw.githubusercontent.com"), 443),
+            p.check_target(&host("raw.githubusercontent.com"), 443, Access::Connect),
             Ok(&p.patterns()[1])
         );
         for other in [
@@ -182,7 +218,7 @@ mod tests {
         ] {
             assert!(
                 matches!(
-                    p.check_target(&host(other), 443),
+                    p.check_target(&host(other), 443, Access::Connect),
                     Err(Denial::NotListed { .. })
                 ),
                 "{other}"
@@ -194,16 +230,37 @@ mod tests {
     fn raw_ips_need_their_own_entry() {
         let p = policy(&["github.com", "140.82.112.3"]);
         assert_eq!(
-            p.check_target(&host("140.82.112.3"), 443),
+            p.check_target(&host("140.82.112.3"), 443, Access::Connect),
             Ok(&p.patterns()[1])
         );
         assert_eq!(
-            p.check_target(&host("140.82.112.4"), 443),
+            p.check_target(&host("140.82.112.4"), 443, Access::Connect),
             Err(Denial::IpNotListed {
                 ip: "140.82.112.4".parse().unwrap(),
                 port: 443
             })
         );
+    }
+
+    #[test]
+    fn a_listed_host_on_another_port_says_how_to_reach_it() {
+        let p = policy(&["github.com"]);
+        let github = host("github.com");
+        let tunnel_80 = p.check_target(&github, 80, Access::Connect).unwrap_err();
+        assert_eq!(
+            tunnel_80.to_string(),
+            "a tunnel (CONNECT) to github.com:80 is refused: it would carry plain HTTP \
+             unchecked; send plain HTTP through the proxy as `GET http://github.com/...`"
+        );
+        let ssh = p.check_target(&github, 22, Access::Connect).unwrap_err();
+        assert_eq!(
+            ssh.to_string(),
+            "github.com:22 is not in the egress allowlist for tunnels (CONNECT): an entry without \
+             a port allows tunnels to port 443 and plain HTTP to port 80 only (an entry \
+             `github.com:22` would allow it)"
+        );
+        assert!(p.check_target(&github, 443, Access::Http).is_err());
+        assert!(p.check_target(&github, 80, Access::Http).is_ok());
     }
 
     #[test]
