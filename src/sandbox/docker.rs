@@ -54,6 +54,8 @@ const DRAIN: Duration = Duration::from_secs(5);
 const API_TIMEOUT: u64 = 120;
 /// The longest an internal command (a kill, a measurement, a check) may take, all told.
 const QUIET_TIMEOUT: Duration = Duration::from_secs(30);
+/// The longest one measurement of the workspace may take.
+const DU_TIMEOUT: Duration = Duration::from_secs(20);
 /// The longest a file copy may take.
 const COPY_TIMEOUT: Duration = Duration::from_secs(600);
 /// How long an order to the reaper may take to deliver.
@@ -793,6 +795,14 @@ impl DockerSandbox {
     /// Measures the workspace every [`DISK_CHECK_EVERY`]; returns `limit` once it is over, or
     /// cannot be measured whole. An engine that does not answer is not a full disk: the exec's
     /// own watchdog reports that.
+    ///
+    /// What this does not do: the engine's `local` volumes have no quota (`--storage-opt size`
+    /// bounds only a container's writable layer, which is read-only here), so this is a watchdog,
+    /// not a quota. A step can overshoot by what it writes between two looks (a few GB at disk
+    /// speed), and between execs nothing measures (steps end with `end_step`, so nothing writes
+    /// then). Files the step deleted but holds open are not counted by `du`. A tree of millions
+    /// of files makes the measurement slow; one that takes longer than 20 s counts as full.
+    /// Execs of maxions' own user are not watched (they write to `/tmp`, a bounded tmpfs).
     async fn watch_disk(&self, limit: u64) -> u64 {
         loop {
             tokio::time::sleep(DISK_CHECK_EVERY).await;
@@ -808,18 +818,41 @@ impl DockerSandbox {
     /// maxions' user (which the sandbox cannot kill or slow down by signals), and, when a
     /// directory is closed to it (`mktemp -d` makes 0700 ones), again by the sandbox's user.
     async fn workspace_size(&self) -> Result<Option<u64>, SandboxError> {
-        let env = ["LC_ALL=C"];
-        let (_, stdout, stderr) = self.quiet(ExecUser::Maxions, &procs::DU, &env).await?;
-        let first = procs::disk_use(&stdout, &stderr);
+        let Some(first) = self.du(ExecUser::Maxions).await? else {
+            return Ok(None);
+        };
         if !first.unreadable {
             return Ok(first.bytes);
         }
-        let (_, stdout, stderr) = self.quiet(ExecUser::Sandbox, &procs::DU, &env).await?;
-        let second = procs::disk_use(&stdout, &stderr);
+        let Some(second) = self.du(ExecUser::Sandbox).await? else {
+            return Ok(None);
+        };
         if second.unreadable {
             return Ok(None);
         }
         Ok(second.bytes.map(|b| b.max(first.bytes.unwrap_or(0))))
+    }
+
+    /// One `du` of the workspace as `user`; `None` when it took too long while the engine
+    /// answers (a tree made to be slow to measure counts as unmeasurable, not as fine).
+    async fn du(&self, user: ExecUser) -> Result<Option<procs::DiskUse>, SandboxError> {
+        let measured =
+            tokio::time::timeout(DU_TIMEOUT, self.quiet(user, &procs::DU, &["LC_ALL=C"])).await;
+        match measured {
+            Ok(result) => result.map(|(_, stdout, stderr)| Some(procs::disk_use(&stdout, &stderr))),
+            Err(_) => match tokio::time::timeout(
+                REAPER_TIMEOUT,
+                self.docker.inspect_container(&self.id, None),
+            )
+            .await
+            {
+                Ok(Ok(_)) => Ok(None),
+                _ => Err(SandboxError::EngineLost {
+                    command: procs::DU.join(" "),
+                    detail: "no answer from the engine".into(),
+                }),
+            },
+        }
     }
 
     /// How an exec whose output ended actually ended: its exit code, an OOM kill, or the loss
