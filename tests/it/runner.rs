@@ -91,7 +91,7 @@ impl World {
         crate::support::write(self.dir.path(), &format!("tasks/{stem}.yaml"), &yaml);
     }
 
-    fn app_forge(&self) -> GitHub {
+    fn app_forge(&self) -> Arc<GitHub> {
         GitHub::with_app(
             &self.fake.base_url(),
             APP_ID,
@@ -99,6 +99,7 @@ impl World {
             &app_key().private_pem,
         )
         .and_then(|forge| forge.with_web_url(&self.git.base_url()))
+        .map(Arc::new)
         .expect("app forge")
     }
 
@@ -372,17 +373,17 @@ impl Outcome {
 struct Run<'a> {
     engine: &'a DockerEngine,
     task: &'a Path,
-    forge: Option<&'a GitHub>,
+    forge: Option<Arc<GitHub>>,
     keep: bool,
     cancel: CancellationToken,
 }
 
 impl<'a> Run<'a> {
-    fn new(engine: &'a DockerEngine, task: &'a Path, forge: Option<&'a GitHub>) -> Self {
+    fn new(engine: &'a DockerEngine, task: &'a Path, forge: Option<&Arc<GitHub>>) -> Self {
         Self {
             engine,
             task,
-            forge,
+            forge: forge.cloned(),
             keep: false,
             cancel: CancellationToken::new(),
         }
@@ -407,7 +408,10 @@ impl<'a> Run<'a> {
         let run_id = unique(&format!("e2e-{stem}"));
         let log = JsonlLog::create(&log_path(self.task, &run_id)).expect("create the log");
         let mut options = RunOptions::new(self.engine, run_id.clone());
-        options.forge = self.forge.map(|f| f as &dyn maxions::forge::Forge);
+        options.forge = self
+            .forge
+            .clone()
+            .map(|f| f as Arc<dyn maxions::forge::Forge>);
         options.keep = self.keep;
         // The only environment the run sees: no `GIT_TOKEN`, so git gets the forge's token.
         options.env = Arc::new(|name| match name {
@@ -1014,7 +1018,7 @@ async fn a_token_the_git_server_rejects_fails_the_run_without_leaking_it() {
     )
     .and_then(|forge| forge.with_web_url(&world.git.base_url()))
     .unwrap();
-    let outcome = Run::new(&engine, &task, Some(&forge)).go().await;
+    let outcome = Run::new(&engine, &task, Some(&Arc::new(forge))).go().await;
 
     outcome.assert_status(RunStatus::Failed);
     let reason = outcome.reason();
@@ -1052,7 +1056,7 @@ async fn a_wrong_app_key_fails_the_run_clearly_before_any_sandbox() {
         &other_key().private_pem,
     )
     .unwrap();
-    let outcome = Run::new(&engine, &task, Some(&forge)).go().await;
+    let outcome = Run::new(&engine, &task, Some(&Arc::new(forge))).go().await;
 
     outcome.assert_status(RunStatus::Failed);
     let reason = outcome.reason();

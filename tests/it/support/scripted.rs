@@ -198,9 +198,9 @@ impl Sandbox for ScriptedSandbox {
         dest: &'a str,
         _mode: u32,
         _user: ExecUser,
-    ) -> BoxFuture<'a, Result<(), SandboxError>> {
+    ) -> BoxFuture<'a, Result<u64, SandboxError>> {
         self.record(Call::CopyIn(dest.to_owned()));
-        Box::pin(async { Ok(()) })
+        Box::pin(async { Ok(0) })
     }
 
     fn copy_out<'a>(
@@ -213,6 +213,8 @@ impl Sandbox for ScriptedSandbox {
         self.record(Call::CopyOut(src.to_owned()));
         Box::pin(async { Ok(0) })
     }
+
+    fn keep(&self) {}
 
     fn destroy(&self) -> BoxFuture<'_, Result<(), SandboxError>> {
         self.record(Call::Destroy);
