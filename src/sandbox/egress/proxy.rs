@@ -145,11 +145,13 @@ impl EgressProxy {
     }
 
     async fn serve<L: Listen>(self, listener: L, cancel: CancellationToken) {
-        let admitted = Arc::new(Semaphore::new(
-            self.limits.max_connections.saturating_add(REFUSAL_SLOTS),
-        ));
+        let serving = self
+            .limits
+            .max_connections
+            .min(Semaphore::MAX_PERMITS - REFUSAL_SLOTS);
+        let admitted = Arc::new(Semaphore::new(serving + REFUSAL_SLOTS));
         let shared = Arc::new(Shared {
-            slots: Arc::new(Semaphore::new(self.limits.max_connections)),
+            slots: Arc::new(Semaphore::new(serving)),
             proxy: self,
             connections: AtomicU64::new(0),
         });
