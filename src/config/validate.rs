@@ -685,10 +685,16 @@ impl BlueprintChecker<'_> {
             if let Some(key) = step.key("checkout") {
                 if let Some(first) = checkout {
                     self.found.push(
-                        Diagnostic::error("duplicate-checkout", "the repository is checked out twice")
-                            .at(key.pos)
-                            .width(8)
-                            .hint(format!("the first `checkout` is on line {}; keep one", first.line)),
+                        Diagnostic::error(
+                            "duplicate-checkout",
+                            "the repository is checked out twice",
+                        )
+                        .at(key.pos)
+                        .width(8)
+                        .hint(format!(
+                            "the first `checkout` is on line {}; keep one",
+                            first.line
+                        )),
                     );
                 } else {
                     checkout = Some(key.pos);

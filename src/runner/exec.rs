@@ -100,7 +100,11 @@ impl Runner<'_> {
             run_logged: self.logged_output,
             truncated: false,
         });
-        let lock = || batch.lock().unwrap_or_else(std::sync::PoisonError::into_inner);
+        let lock = || {
+            batch
+                .lock()
+                .unwrap_or_else(std::sync::PoisonError::into_inner)
+        };
         let this = &*self;
         let emit = |event: Event| this.emit(event);
         let sandbox = this.sandbox()?;

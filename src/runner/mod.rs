@@ -313,7 +313,7 @@ impl<'a> Runner<'a> {
             }
         }
         for decision in decisions {
-            let decision = redact_egress(&self.redactor, decision);
+            let decision = decision.redacted(&self.redactor);
             self.emit(Event::Egress { decision });
         }
         let dropped = self.egress_dropped.swap(0, Ordering::Relaxed);
@@ -355,29 +355,30 @@ impl<'a> Runner<'a> {
         }
         self.redactor = Redactor::new(&redact).map_err(|e| Stop::Failed(e.to_string()))?;
         // No log line shows them while the run lasts (`crate::logging`).
-        self.logged = Some(crate::logging::register(&redact).map_err(|e| Stop::Failed(e.to_string()))?);
+        self.logged =
+            Some(crate::logging::register(&redact).map_err(|e| Stop::Failed(e.to_string()))?);
         let state_dir = options
             .state_dir
             .clone()
             .unwrap_or_else(|| self.task.state_dir());
         self.scratch = Some(
-            workspace::scratch_dir(&state_dir, &self.run_id)
-                .map_err(|e| Stop::Failed(format!("cannot make the run's scratch directory: {e}")))?,
+            workspace::scratch_dir(&state_dir, &self.run_id).map_err(|e| {
+                Stop::Failed(format!("cannot make the run's scratch directory: {e}"))
+            })?,
         );
         if self.uses_checkout() {
             let mirror = Mirror::open(&state_dir, &self.remote_url(), cancel)
                 .await
                 .map_err(|e| Stop::Failed(self.redacted(&e)))?;
             if self.context.base.is_empty() {
-                let credentials = self
-                    .git_credentials(mirror.url())
-                    .await
-                    .map_err(|e| match e {
-                        steps::StepError::Failed { reason, .. } | steps::StepError::Fatal(reason) => {
-                            Stop::Failed(reason)
-                        }
-                        _ => Stop::Cancelled,
-                    })?;
+                let credentials =
+                    self.git_credentials(mirror.url())
+                        .await
+                        .map_err(|e| match e {
+                            steps::StepError::Failed { reason, .. }
+                            | steps::StepError::Fatal(reason) => Stop::Failed(reason),
+                            _ => Stop::Cancelled,
+                        })?;
                 let base = tokio::select! {
                     () = cancel.cancelled() => return Err(Stop::Cancelled),
                     base = mirror.default_branch(credentials.as_ref(), cancel) => base,
@@ -656,10 +657,13 @@ impl<'a> Runner<'a> {
         if !credentials.applies_to(remote) {
             return Ok(None);
         }
-        let fresh = credentials.get().await.map_err(|e| steps::StepError::Failed {
-            code: None,
-            reason: format!("cannot get git credentials: {}", self.redacted(&e)),
-        })?;
+        let fresh = credentials
+            .get()
+            .await
+            .map_err(|e| steps::StepError::Failed {
+                code: None,
+                reason: format!("cannot get git credentials: {}", self.redacted(&e)),
+            })?;
         if !self.tokens.contains(&fresh) {
             // A token minted during the run is masked in the logs as the first one was.
             if let Ok(guard) = crate::logging::register(&fresh.redactions()) {
@@ -687,18 +691,6 @@ impl<'a> Runner<'a> {
             let _ = std::fs::remove_dir_all(dir);
         }
     }
-}
-
-/// An egress decision with every secret masked in the text the sandbox chose.
-fn redact_egress(redactor: &Redactor, mut decision: EgressEvent) -> EgressEvent {
-    if redactor.is_empty() {
-        return decision;
-    }
-    decision.reason = redactor.redact_str(&decision.reason).into_owned();
-    decision.host = decision
-        .host
-        .map(|host| redactor.redact_str(&host).into_owned());
-    decision
 }
 
 fn step_id(step: &Step, index: usize) -> String {

@@ -25,6 +25,8 @@ pub(super) fn resolve(
     }
     names.sort_unstable();
     names.dedup();
-    resolve_secrets(&task.config, task.config_dir.as_deref(), &names, &|name| env(name))
-        .map_err(|e| e.to_string())
+    resolve_secrets(&task.config, task.config_dir.as_deref(), &names, &|name| {
+        env(name)
+    })
+    .map_err(|e| e.to_string())
 }

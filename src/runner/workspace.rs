@@ -88,7 +88,11 @@ g rev-parse --verify "refs/heads/$BASE^{{tree}}""#
             .env("NO_ATTRIBUTES", NO_ATTRIBUTES)
             .timeout(GIT_TIMEOUT);
         let tree = self
-            .exec_quiet("cannot set up maxions' repository in the sandbox", &request, cancel)
+            .exec_quiet(
+                "cannot set up maxions' repository in the sandbox",
+                &request,
+                cancel,
+            )
             .await?;
         let clone = r#"set -eu
 git clone -q --branch "$BASE" "$BUNDLE" "$REPO"
@@ -103,8 +107,12 @@ git remote set-url origin "$URL""#;
             .env("BRANCH", self.task.branch.clone())
             .env("URL", self.task.repo.clone_url.clone())
             .timeout(GIT_TIMEOUT);
-        self.exec_quiet("cannot clone the repository in the sandbox", &request, cancel)
-            .await?;
+        self.exec_quiet(
+            "cannot clone the repository in the sandbox",
+            &request,
+            cancel,
+        )
+        .await?;
         parse_oid(&tree)
     }
 

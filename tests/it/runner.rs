@@ -585,7 +585,10 @@ async fn happy_path_pushes_the_branch_and_opens_one_pull_request() {
         assert_eq!(status, StepStatus::Succeeded, "step {id}");
     }
     let ids: Vec<&str> = outcome.result.steps.iter().map(|s| s.id.as_str()).collect();
-    assert_eq!(ids, ["checkout", "implement", "commit", "push", "pr", "audit"]);
+    assert_eq!(
+        ids,
+        ["checkout", "implement", "commit", "push", "pr", "audit"]
+    );
     assert!(outcome.output("audit").contains("audit-ok"));
     assert!(
         outcome
@@ -1385,14 +1388,29 @@ async fn a_hostile_agent_reaches_no_credential_redirects_no_push_and_leaves_no_p
     let branch = "maxions/hostile";
     let head = world.branch(branch).expect("pushed to the real remote");
     assert_eq!(outcome.result.commit.as_deref(), Some(head.as_str()));
-    let (_, evil) = docker(&["exec", &kept.0, "git", "-C", "/tmp/evil.git", "for-each-ref"]);
-    assert!(evil.trim().is_empty(), "something reached the agent's repository: {evil}");
+    let (_, evil) = docker(&[
+        "exec",
+        &kept.0,
+        "git",
+        "-C",
+        "/tmp/evil.git",
+        "for-each-ref",
+    ]);
+    assert!(
+        evil.trim().is_empty(),
+        "something reached the agent's repository: {evil}"
+    );
     // Nothing the agent left running edited the tree after it: the late writers were killed.
-    assert_eq!(world.file(branch, "TASK.md").as_deref(), Some("Do the work."));
+    assert_eq!(
+        world.file(branch, "TASK.md").as_deref(),
+        Some("Do the work.")
+    );
     assert_eq!(world.file(branch, "LATE.txt"), None);
     assert_eq!(world.file(branch, "DOUBLE.txt"), None);
     // The fix round's agent got nothing of the check step's env or secrets.
-    let fix_env = world.file(branch, "fix-env.txt").expect("the fix agent ran");
+    let fix_env = world
+        .file(branch, "fix-env.txt")
+        .expect("the fix agent ran");
     assert!(!fix_env.contains("check-only-value-7d1e"), "{fix_env}");
     assert!(!fix_env.contains("API_KEY"), "{fix_env}");
     // No process of the agent is alive, however it detached.
@@ -1407,14 +1425,31 @@ async fn a_hostile_agent_reaches_no_credential_redirects_no_push_and_leaves_no_p
     ]);
     assert!(ok, "{procs}");
     for needle in ["pwned-environ", "checks-started", "LATE", "DOUBLE"] {
-        assert!(!procs.contains(needle), "a process of the agent survives: {procs}");
+        assert!(
+            !procs.contains(needle),
+            "a process of the agent survives: {procs}"
+        );
     }
     // No token ever entered the sandbox: not in a file, a config, an environment it could read.
-    let tokens: Vec<String> = world.fake.minted_tokens().into_iter().map(|t| t.token).collect();
+    let tokens: Vec<String> = world
+        .fake
+        .minted_tokens()
+        .into_iter()
+        .map(|t| t.token)
+        .collect();
     assert!(!tokens.is_empty());
     for token in &tokens {
-        let (found, files) =
-            docker(&["exec", "-u", "0", &kept.0, "grep", "-rlF", token, "/workspace", "/tmp"]);
+        let (found, files) = docker(&[
+            "exec",
+            "-u",
+            "0",
+            &kept.0,
+            "grep",
+            "-rlF",
+            token,
+            "/workspace",
+            "/tmp",
+        ]);
         assert!(!found, "the token is in files of the sandbox: {files}");
     }
     let (_, spied) = docker(&["exec", &kept.0, "cat", "/tmp/pwned-environ"]);
@@ -1438,7 +1473,10 @@ async fn secret_committed_by_the_agent(
         ..Blueprint::default()
     }
     .yaml();
-    yaml = yaml.replace("agent:\n  kind: command\n", "agent:\n  kind: command\n  secrets: [API_KEY]\n");
+    yaml = yaml.replace(
+        "agent:\n  kind: command\n",
+        "agent:\n  kind: command\n  secrets: [API_KEY]\n",
+    );
     crate::support::write(
         world.dir.path(),
         "maxions.yaml",
@@ -1456,8 +1494,14 @@ async fn a_secret_the_agent_commits_is_never_pushed() {
         return;
     };
     for (stem, write) in [
-        ("leak-plain", r#"printf 'const key = "%s";\n' "$API_KEY" > src/config.js"#),
-        ("leak-base64", r#"printf '%s' "$API_KEY" | base64 > src/config.js"#),
+        (
+            "leak-plain",
+            r#"printf 'const key = "%s";\n' "$API_KEY" > src/config.js"#,
+        ),
+        (
+            "leak-base64",
+            r#"printf '%s' "$API_KEY" | base64 > src/config.js"#,
+        ),
     ] {
         let (world, outcome) = secret_committed_by_the_agent(&engine, stem, write).await;
         outcome.assert_status(RunStatus::Failed);
@@ -1466,7 +1510,11 @@ async fn a_secret_the_agent_commits_is_never_pushed() {
         assert!(reason.contains("src/config.js"), "names the file: {reason}");
         assert!(!reason.contains(API_KEY));
         assert_eq!(outcome.step("commit").status, StepStatus::Failed);
-        assert_eq!(world.branch(&format!("maxions/{stem}")), None, "nothing pushed");
+        assert_eq!(
+            world.branch(&format!("maxions/{stem}")),
+            None,
+            "nothing pushed"
+        );
         assert!(world.git.pushes().is_empty());
         assert_eq!(world.fake.count("POST", PULLS), 0, "no pull request");
         outcome.assert_no_leak(&[API_KEY.to_owned()]);
@@ -1497,7 +1545,9 @@ async fn code_changed_after_the_checks_is_not_committed() {
 
     outcome.assert_status(RunStatus::Failed);
     assert!(
-        outcome.reason().contains("changed after step `checks` checked it"),
+        outcome
+            .reason()
+            .contains("changed after step `checks` checked it"),
         "{}",
         outcome.reason()
     );
@@ -1529,5 +1579,8 @@ async fn output_written_a_byte_at_a_time_is_logged_in_few_events() {
         .iter()
         .filter(|e| matches!(&e.event, Event::Output { step, .. } if step == "drip"))
         .count();
-    assert!(events < 200, "{events} output events for 20,000 one-byte writes");
+    assert!(
+        events < 200,
+        "{events} output events for 20,000 one-byte writes"
+    );
 }

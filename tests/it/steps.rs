@@ -75,21 +75,43 @@ async fn a_fix_round_agent_gets_the_agents_secrets_and_nothing_of_the_check_step
             *seen.lock().unwrap() = true;
             return Reply::ok();
         }
-        if *seen.lock().unwrap() { Reply::ok() } else { Reply::exit(1) }
+        if *seen.lock().unwrap() {
+            Reply::ok()
+        } else {
+            Reply::exit(1)
+        }
     });
     let (status, _) = go(&dir, &engine).await;
     assert_eq!(status, RunStatus::Succeeded);
 
     let execs = engine.execs();
-    let agent = execs.iter().find(|r| is_agent(r)).expect("the fix agent ran");
+    let agent = execs
+        .iter()
+        .find(|r| is_agent(r))
+        .expect("the fix agent ran");
     assert_eq!(agent.stdin.as_deref(), Some(b"fix lint".as_slice()));
     let secrets: Vec<&str> = agent.secrets.iter().map(|s| s.name()).collect();
     assert_eq!(secrets, ["AGENT_KEY"]);
-    assert!(agent.env.iter().all(|(k, _)| k != "CHECK_ONLY"), "{:?}", agent.env);
+    assert!(
+        agent.env.iter().all(|(k, _)| k != "CHECK_ONLY"),
+        "{:?}",
+        agent.env
+    );
     // The checks themselves got the step's env and secret.
-    let check = execs.iter().find(|r| r.argv.last().is_some_and(|a| a == "lint")).unwrap();
-    assert!(check.env.iter().any(|(k, v)| k == "CHECK_ONLY" && v == "only-for-checks"));
-    assert_eq!(check.secrets.iter().map(|s| s.name()).collect::<Vec<_>>(), ["CHECK_KEY"]);
+    let check = execs
+        .iter()
+        .find(|r| r.argv.last().is_some_and(|a| a == "lint"))
+        .unwrap();
+    assert!(
+        check
+            .env
+            .iter()
+            .any(|(k, v)| k == "CHECK_ONLY" && v == "only-for-checks")
+    );
+    assert_eq!(
+        check.secrets.iter().map(|s| s.name()).collect::<Vec<_>>(),
+        ["CHECK_KEY"]
+    );
 }
 
 #[tokio::test]
@@ -131,7 +153,9 @@ async fn every_step_and_every_fix_round_ends_with_its_processes_swept() {
         .collect();
     assert_eq!(
         shape,
-        ["one", "sweep", "lint", "my-agent", "sweep", "lint", "sweep", "my-agent", "sweep"],
+        [
+            "one", "sweep", "lint", "my-agent", "sweep", "lint", "sweep", "my-agent", "sweep"
+        ],
     );
 }
 
@@ -151,9 +175,15 @@ async fn one_byte_writes_become_few_output_events_and_nothing_is_lost() {
             _ => None,
         })
         .collect();
-    let expected: String = (0..50_000).map(|i| char::from(b'a' + (i % 26) as u8)).collect();
+    let expected: String = (0..50_000)
+        .map(|i| char::from(b'a' + (i % 26) as u8))
+        .collect();
     assert_eq!(outputs.concat(), expected);
-    assert!(outputs.len() <= 10, "{} events for 50,000 one-byte chunks", outputs.len());
+    assert!(
+        outputs.len() <= 10,
+        "{} events for 50,000 one-byte chunks",
+        outputs.len()
+    );
 }
 
 #[tokio::test]
@@ -166,7 +196,13 @@ async fn a_secret_maxions_yaml_does_not_define_is_an_error_not_an_environment_va
     // Validation refuses it before any run; if it ever let it through, the run must refuse.
     if let Ok(loaded) = loaded {
         let options = RunOptions::new(&engine, "scripted-undefined");
-        let result = run(&loaded, options, &Events::default(), CancellationToken::new()).await;
+        let result = run(
+            &loaded,
+            options,
+            &Events::default(),
+            CancellationToken::new(),
+        )
+        .await;
         assert_eq!(result.status, RunStatus::Failed);
         assert!(result.reason.unwrap_or_default().contains("not defined"));
         assert!(engine.execs().is_empty());

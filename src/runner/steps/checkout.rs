@@ -16,7 +16,9 @@ impl Runner<'_> {
         cancel: &CancellationToken,
     ) -> Result<Done, StepError> {
         let Some(url) = self.mirror.as_ref().map(|m| m.url().to_owned()) else {
-            return Err(StepError::Fatal("no mirror was opened for `checkout`".into()));
+            return Err(StepError::Fatal(
+                "no mirror was opened for `checkout`".into(),
+            ));
         };
         let credentials = self.git_credentials(&url).await?;
         let (Some(mirror), Some(scratch)) = (&self.mirror, self.scratch.clone()) else {

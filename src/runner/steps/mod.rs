@@ -63,7 +63,8 @@ impl Runner<'_> {
             StepKind::Checkout(_) => self.checkout(id, cancel).await,
             StepKind::Run(script) => {
                 let script = self.render(script, Mode::Shell, id)?;
-                let request = self.step_request(step, id, ExecRequest::new(["sh", "-ec", &script]))?;
+                let request =
+                    self.step_request(step, id, ExecRequest::new(["sh", "-ec", &script]))?;
                 let outcome = self.exec_logged(id, &request, cancel).await?;
                 finish(&outcome)
             }

@@ -89,5 +89,4 @@ impl Runner<'_> {
         self.pull_request = Some(record);
         Ok(Done::ok())
     }
-
 }

@@ -8,8 +8,8 @@ use std::time::Duration;
 
 use maxions::sandbox::redact::Redactor;
 use maxions::sandbox::{
-    BoxFuture, ContainerSpec, Engine, ExecOutcome, ExecRequest, ExecStatus, ExecUser,
-    FileContents, OutputSink, OutputStream, Sandbox, SandboxError,
+    BoxFuture, ContainerSpec, Engine, ExecOutcome, ExecRequest, ExecStatus, ExecUser, FileContents,
+    OutputSink, OutputStream, Sandbox, SandboxError,
 };
 use tokio_util::sync::CancellationToken;
 
