@@ -1058,6 +1058,7 @@ async fn a_wrong_app_key_fails_the_run_clearly_before_any_sandbox() {
         INSTALLATION,
         &other_key().private_pem,
     )
+    .and_then(|forge| forge.with_web_url(&world.git.base_url()))
     .unwrap();
     let outcome = Run::new(&engine, &task, Some(&Arc::new(forge))).go().await;
 
@@ -1323,26 +1324,26 @@ if grep -q 'fix the failing checks' /tmp/prompt.txt; then
 fi
 cp /tmp/prompt.txt TASK.md
 for h in pre-commit commit-msg post-commit pre-push reference-transaction post-checkout; do
-  printf '#!/bin/sh\nenv > /tmp/pwned-hook-%s\n' "$h" > .git/hooks/$h
+  printf '#!/bin/sh\nenv > /tmp/spy-hook-%s\n' "$h" > .git/hooks/$h
   chmod +x .git/hooks/$h
 done
 mkdir -p /tmp/hooks && cp .git/hooks/pre-push /tmp/hooks/pre-push
-printf '#!/bin/sh\nenv > /tmp/pwned-fsmonitor\n' > /tmp/fsmon && chmod +x /tmp/fsmon
+printf '#!/bin/sh\nenv > /tmp/spy-fsmonitor\n' > /tmp/fsmon && chmod +x /tmp/fsmon
 git config core.fsmonitor /tmp/fsmon
 git init -q --bare /tmp/evil.git
 cat > "$HOME/.gitconfig" <<'CFG'
 [core]
   hooksPath = /tmp/hooks
   fsmonitor = /tmp/fsmon
-  sshCommand = sh -c 'env > /tmp/pwned-ssh'
+  sshCommand = sh -c 'env > /tmp/spy-ssh'
 [credential]
-  helper = "!f() { cat > /tmp/pwned-credential; }; f"
+  helper = "!f() { cat > /tmp/spy-credential; }; f"
 [url "/tmp/evil.git"]
   pushInsteadOf = http://
   insteadOf = http://
 CFG
 # A spy in a new session: reads every environment it can, forever.
-setsid sh -c 'while :; do for p in /proc/[0-9]*; do tr "\0" "\n" < $p/environ 2>/dev/null >> /tmp/pwned-environ; done; sleep 0.05; done' </dev/null >/dev/null 2>&1 &
+setsid sh -c 'while :; do for p in /proc/[0-9]*; do tr "\0" "\n" < $p/environ 2>/dev/null >> /tmp/spy-environ; done; sleep 0.05; done' </dev/null >/dev/null 2>&1 &
 # Late edits, after the checks started: by nohup, and by a double fork.
 nohup sh -c 'while [ ! -e /tmp/checks-started ]; do sleep 0.05; done; echo late > /workspace/repo/LATE.txt' </dev/null >/dev/null 2>&1 &
 (sh -c 'while [ ! -e /tmp/checks-started ]; do sleep 0.05; done; echo double > /workspace/repo/DOUBLE.txt' </dev/null >/dev/null 2>&1 &)
@@ -1424,7 +1425,7 @@ async fn a_hostile_agent_reaches_no_credential_redirects_no_push_and_leaves_no_p
         "for p in /proc/[0-9]*; do tr '\\0' ' ' < $p/cmdline; echo; done",
     ]);
     assert!(ok, "{procs}");
-    for needle in ["pwned-environ", "checks-started", "LATE", "DOUBLE"] {
+    for needle in ["spy-environ", "checks-started", "LATE", "DOUBLE"] {
         assert!(
             !procs.contains(needle),
             "a process of the agent survives: {procs}"
@@ -1452,7 +1453,7 @@ async fn a_hostile_agent_reaches_no_credential_redirects_no_push_and_leaves_no_p
         ]);
         assert!(!found, "the token is in files of the sandbox: {files}");
     }
-    let (_, spied) = docker(&["exec", &kept.0, "cat", "/tmp/pwned-environ"]);
+    let (_, spied) = docker(&["exec", &kept.0, "cat", "/tmp/spy-environ"]);
     assert!(!spied.contains("GIT_CONFIG_VALUE"), "{spied:.400}");
     assert!(!spied.contains("Authorization"), "{spied:.400}");
     drop(kept);
@@ -1571,7 +1572,8 @@ async fn output_written_a_byte_at_a_time_is_logged_in_few_events() {
         ..Blueprint::default()
     };
     let task = world.task("drip", "Drip.", &blueprint.yaml());
-    let outcome = Run::new(&engine, &task, None).go().await;
+    let forge = world.app_forge();
+    let outcome = Run::new(&engine, &task, Some(&forge)).go().await;
     assert_eq!(outcome.step("drip").status, StepStatus::Succeeded);
     assert_eq!(outcome.output("drip"), "x".repeat(20_000));
     let events = outcome
