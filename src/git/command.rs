@@ -403,8 +403,9 @@ mod tests {
     async fn git_sees_only_a_clean_environment_and_the_fixed_config() {
         let dir = tempfile::tempdir().unwrap();
         let script = recorder(dir.path());
-        let creds = GitCredentials::new("x-access-token", Secret::new("T", TOKEN).unwrap(), None);
         let url = "http://127.0.0.1:9/octo/hello.git";
+        let creds = GitCredentials::new("x-access-token", Secret::new("T", TOKEN).unwrap(), None)
+            .scoped_to(url);
         GitCommand::new("fetch", dir.path(), Duration::from_secs(10))
             .program(&script)
             .git_dir(Path::new("/state/mirror.git"))

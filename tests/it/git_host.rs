@@ -21,12 +21,14 @@ use crate::support::server::Served;
 const TOKEN: &str = "ghs_githosttesttoken0123456789abcdef";
 const BRANCH: &str = "maxions/dark-mode";
 
-fn creds() -> GitCredentials {
+/// The test token, for the origin of `url` only (as a forge scopes its own).
+fn creds(url: &str) -> GitCredentials {
     GitCredentials::new(
         GitCredentials::TOKEN_USERNAME,
         Secret::new("GIT_TOKEN", TOKEN).unwrap(),
         None,
     )
+    .scoped_to(url)
 }
 
 fn cancel() -> CancellationToken {
@@ -48,7 +50,10 @@ impl World {
         let url = server.create_repo("octo", "hello");
         let state = tempfile::tempdir().unwrap();
         let mirror = Mirror::open(state.path(), &url, &cancel()).await.unwrap();
-        mirror.fetch(Some(&creds()), &cancel()).await.unwrap();
+        mirror
+            .fetch(Some(&creds(mirror.url())), &cancel())
+            .await
+            .unwrap();
         let base = mirror
             .resolve("refs/heads/main", &cancel())
             .await
@@ -231,7 +236,7 @@ async fn the_mirror_fetches_with_the_token_and_seeds_a_sandbox_clone() {
     assert_eq!(
         world
             .mirror
-            .default_branch(Some(&creds()), &cancel())
+            .default_branch(Some(&creds(world.mirror.url())), &cancel())
             .await
             .unwrap(),
         "main"
@@ -331,7 +336,12 @@ async fn import_and_push_publish_maxions_own_commit_of_the_sandbox_tree() {
 
     let pushed = world
         .mirror
-        .push(&imported.commit, BRANCH, Some(&creds()), &cancel())
+        .push(
+            &imported.commit,
+            BRANCH,
+            Some(&creds(world.mirror.url())),
+            &cancel(),
+        )
         .await
         .unwrap();
     assert_eq!(pushed.commit, imported.commit);
@@ -660,10 +670,19 @@ async fn hooks_planted_in_the_mirror_never_run() {
     let imported = changed(world.import(&bundle, &world.expect("run-1")).await.unwrap());
     world
         .mirror
-        .push(&imported.commit, BRANCH, Some(&creds()), &cancel())
+        .push(
+            &imported.commit,
+            BRANCH,
+            Some(&creds(world.mirror.url())),
+            &cancel(),
+        )
         .await
         .unwrap();
-    world.mirror.fetch(Some(&creds()), &cancel()).await.unwrap();
+    world
+        .mirror
+        .fetch(Some(&creds(world.mirror.url())), &cancel())
+        .await
+        .unwrap();
     assert!(
         !marker.exists(),
         "a hook ran: {}",
@@ -710,10 +729,19 @@ async fn config_planted_in_gits_home_is_ignored() {
     let sandbox = world.sandbox().await;
     let bundle = sandbox.branch_with(&[("a.txt", b"a")], &world.base);
     let imported = changed(world.import(&bundle, &world.expect("run-1")).await.unwrap());
-    world.mirror.fetch(Some(&creds()), &cancel()).await.unwrap();
     world
         .mirror
-        .push(&imported.commit, BRANCH, Some(&creds()), &cancel())
+        .fetch(Some(&creds(world.mirror.url())), &cancel())
+        .await
+        .unwrap();
+    world
+        .mirror
+        .push(
+            &imported.commit,
+            BRANCH,
+            Some(&creds(world.mirror.url())),
+            &cancel(),
+        )
         .await
         .unwrap();
     assert!(decoy.requests().is_empty(), "{:?}", decoy.requests());
@@ -745,7 +773,7 @@ async fn credentials_never_follow_a_redirect_to_another_origin() {
     let state = tempfile::tempdir().unwrap();
     let mirror = Mirror::open(state.path(), &url, &cancel()).await.unwrap();
     let err = mirror
-        .fetch(Some(&creds()), &cancel())
+        .fetch(Some(&creds(mirror.url())), &cancel())
         .await
         .unwrap_err()
         .to_string();
@@ -762,7 +790,7 @@ async fn the_lease_refuses_a_push_when_the_remote_moved() {
     // What the run read: the branch did not exist.
     let read = world
         .mirror
-        .remote_branch(BRANCH, Some(&creds()), &cancel())
+        .remote_branch(BRANCH, Some(&creds(world.mirror.url())), &cancel())
         .await
         .unwrap();
     assert_eq!(read, None);
@@ -778,7 +806,7 @@ async fn the_lease_refuses_a_push_when_the_remote_moved() {
             &imported.commit,
             BRANCH,
             read.as_ref(),
-            Some(&creds()),
+            Some(&creds(world.mirror.url())),
             &cancel(),
         )
         .await
@@ -796,7 +824,12 @@ async fn the_lease_refuses_a_push_when_the_remote_moved() {
     // With what the remote has now, the same push goes through and replaces it.
     let pushed = world
         .mirror
-        .push(&imported.commit, BRANCH, Some(&creds()), &cancel())
+        .push(
+            &imported.commit,
+            BRANCH,
+            Some(&creds(world.mirror.url())),
+            &cancel(),
+        )
         .await
         .unwrap();
     assert_eq!(pushed.previous, Some(world.base.clone()));
@@ -820,7 +853,12 @@ async fn a_branch_name_that_is_not_a_branch_is_refused() {
     ] {
         let err = world
             .mirror
-            .push(&world.base, bad, Some(&creds()), &cancel())
+            .push(
+                &world.base,
+                bad,
+                Some(&creds(world.mirror.url())),
+                &cancel(),
+            )
             .await
             .unwrap_err();
         assert!(
@@ -916,7 +954,7 @@ async fn two_runs_on_one_repository_take_turns() {
     let bundle_one = one.branch_with(&[("one.txt", b"1")], &world.base);
     let bundle_two = two.branch_with(&[("two.txt", b"2")], &world.base);
     let (expect_one, expect_two) = (world.expect("run-1"), world.expect("run-2"));
-    let (creds, cancel) = (creds(), cancel());
+    let (creds, cancel) = (creds(world.mirror.url()), cancel());
     let (a, b, c, d) = tokio::join!(
         world.mirror.import(&bundle_one, &expect_one, &cancel),
         other.import(&bundle_two, &expect_two, &cancel),
@@ -974,7 +1012,10 @@ async fn measure_mirror_reuse_against_a_plain_clone() {
     let run = || async {
         let started = Instant::now();
         let mirror = Mirror::open(state.path(), &url, &cancel()).await.unwrap();
-        mirror.fetch(Some(&creds()), &cancel()).await.unwrap();
+        mirror
+            .fetch(Some(&creds(mirror.url())), &cancel())
+            .await
+            .unwrap();
         let fetched = started.elapsed();
         mirror
             .bundle_base("main", &bundle, &cancel())
@@ -988,7 +1029,7 @@ async fn measure_mirror_reuse_against_a_plain_clone() {
     let started = Instant::now();
     let header = format!(
         "http.extraHeader=Authorization: {}",
-        creds().authorization().expose()
+        creds("").authorization().expose()
     );
     git(
         scratch.path(),

@@ -221,12 +221,12 @@ fn independent_validator_rejects_mutated_examples() {
             &blueprints,
             &blueprint_json,
             |v| {
-                assert_eq!(v["steps"][2]["id"], "checks");
-                let fix = v["steps"][2]["fix"].as_object_mut().unwrap();
+                assert_eq!(v["steps"][3]["id"], "checks");
+                let fix = v["steps"][3]["fix"].as_object_mut().unwrap();
                 let rounds = fix.remove("max_rounds").unwrap();
                 fix.insert("max_round".into(), rounds);
             },
-            "/steps/2/fix",
+            "/steps/3/fix",
         ),
         (
             "pids is a string",

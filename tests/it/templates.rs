@@ -459,7 +459,7 @@ fn render_shows_each_step_with_placeholders_for_outputs() {
         .run();
     assert_eq!(out.code, 0, "{}", out.stderr);
     assert!(
-        out.stdout.contains("git checkout -B 'maxions/dark-mode'"),
+        out.stdout.contains("on branch maxions/dark-mode"),
         "{}",
         out.stdout
     );
