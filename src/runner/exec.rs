@@ -11,7 +11,7 @@ use tokio_util::sync::CancellationToken;
 use super::Runner;
 use super::events::{Event, Utf8Chunks};
 use super::steps::StepError;
-use crate::sandbox::{ExecOutcome, ExecRequest, ExecStatus, OutputStream};
+use crate::sandbox::{ExecOutcome, ExecRequest, ExecStatus, ExecUser, OutputStream};
 
 /// How much of one command's output goes to the log; the rest is counted.
 pub(super) const MAX_EXEC_OUTPUT: u64 = 8 << 20;
@@ -108,6 +108,7 @@ impl Runner<'_> {
         let this = &*self;
         let emit = |event: Event| this.emit(event);
         let sandbox = this.sandbox()?;
+        this.mark_dirty(request);
         let mut sink = |stream: OutputStream, bytes: &[u8]| lock().push(stream, bytes, &emit);
         let result = {
             let exec = sandbox.exec(request, &mut sink, cancel);
@@ -136,6 +137,13 @@ impl Runner<'_> {
         }
     }
 
+    /// A command of the sandbox's user may leave processes behind: the next sweep must run.
+    pub(super) fn mark_dirty(&self, request: &ExecRequest) {
+        if request.user == ExecUser::Sandbox {
+            self.dirty.store(true, std::sync::atomic::Ordering::Release);
+        }
+    }
+
     /// Runs one of maxions' own commands quietly: its stdout (at most 64 KiB) on success, a
     /// failure naming `what` with the command's last line otherwise.
     pub(super) async fn exec_quiet(
@@ -145,6 +153,7 @@ impl Runner<'_> {
         cancel: &CancellationToken,
     ) -> Result<String, StepError> {
         let sandbox = self.sandbox()?;
+        self.mark_dirty(request);
         let mut stdout = Vec::new();
         let mut sink = |stream: OutputStream, bytes: &[u8]| {
             if stream == OutputStream::Stdout && stdout.len() < 64 << 10 {

@@ -232,6 +232,8 @@ struct Runner<'a> {
     /// Keeps the run's secrets masked in every log line until the runner is gone.
     logged: Option<crate::logging::Guard>,
     extra_logged: Vec<crate::logging::Guard>,
+    /// A command of the sandbox's user ran since the last sweep (see [`Runner::end_step`]).
+    dirty: std::sync::atomic::AtomicBool,
 }
 
 impl<'a> Runner<'a> {
@@ -279,6 +281,7 @@ impl<'a> Runner<'a> {
             egress_dropped: Arc::new(AtomicU64::new(0)),
             logged: None,
             extra_logged: Vec::new(),
+            dirty: std::sync::atomic::AtomicBool::new(false),
         }
     }
 
@@ -539,10 +542,15 @@ impl<'a> Runner<'a> {
     }
 
     /// Kills every process the step left in the sandbox, however it detached.
+    /// Only needed when a command of the sandbox's user ran since the last sweep: steps that
+    /// ran nothing there (push, pull request) cost nothing.
     async fn end_step(&self) -> Result<(), steps::StepError> {
         let Some(sandbox) = self.sandbox.as_deref() else {
             return Ok(());
         };
+        if !self.dirty.swap(false, Ordering::AcqRel) {
+            return Ok(());
+        }
         match sandbox.end_step().await {
             Ok(killed) => {
                 if killed > 0 {
@@ -550,9 +558,12 @@ impl<'a> Runner<'a> {
                 }
                 Ok(())
             }
-            Err(error) => Err(steps::StepError::Fatal(format!(
-                "cannot stop what the step left running: {error}"
-            ))),
+            Err(error) => {
+                self.dirty.store(true, Ordering::Release);
+                Err(steps::StepError::Fatal(format!(
+                    "cannot stop what the step left running: {error}"
+                )))
+            }
         }
     }
 

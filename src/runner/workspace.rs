@@ -65,35 +65,15 @@ impl Runner<'_> {
     }
 
     /// Seeds the sandbox from a bundle of the base already copied to [`BASE_BUNDLE`] (by the
-    /// sandbox's user, with no process of it alive): maxions' own repository first, then the
-    /// sandbox user's clone on the task's branch. Returns the base's tree. The private
+    /// sandbox's user, with no process of it alive): the sandbox user's clone on the task's
+    /// branch, then maxions' own repository beside it. Returns the base's tree. The private
     /// directory's name is never given to a command of the sandbox's user.
     pub(super) async fn seed_repo(
         &self,
         base: &str,
+        base_oid: &Oid,
         cancel: &CancellationToken,
     ) -> Result<Oid, StepError> {
-        let private = self.private_dir()?;
-        let script = format!(
-            r#"{PRELUDE}g init -q --bare "$GIT_DIR"
-printf '%s' "$NO_ATTRIBUTES" > "$GIT_DIR/info/attributes"
-g fetch -q "$BUNDLE" "refs/heads/$BASE:refs/heads/$BASE"
-g rev-parse --verify "refs/heads/$BASE^{{tree}}""#
-        );
-        let request = ExecRequest::new(["sh", "-c", &script])
-            .as_maxions()
-            .env("P", private)
-            .env("BUNDLE", BASE_BUNDLE)
-            .env("BASE", base)
-            .env("NO_ATTRIBUTES", NO_ATTRIBUTES)
-            .timeout(GIT_TIMEOUT);
-        let tree = self
-            .exec_quiet(
-                "cannot set up maxions' repository in the sandbox",
-                &request,
-                cancel,
-            )
-            .await?;
         let clone = r#"set -eu
 git clone -q --branch "$BASE" "$BUNDLE" "$REPO"
 rm -f "$BUNDLE"
@@ -113,6 +93,32 @@ git remote set-url origin "$URL""#;
             cancel,
         )
         .await?;
+        // maxions' repository borrows the clone's objects instead of unpacking the bundle a
+        // second time. The sandbox can corrupt or delete those, but not to any effect beyond a
+        // failed run: maxions writes every object of the new tree into its own store, and the
+        // host re-hashes every object of the bundle and compares the tree with the checked one.
+        let script = format!(
+            r#"{PRELUDE}g init -q --bare "$GIT_DIR"
+printf '%s' "$NO_ATTRIBUTES" > "$GIT_DIR/info/attributes"
+printf '%s/.git/objects\n' "$REPO" > "$GIT_DIR/objects/info/alternates"
+g update-ref "refs/heads/$BASE" "$BASE_OID"
+g rev-parse --verify "$BASE_OID^{{tree}}""#
+        );
+        let request = ExecRequest::new(["sh", "-c", &script])
+            .as_maxions()
+            .env("P", self.private_dir()?)
+            .env("REPO", REPO_DIR)
+            .env("BASE", base)
+            .env("BASE_OID", base_oid.to_string())
+            .env("NO_ATTRIBUTES", NO_ATTRIBUTES)
+            .timeout(GIT_TIMEOUT);
+        let tree = self
+            .exec_quiet(
+                "cannot set up maxions' repository in the sandbox",
+                &request,
+                cancel,
+            )
+            .await?;
         parse_oid(&tree)
     }
 
@@ -132,8 +138,12 @@ git remote set-url origin "$URL""#;
         ])
         .env("REPO", REPO_DIR)
         .timeout(GIT_TIMEOUT);
+        // `chmod` starts no process: no sweep is owed for it.
+        let dirty = self.dirty.load(std::sync::atomic::Ordering::Acquire);
         self.exec_quiet("cannot read the work tree", &readable, cancel)
             .await?;
+        self.dirty
+            .store(dirty, std::sync::atomic::Ordering::Release);
         let script = format!(
             r#"{PRELUDE}if [ -L "$REPO" ] || [ ! -d "$REPO" ]; then echo "$REPO is not a directory" >&2; exit 1; fi
 export GIT_WORK_TREE="$REPO"

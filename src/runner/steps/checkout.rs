@@ -50,7 +50,9 @@ impl Runner<'_> {
             .await
             .map_err(|e| StepError::Fatal(format!("cannot copy the repository in: {e}")))?;
         let _ = std::fs::remove_file(&bundle);
-        let base_tree = self.seed_repo(&self.context.base.clone(), cancel).await?;
+        let base_tree = self
+            .seed_repo(&self.context.base.clone(), &base, cancel)
+            .await?;
         self.checkout = Some(CheckedOut { base, base_tree });
         Ok(Done {
             reason: Some(format!(
