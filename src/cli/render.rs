@@ -81,7 +81,7 @@ pub fn render_task(loaded: &LoadedTask, only: Option<&str>) -> Result<String, St
     let templates = Templates::new();
     let mut context = Context {
         task: loaded.task.task.clone(),
-        repo: loaded.repo.clone(),
+        repo: (&loaded.repo).into(),
         branch: loaded.branch.clone(),
         base: loaded
             .task

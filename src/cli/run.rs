@@ -134,11 +134,23 @@ pub async fn run_loaded(loaded: &LoadedTask, args: &Args, output: Output) -> u8 
 
     let cancel = CancellationToken::new();
     let on_signal = cancel.clone();
+    // Ctrl-C and SIGTERM (a service manager stopping us) both end the run cleanly: the step is
+    // stopped, the sandbox and its egress proxy removed, the log and result written.
     let signals = tokio::spawn(async move {
-        if tokio::signal::ctrl_c().await.is_ok() {
-            eprintln!("\ncancelling: stopping the step and removing the sandbox…");
-            on_signal.cancel();
+        let terminate = async {
+            match tokio::signal::unix::signal(tokio::signal::unix::SignalKind::terminate()) {
+                Ok(mut term) => {
+                    term.recv().await;
+                }
+                Err(_) => std::future::pending().await,
+            }
+        };
+        tokio::select! {
+            result = tokio::signal::ctrl_c() => if result.is_err() { return },
+            () = terminate => {}
         }
+        eprintln!("\ncancelling: stopping the step and removing the sandbox…");
+        on_signal.cancel();
     });
     let mut result = runner::run(loaded, options, &tee, cancel).await;
     signals.abort();

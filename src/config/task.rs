@@ -175,6 +175,17 @@ pub fn check_push_branch(branch: &str, base: Option<&str>, prefix: &str) -> Resu
     Ok(())
 }
 
+impl From<&RepoRef> for crate::template::Repo {
+    fn from(repo: &RepoRef) -> Self {
+        Self {
+            owner: repo.owner.clone(),
+            name: repo.name.clone(),
+            full_name: repo.full_name.clone(),
+            clone_url: repo.clone_url.clone(),
+        }
+    }
+}
+
 /// Checks a branch name the way `git check-ref-format --branch` would, for the common mistakes.
 pub fn check_branch_name(name: &str) -> Result<(), String> {
     let bad = if name.is_empty() {

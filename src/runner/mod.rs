@@ -240,7 +240,7 @@ impl<'a> Runner<'a> {
     fn new(task: &'a LoadedTask, options: &RunOptions<'_>, sink: &'a dyn EventSink) -> Self {
         let context = Context {
             task: task.task.task.clone(),
-            repo: task.repo.clone(),
+            repo: (&task.repo).into(),
             branch: task.branch.clone(),
             base: task.task.base.clone().unwrap_or_default(),
             vars: task.task.vars.clone().into_iter().collect(),

@@ -4,14 +4,12 @@ use std::collections::BTreeMap;
 
 use serde::Serialize;
 
-use crate::config::RepoRef;
-
 /// The template context of one step.
 #[derive(Debug, Clone, Serialize)]
 pub struct Context {
     /// The task text, as data.
     pub task: String,
-    pub repo: RepoRef,
+    pub repo: Repo,
     pub branch: String,
     pub base: String,
     pub vars: BTreeMap<String, serde_json::Value>,
@@ -21,6 +19,16 @@ pub struct Context {
     /// Only inside `fix.agent`: the checks that failed.
     #[serde(skip_serializing_if = "Option::is_none")]
     pub failed: Option<Vec<FailedCheck>>,
+}
+
+/// The repository as templates see it (`repo.owner`, ...): the template layer's own type, so
+/// that it depends on nothing of `config` (which uses templates to validate).
+#[derive(Debug, Clone, PartialEq, Eq, Serialize)]
+pub struct Repo {
+    pub owner: String,
+    pub name: String,
+    pub full_name: String,
+    pub clone_url: String,
 }
 
 #[derive(Debug, Clone, Serialize)]

@@ -16,7 +16,7 @@ use std::sync::Arc;
 use minijinja::value::{Object, ObjectRepr};
 use minijinja::{AutoEscape, Environment, State, UndefinedBehavior, Value};
 
-pub use context::{Context, FailedCheck, REPO_FIELDS, ROOTS, RUN_FIELDS, RunInfo};
+pub use context::{Context, FailedCheck, REPO_FIELDS, ROOTS, RUN_FIELDS, Repo, RunInfo};
 pub use shell::HazardKind;
 use shell::{RAW_END, RAW_START, VALUE_END, VALUE_START};
 
@@ -442,7 +442,12 @@ mod tests {
         let t = Templates::new();
         let ctx = Context {
             task: "<b>".into(),
-            repo: crate::config::RepoRef::parse("a/b").expect("valid repo"),
+            repo: Repo {
+                owner: "a".into(),
+                name: "b".into(),
+                full_name: "a/b".into(),
+                clone_url: "https://github.com/a/b.git".into(),
+            },
             branch: "b".into(),
             base: "main".into(),
             vars: Default::default(),

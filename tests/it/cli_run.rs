@@ -137,7 +137,16 @@ async fn run_json_streams_the_log_lines_and_exit_codes_say_how_it_ended() {
 
 #[tokio::test]
 async fn ctrl_c_cancels_the_run_removes_the_sandbox_and_exits_130() {
-    let Some(engine) = engine("cli-cancel").await else {
+    a_signal_cancels_the_run("-INT", "cli-cancel").await;
+}
+
+#[tokio::test]
+async fn sigterm_cancels_the_run_removes_the_sandbox_and_exits_130() {
+    a_signal_cancels_the_run("-TERM", "cli-term").await;
+}
+
+async fn a_signal_cancels_the_run(signal: &str, name: &str) {
+    let Some(engine) = engine(name).await else {
         return;
     };
     let dir = tree(&[
@@ -180,7 +189,7 @@ async fn ctrl_c_cancels_the_run_removes_the_sandbox_and_exits_130() {
     let pid = child.id().to_string();
     assert!(
         Command::new("kill")
-            .args(["-INT", &pid])
+            .args([signal, &pid])
             .status()
             .unwrap()
             .success()

@@ -17,7 +17,7 @@ use crate::support::tree;
 fn context(task: &str, branch: &str, var: &str) -> Context {
     Context {
         task: task.to_owned(),
-        repo: RepoRef::parse("acme/app").unwrap(),
+        repo: (&RepoRef::parse("acme/app").unwrap()).into(),
         branch: branch.to_owned(),
         base: "main".to_owned(),
         vars: BTreeMap::from([(
