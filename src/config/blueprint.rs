@@ -145,9 +145,9 @@ pub struct Budget {
     pub max_duration: Option<HumanDuration>,
 }
 
-/// The secret name under which a step asks for git credentials. With a forge configured
-/// (`github:` in maxions.yaml), maxions supplies them itself, minted for the run, as git
-/// configuration for that step's execs only; it needs no definition under `secrets:`.
+/// The secret name blueprints used to ask for git credentials with. It is an ordinary secret now
+/// (defined in maxions.yaml like any other), and `validate` warns on it: maxions fetches and
+/// pushes itself (`checkout`, `push`), and the forge's token never enters the sandbox.
 pub const GIT_TOKEN: &str = "GIT_TOKEN";
 
 /// The name of a secret, defined in the daemon config and given to a step as an environment
