@@ -208,3 +208,59 @@ async fn a_secret_maxions_yaml_does_not_define_is_an_error_not_an_environment_va
         assert!(engine.execs().is_empty());
     }
 }
+
+fn denied(connection: u64, host: &str) -> maxions::sandbox::egress::EgressEvent {
+    maxions::sandbox::egress::EgressEvent {
+        connection,
+        kind: maxions::sandbox::egress::RequestKind::Connect,
+        host: Some(host.to_owned()),
+        port: Some(443),
+        decision: maxions::sandbox::egress::Decision::Denied,
+        address: None,
+        reason: format!("`{host}` is not in the allowlist"),
+        dialed: false,
+    }
+}
+
+#[tokio::test]
+async fn egress_decisions_are_logged_with_the_secrets_the_agent_put_in_them_masked() {
+    let dir = project("  - id: talk\n    agent: \"talk\"\n");
+    // An agent that read its key and tried to smuggle it out in a host name.
+    let host = format!("{AGENT_KEY}.exfil.invalid");
+    let engine = Scripted::new(|_| Reply::ok()).with_egress(vec![denied(1, &host)]);
+    let (status, events) = go(&dir, &engine).await;
+    assert_eq!(status, RunStatus::Succeeded);
+    let egress: Vec<String> = events
+        .iter()
+        .filter(|e| matches!(e.event, Event::Egress { .. }))
+        .map(|e| serde_json::to_string(e).unwrap())
+        .collect();
+    assert_eq!(egress.len(), 1, "{egress:?}");
+    assert!(!egress[0].contains(AGENT_KEY), "{}", egress[0]);
+    assert!(egress[0].contains("***.exfil.invalid"), "{}", egress[0]);
+}
+
+#[tokio::test]
+async fn a_flood_of_egress_decisions_is_counted_not_stored() {
+    let dir = project("  - id: talk\n    agent: \"talk\"\n");
+    let flood = (1..=5000).map(|n| denied(n, "flood.invalid")).collect();
+    let engine = Scripted::new(|_| Reply::ok()).with_egress(flood);
+    let (_, events) = go(&dir, &engine).await;
+    let logged = events
+        .iter()
+        .filter(|e| matches!(e.event, Event::Egress { .. }))
+        .count();
+    assert!(logged <= 1024, "{logged} decisions kept");
+    assert!(logged > 0);
+    let warning = events.iter().find_map(|e| match &e.event {
+        Event::Warning { message } if message.contains("egress decisions were not logged") => {
+            Some(message.clone())
+        }
+        _ => None,
+    });
+    let warning = warning.expect("the drop is reported");
+    assert!(
+        warning.starts_with(&format!("{} egress", 5000 - logged)),
+        "{warning}"
+    );
+}

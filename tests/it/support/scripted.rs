@@ -6,6 +6,7 @@ use std::path::Path;
 use std::sync::{Arc, Mutex};
 use std::time::Duration;
 
+use maxions::sandbox::egress::EgressEvent;
 use maxions::sandbox::redact::Redactor;
 use maxions::sandbox::{
     BoxFuture, ContainerSpec, Engine, ExecOutcome, ExecRequest, ExecStatus, ExecUser, FileContents,
@@ -59,6 +60,8 @@ type Handler = dyn Fn(&ExecRequest) -> Reply + Send + Sync;
 pub struct Scripted {
     calls: Arc<Mutex<Vec<Call>>>,
     handler: Arc<Handler>,
+    /// Decisions "the egress proxy" reports while the first command runs.
+    egress: Arc<Mutex<Vec<EgressEvent>>>,
 }
 
 impl Scripted {
@@ -66,7 +69,14 @@ impl Scripted {
         Self {
             calls: Arc::new(Mutex::new(Vec::new())),
             handler: Arc::new(handler),
+            egress: Arc::new(Mutex::new(Vec::new())),
         }
+    }
+
+    /// The sandbox's egress proxy will report `events` during the first command.
+    pub fn with_egress(self, events: Vec<EgressEvent>) -> Self {
+        *self.egress.lock().unwrap() = events;
+        self
     }
 
     pub fn calls(&self) -> Vec<Call> {
@@ -88,13 +98,15 @@ impl Scripted {
 impl Engine for Scripted {
     fn create<'a>(
         &'a self,
-        _spec: &'a ContainerSpec,
+        spec: &'a ContainerSpec,
     ) -> BoxFuture<'a, Result<Box<dyn Sandbox>, SandboxError>> {
         self.calls.lock().unwrap().push(Call::Create);
         let sandbox = ScriptedSandbox {
             calls: Arc::clone(&self.calls),
             handler: Arc::clone(&self.handler),
             redactor: Mutex::new(Redactor::none()),
+            egress: std::mem::take(&mut *self.egress.lock().unwrap()),
+            on_egress: spec.on_egress.clone(),
         };
         Box::pin(async move { Ok(Box::new(sandbox) as Box<dyn Sandbox>) })
     }
@@ -111,6 +123,8 @@ struct ScriptedSandbox {
     calls: Arc<Mutex<Vec<Call>>>,
     handler: Arc<Handler>,
     redactor: Mutex<Redactor>,
+    egress: Vec<EgressEvent>,
+    on_egress: Option<maxions::sandbox::EgressSink>,
 }
 
 impl ScriptedSandbox {
@@ -139,6 +153,19 @@ impl Sandbox for ScriptedSandbox {
         _cancel: &'a CancellationToken,
     ) -> BoxFuture<'a, Result<ExecOutcome, SandboxError>> {
         self.record(Call::Exec(request.clone()));
+        let first = self
+            .calls
+            .lock()
+            .unwrap()
+            .iter()
+            .filter(|c| matches!(c, Call::Exec(_)))
+            .count()
+            == 1;
+        if first && let Some(sink) = &self.on_egress {
+            for event in &self.egress {
+                sink(event.clone());
+            }
+        }
         let reply = (self.handler)(request);
         let redactor = self.redactor.lock().unwrap().clone();
         Box::pin(async move {
