@@ -67,7 +67,7 @@ pub enum ImageError {
     #[error("unknown image `{0}`; the images maxions builds are: {1}")]
     Unknown(String, String),
     #[error(
-        "no Docker engine answers ({0}); start one with `scripts/docker-engine.sh` (installs and starts Debian's docker.io), or set DOCKER_HOST"
+        "no Docker engine answers ({0}); start one (`maxions demo` or `maxions image build`, run as root, install and start Debian's docker.io), or set DOCKER_HOST"
     )]
     NoEngine(String),
     #[error(

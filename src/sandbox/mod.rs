@@ -337,7 +337,7 @@ pub struct FileContents {
 #[derive(Debug, thiserror::Error)]
 pub enum SandboxError {
     #[error(
-        "cannot reach the Docker engine ({0}); is it running? Start it with `scripts/docker-engine.sh`, or point DOCKER_HOST at one"
+        "cannot reach the Docker engine ({0}); is it running? Start it (as root, `maxions demo` installs and starts one), or point DOCKER_HOST at one"
     )]
     EngineUnreachable(String),
     #[error(

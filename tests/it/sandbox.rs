@@ -540,7 +540,10 @@ async fn an_engine_that_is_not_running_gives_a_clear_error() {
         matches!(error, SandboxError::EngineUnreachable(_)),
         "{text}"
     );
-    assert!(text.contains("scripts/docker-engine.sh"), "{text}");
+    assert!(
+        text.contains("`maxions demo` installs and starts one") && text.contains("DOCKER_HOST"),
+        "{text}"
+    );
 }
 
 #[tokio::test(flavor = "multi_thread", worker_threads = 2)]
