@@ -148,6 +148,7 @@ pub async fn run(
     let kept = runner.finish_sandbox(options.keep).await;
     runner.drain_egress();
     runner.revoke_credentials().await;
+    runner.forget_refs().await;
     runner.remove_scratch();
     let reason = reason.map(|r| runner.redactor.redact_str(&r).into_owned());
     if !runner.started_event {
@@ -191,6 +192,9 @@ struct CheckedOut {
     base: Oid,
     /// Its tree: a commit of the same tree changes nothing.
     base_tree: Oid,
+    /// What the remote's task branch was when the run began: the push replaces that and
+    /// nothing else (a person's push during the run is refused, not overwritten).
+    lease: Option<Oid>,
 }
 
 struct Runner<'a> {
@@ -694,6 +698,18 @@ impl<'a> Runner<'a> {
             let message = format!("could not revoke a git token of the run: {error}");
             let message = self.redactor.redact_str(&message).into_owned();
             self.emit(Event::Warning { message });
+        }
+    }
+
+    /// The mirror keeps no ref of this run (`refs/maxions/*/<run>`) once it is over.
+    async fn forget_refs(&mut self) {
+        if let Some(mirror) = &self.mirror
+            && let Err(error) = mirror.forget(&self.run_id, &CancellationToken::new()).await
+        {
+            let message = self.redacted(&error);
+            self.emit(Event::Warning {
+                message: format!("could not tidy the mirror: {message}"),
+            });
         }
     }
 

@@ -36,6 +36,18 @@ impl Runner<'_> {
                 self.redacted(&e)
             ),
         })?;
+        let lease = mirror
+            .remote_branch(&self.task.branch, credentials.as_ref(), cancel)
+            .await
+            .map_err(|e| StepError::Failed {
+                code: None,
+                reason: format!(
+                    "cannot read branch {} of {}: {}",
+                    self.task.branch,
+                    self.task.repo.clone_url,
+                    self.redacted(&e)
+                ),
+            })?;
         let bundle = scratch.join("base.bundle");
         let base = mirror
             .bundle_base(&self.context.base, &bundle, cancel)
@@ -53,7 +65,11 @@ impl Runner<'_> {
         let base_tree = self
             .seed_repo(&self.context.base.clone(), &base, cancel)
             .await?;
-        self.checkout = Some(CheckedOut { base, base_tree });
+        self.checkout = Some(CheckedOut {
+            base,
+            base_tree,
+            lease,
+        });
         Ok(Done {
             reason: Some(format!(
                 "{} at {} on branch {}",

@@ -24,14 +24,22 @@ impl Runner<'_> {
             return Err(StepError::Fatal("`push` needs a `checkout` step".into()));
         };
         let credentials = self.git_credentials(&url).await?;
-        let (Some(mirror), Some(commit)) = (&self.mirror, &self.commit) else {
+        let (Some(mirror), Some(commit), Some(checkout)) =
+            (&self.mirror, &self.commit, &self.checkout)
+        else {
             return Err(StepError::Fatal(
                 "`push` needs a commit from a `commit` step".into(),
             ));
         };
         let pushed = tokio::select! {
             () = cancel.cancelled() => return Err(StepError::Cancelled),
-            pushed = mirror.push(commit, &branch, credentials.as_ref(), cancel) => pushed,
+            pushed = mirror.push_with_lease(
+                commit,
+                &branch,
+                checkout.lease.as_ref(),
+                credentials.as_ref(),
+                cancel,
+            ) => pushed,
         };
         pushed.map_err(|e| StepError::Failed {
             code: None,
