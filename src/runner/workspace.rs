@@ -207,3 +207,23 @@ fn parse_oid(output: &str) -> Result<Oid, StepError> {
         ))
     })
 }
+
+#[cfg(test)]
+mod tests {
+    use std::os::unix::fs::PermissionsExt;
+
+    use super::*;
+
+    #[test]
+    fn the_scratch_directory_is_private_and_never_one_made_before() {
+        let state = tempfile::tempdir().unwrap();
+        let dir = scratch_dir(state.path(), "run/1").unwrap();
+        assert_eq!(dir, state.path().join("runs/run_1"));
+        let mode = std::fs::metadata(&dir).unwrap().permissions().mode();
+        assert_eq!(mode & 0o777, 0o700);
+        // A directory (or a symlink planted there) that already exists is refused, not reused.
+        assert!(scratch_dir(state.path(), "run/1").is_err());
+        std::os::unix::fs::symlink("/tmp", state.path().join("runs/planted")).unwrap();
+        assert!(scratch_dir(state.path(), "planted").is_err());
+    }
+}

@@ -1586,3 +1586,38 @@ async fn output_written_a_byte_at_a_time_is_logged_in_few_events() {
         "{events} output events for 20,000 one-byte writes"
     );
 }
+
+#[tokio::test]
+async fn a_task_without_a_base_starts_from_the_repositorys_default_branch() {
+    let Some(engine) = engine("runner-default-base").await else {
+        return;
+    };
+    let world = World::new();
+    // The repository's default branch is `trunk`, not `main`.
+    let repo = world.git.repo_path("octo", "hello");
+    let renamed = Command::new("git")
+        .arg("-C")
+        .arg(&repo)
+        .args(["branch", "-m", "main", "trunk"])
+        .status()
+        .unwrap();
+    assert!(renamed.success());
+    let task = standard_task(&world, "nobase", "Write the task.");
+    let yaml = std::fs::read_to_string(&task).unwrap();
+    std::fs::write(&task, yaml.replace("base: main\n", "")).unwrap();
+    let forge = world.app_forge();
+    let outcome = Run::new(&engine, &task, Some(&forge)).go().await;
+
+    outcome.assert_status(RunStatus::Succeeded);
+    assert_eq!(outcome.result.base, "trunk");
+    let head = world.branch("maxions/nobase").expect("pushed");
+    let trunk = world.branch("trunk").unwrap();
+    let parent = Command::new("git")
+        .arg("-C")
+        .arg(&repo)
+        .args(["rev-parse", &format!("{head}^")])
+        .output()
+        .unwrap();
+    assert_eq!(String::from_utf8_lossy(&parent.stdout).trim(), trunk);
+    assert_eq!(world.fake.pulls()[0].base, "trunk");
+}
