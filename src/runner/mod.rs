@@ -131,6 +131,10 @@ pub async fn run(
     };
     let outcome = runner.run_all(&run_cancel, &options).await;
     timer.abort();
+    // `run_started` is the first line of every log, even of a run that failed before it began.
+    if !runner.started_event {
+        runner.emit_started();
+    }
     let (status, reason) = match outcome {
         Ok(status) => (status, runner.failure.take()),
         Err(Stop::Failed(reason)) => (RunStatus::Failed, Some(reason)),
@@ -151,9 +155,6 @@ pub async fn run(
     runner.forget_refs().await;
     runner.remove_scratch();
     let reason = reason.map(|r| runner.redactor.redact_str(&r).into_owned());
-    if !runner.started_event {
-        runner.emit_started();
-    }
     runner.emit(Event::RunFinished {
         status,
         reason: reason.clone(),

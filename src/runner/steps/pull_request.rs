@@ -39,8 +39,14 @@ impl Runner<'_> {
             head: self.task.branch.clone(),
             base: self.context.base.clone(),
         };
-        let Some(forge) = &options.forge else {
-            let reason = "no forge is configured (no `github:` in maxions.yaml, or a local repository): this is the pull request maxions would open".to_owned();
+        // A forge opens pull requests only on repositories it serves: never on its own
+        // `owner/name` for a clone URL of another host.
+        let forge = options
+            .forge
+            .as_ref()
+            .filter(|f| f.serves(&self.task.repo.clone_url));
+        let Some(forge) = forge else {
+            let reason = "no forge is configured for this repository (no `github:` in maxions.yaml, a local repository, or one on another host): this is the pull request maxions would open".to_owned();
             self.emit(Event::PrNotOpened {
                 title,
                 body,
