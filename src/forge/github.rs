@@ -134,7 +134,7 @@ impl GitHub {
 
     /// Authenticates as GitHub App `app_id`, minting tokens for installation `installation_id`.
     /// `private_key_pem` is the App's private key as GitHub issues it
-    /// (`-----BEGIN RSA PRIVATE KEY-----`).
+    /// (PEM, its first line naming an RSA private key).
     ///
     /// # Errors
     /// [`ForgeError::InvalidPrivateKey`] or [`ForgeError::InvalidApiUrl`].
@@ -971,7 +971,7 @@ fn parse_private_key(app_id: u64, pem: &str, origin: &str) -> Result<EncodingKey
         return Err(invalid(if pem.contains("PUBLIC KEY") {
             "it is a public key, not the private key"
         } else {
-            "it is not in PEM format (no `-----BEGIN RSA PRIVATE KEY-----` line)"
+            "it is not in PEM format (no PEM `BEGIN ... PRIVATE KEY` line)"
         }));
     }
     let key = EncodingKey::from_rsa_pem(pem.as_bytes())

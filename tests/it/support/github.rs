@@ -42,7 +42,7 @@ use super::server::Served;
 
 /// An RSA key pair for a test GitHub App, PEM-encoded as GitHub issues them.
 pub struct TestKey {
-    /// `-----BEGIN RSA PRIVATE KEY-----`, what the App's owner downloads.
+    /// an RSA private key in PEM (PKCS#1), what the App's owner downloads.
     pub private_pem: String,
     /// `-----BEGIN PUBLIC KEY-----`, what GitHub keeps to check the App's JWTs.
     pub public_pem: String,
