@@ -152,8 +152,18 @@ impl Runner<'_> {
         request: &ExecRequest,
         cancel: &CancellationToken,
     ) -> Result<String, StepError> {
-        let sandbox = self.sandbox()?;
         self.mark_dirty(request);
+        self.run_quiet(what, request, cancel).await
+    }
+
+    /// [`Self::exec_quiet`] for a fixed command that starts no process (so no sweep is owed).
+    pub(super) async fn run_quiet(
+        &self,
+        what: &str,
+        request: &ExecRequest,
+        cancel: &CancellationToken,
+    ) -> Result<String, StepError> {
+        let sandbox = self.sandbox()?;
         let mut stdout = Vec::new();
         let mut sink = |stream: OutputStream, bytes: &[u8]| {
             if stream == OutputStream::Stdout && stdout.len() < 64 << 10 {
@@ -168,16 +178,10 @@ impl Runner<'_> {
             ExecStatus::Exited(0) => Ok(String::from_utf8_lossy(&stdout).into_owned()),
             ExecStatus::Cancelled => Err(StepError::Cancelled),
             other => {
-                let tail = outcome.tail_text();
-                let last = tail
-                    .lines()
-                    .rev()
-                    .map(str::trim)
-                    .find(|l| !l.is_empty())
-                    .unwrap_or_default();
+                let last = super::steps::last_line(&outcome).unwrap_or_default();
                 Err(StepError::Failed {
                     code: other.code(),
-                    reason: format!("{what} {other}: {}", super::steps::truncate(last, 300)),
+                    reason: format!("{what} {other}: {}", super::steps::truncate(&last, 300)),
                 })
             }
         }

@@ -41,22 +41,10 @@ pub(super) fn scratch_dir(state_dir: &Path, run_id: &str) -> std::io::Result<Pat
         .recursive(true)
         .mode(0o700)
         .create(&runs)?;
-    let dir = runs.join(sanitize(run_id));
+    let dir = runs.join(crate::sandbox::docker::sanitize(run_id));
     // Not recursive: the directory must be new, so that nothing else made it first.
     std::fs::DirBuilder::new().mode(0o700).create(&dir)?;
     Ok(dir)
-}
-
-fn sanitize(text: &str) -> String {
-    text.chars()
-        .map(|c| {
-            if c.is_ascii_alphanumeric() || c == '-' || c == '_' {
-                c
-            } else {
-                '_'
-            }
-        })
-        .collect()
 }
 
 impl Runner<'_> {
@@ -134,16 +122,14 @@ g rev-parse --verify "$BASE_OID^{{tree}}""#
         let readable = ExecRequest::new([
             "sh",
             "-c",
-            r#"[ ! -L "$REPO" ] && chmod -R a+rX "$REPO" 2>/dev/null; exit 0"#,
+            r#"[ ! -L "$REPO" ] && /bin/chmod -R a+rX "$REPO" 2>/dev/null; exit 0"#,
         ])
         .env("REPO", REPO_DIR)
         .timeout(GIT_TIMEOUT);
-        // `chmod` starts no process: no sweep is owed for it.
-        let dirty = self.dirty.load(std::sync::atomic::Ordering::Acquire);
-        self.exec_quiet("cannot read the work tree", &readable, cancel)
+        // `/bin/chmod` (read-only root file system, not found through PATH) starts no process:
+        // no sweep is owed for it.
+        self.run_quiet("cannot read the work tree", &readable, cancel)
             .await?;
-        self.dirty
-            .store(dirty, std::sync::atomic::Ordering::Release);
         let script = format!(
             r#"{PRELUDE}if [ -L "$REPO" ] || [ ! -d "$REPO" ]; then echo "$REPO is not a directory" >&2; exit 1; fi
 export GIT_WORK_TREE="$REPO"

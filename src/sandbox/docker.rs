@@ -1620,7 +1620,7 @@ fn short(id: &str) -> &str {
 }
 
 /// A run id made safe for a container name and a directory name.
-fn sanitize(run_id: &str) -> String {
+pub(crate) fn sanitize(run_id: &str) -> String {
     run_id
         .chars()
         .map(|c| {

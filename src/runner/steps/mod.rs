@@ -110,10 +110,8 @@ pub(super) fn finish(outcome: &ExecOutcome) -> Result<Done, StepError> {
         ExecStatus::Cancelled => Err(StepError::Cancelled),
         ExecStatus::TimedOut(_) => Err(StepError::TimedOut(outcome.status.to_string())),
         other => {
-            let tail = outcome.tail_text();
-            let last = tail.lines().rev().map(str::trim).find(|l| !l.is_empty());
-            let reason = match last {
-                Some(line) => format!("{other}: {}", truncate(line, 200)),
+            let reason = match last_line(outcome) {
+                Some(line) => format!("{other}: {}", truncate(&line, 200)),
                 None => other.to_string(),
             };
             Err(StepError::Failed {
@@ -122,6 +120,16 @@ pub(super) fn finish(outcome: &ExecOutcome) -> Result<Done, StepError> {
             })
         }
     }
+}
+
+/// The last line a command printed that is not blank: usually what went wrong.
+pub(super) fn last_line(outcome: &ExecOutcome) -> Option<String> {
+    let tail = outcome.tail_text();
+    tail.lines()
+        .rev()
+        .map(str::trim)
+        .find(|l| !l.is_empty())
+        .map(str::to_owned)
 }
 
 pub(super) fn truncate(text: &str, max: usize) -> String {
