@@ -7,6 +7,7 @@
 
 pub mod cli;
 pub mod config;
+pub mod daemon;
 pub mod error_chain;
 pub mod forge;
 pub mod git;
