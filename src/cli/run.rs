@@ -166,7 +166,8 @@ pub async fn run_loaded(loaded: &LoadedTask, args: &Args, output: Output) -> u8 
         RunStatus::Succeeded | RunStatus::NoChanges => code::OK,
         RunStatus::Failed => code::FAILED,
         RunStatus::TimedOut => code::TIMED_OUT,
-        RunStatus::Cancelled => code::CANCELLED,
+        RunStatus::Cancelled | RunStatus::Interrupted => code::CANCELLED,
+        RunStatus::Invalid => code::SETUP,
     }
 }
 

@@ -8,6 +8,7 @@ use schemars::JsonSchema;
 use serde::{Deserialize, Serialize};
 
 use super::blueprint::{Author, SecretName};
+use super::units::HumanDuration;
 
 /// `maxions.yaml`. Every field has a default; paths are relative to this file.
 #[derive(Debug, Clone, PartialEq, Serialize, Deserialize, JsonSchema)]
@@ -52,6 +53,62 @@ pub struct DaemonConfig {
     /// on disk for them. Default: the directory of this file.
     #[serde(default, skip_serializing_if = "Vec::is_empty")]
     pub local_repos: Vec<PathBuf>,
+    /// How many run logs the daemon keeps per task (`<stem>.runs/`); older ones are deleted
+    /// when a run ends, so that a task scheduled every 5 minutes cannot fill the disk.
+    /// Default: 20.
+    #[serde(default = "default_keep_runs")]
+    #[schemars(range(min = 1))]
+    pub keep_runs: u32,
+    /// A scheduled task whose slots passed while the daemon was down: `run_once` runs it once
+    /// at start-up (never a burst, however many slots passed), `skip` waits for the next slot.
+    /// Default: `run_once`.
+    #[serde(default)]
+    pub missed_runs: MissedRuns,
+    /// A scheduled task whose slot comes while its previous run is still going or queued:
+    /// `skip` drops that slot, `queue` runs it once the previous one ends (at most one waits).
+    /// Either way it is logged, and two runs of one task never overlap. Default: `skip`.
+    #[serde(default)]
+    pub overlap: Overlap,
+    /// Runs the daemon was running when it died (`kill -9`, power loss): `requeue` runs them
+    /// again at start-up (at most `max_attempts` times in all), `record` only marks them
+    /// `interrupted`. Default: `requeue`.
+    #[serde(default)]
+    pub interrupted: Interrupted,
+    /// How many times in all a run interrupted by a crash is tried. Default: 3.
+    #[serde(default = "default_max_attempts")]
+    #[schemars(range(min = 1))]
+    pub max_attempts: u32,
+    /// On SIGTERM or Ctrl-C, how long running steps may go on before they are cancelled (a
+    /// second signal cancels at once). Default: `30s`.
+    #[serde(default = "default_shutdown_grace")]
+    pub shutdown_grace: HumanDuration,
+}
+
+/// See [`DaemonConfig::missed_runs`].
+#[derive(Debug, Clone, Copy, Default, PartialEq, Eq, Serialize, Deserialize, JsonSchema)]
+#[serde(rename_all = "snake_case")]
+pub enum MissedRuns {
+    #[default]
+    RunOnce,
+    Skip,
+}
+
+/// See [`DaemonConfig::overlap`].
+#[derive(Debug, Clone, Copy, Default, PartialEq, Eq, Serialize, Deserialize, JsonSchema)]
+#[serde(rename_all = "snake_case")]
+pub enum Overlap {
+    #[default]
+    Skip,
+    Queue,
+}
+
+/// See [`DaemonConfig::interrupted`].
+#[derive(Debug, Clone, Copy, Default, PartialEq, Eq, Serialize, Deserialize, JsonSchema)]
+#[serde(rename_all = "snake_case")]
+pub enum Interrupted {
+    #[default]
+    Requeue,
+    Record,
 }
 
 impl Default for DaemonConfig {
@@ -68,6 +125,12 @@ impl Default for DaemonConfig {
             api: None,
             branch_prefix: default_branch_prefix(),
             local_repos: Vec::new(),
+            keep_runs: default_keep_runs(),
+            missed_runs: MissedRuns::default(),
+            overlap: Overlap::default(),
+            interrupted: Interrupted::default(),
+            max_attempts: default_max_attempts(),
+            shutdown_grace: default_shutdown_grace(),
         }
     }
 }
@@ -83,6 +146,15 @@ fn default_state_dir() -> PathBuf {
 }
 fn default_concurrency() -> u32 {
     3
+}
+fn default_keep_runs() -> u32 {
+    20
+}
+fn default_max_attempts() -> u32 {
+    3
+}
+fn default_shutdown_grace() -> HumanDuration {
+    HumanDuration(std::time::Duration::from_secs(30))
 }
 pub fn default_image() -> String {
     "maxions/sandbox:latest".into()

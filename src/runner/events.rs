@@ -132,6 +132,11 @@ pub enum RunStatus {
     NoChanges,
     Cancelled,
     TimedOut,
+    /// The process running it died (`kill -9`, power loss); the daemon recorded it at its next
+    /// start.
+    Interrupted,
+    /// The task file is not valid: nothing ran (the result lists the problems).
+    Invalid,
 }
 
 /// One line of a run's log: `{"ts","run","seq","type",...}`.

@@ -178,6 +178,7 @@ pub async fn run(
         exec_ms: millis(runner.exec_time),
         log: String::new(),
         kept_container: kept,
+        diagnostics: Vec::new(),
     }
 }
 

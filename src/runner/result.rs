@@ -40,6 +40,10 @@ pub struct RunResult {
     /// The sandbox kept for debugging (`--keep`), if any.
     #[serde(default, skip_serializing_if = "Option::is_none")]
     pub kept_container: Option<String>,
+    /// Status `invalid`: every problem found, as `maxions validate --format json` gives them.
+    #[serde(default, skip_serializing_if = "Vec::is_empty")]
+    #[schemars(with = "Vec<crate::config::Diagnostic>")]
+    pub diagnostics: Vec<serde_json::Value>,
 }
 
 /// The pull request a run opened or updated, or would have opened.
