@@ -3,7 +3,7 @@
 use std::collections::HashMap;
 use std::io::{IsTerminal, Write};
 use std::path::{Path, PathBuf};
-use std::sync::Mutex;
+use std::sync::{Arc, Mutex};
 use std::time::Instant;
 
 use indicatif::{ProgressBar, ProgressDrawTarget, ProgressStyle};
@@ -13,10 +13,8 @@ use super::terminal::{printable, short};
 use super::{Output, exit};
 use crate::config::diagnostic::{Styles, render};
 use crate::config::load::{LoadedTask, load_task};
-use crate::forge::{Forge, GitHub};
-use crate::runner::result::{log_path, result_path, write_result};
 use crate::runner::{
-    self, Event, EventLine, EventSink, JsonlLog, RunOptions, RunResult, RunStatus, StepStatus, Tee,
+    self, Event, EventLine, EventSink, Launch, RunResult, RunStatus, StepStatus, forge_for,
 };
 use crate::sandbox::{DockerEngine, Engine, OutputStream, Tail};
 
@@ -87,7 +85,7 @@ pub fn run(args: &Args, output: Output) -> u8 {
 /// Runs an already loaded task (also used by `maxions demo`) and prints as it goes.
 pub async fn run_loaded(loaded: &LoadedTask, args: &Args, output: Output) -> u8 {
     let engine = match DockerEngine::connect().await {
-        Ok(engine) => engine,
+        Ok(engine) => Arc::new(engine),
         Err(error) => {
             eprintln!("error: {error}");
             return code::SETUP;
@@ -97,40 +95,17 @@ pub async fn run_loaded(loaded: &LoadedTask, args: &Args, output: Output) -> u8 
     if let Err(error) = engine.remove_orphans(&[]).await {
         tracing::warn!(%error, "could not look for orphaned sandboxes");
     }
-    let github = match (
-        &loaded.config.github,
-        loaded.repo.clone_url.starts_with("file://"),
-    ) {
-        (Some(config), false) => match GitHub::from_config(config, loaded.config_dir.as_deref()) {
-            Ok(github) => Some(github),
-            Err(error) => {
-                eprintln!("error: {error}");
-                return code::SETUP;
-            }
-        },
-        _ => None,
-    };
-    let run_id = runner::new_run_id();
-    let log_file = log_path(&loaded.path, &run_id);
-    let log = match JsonlLog::create(&log_file) {
-        Ok(log) => log,
+    let forge = match forge_for(loaded) {
+        Ok(forge) => forge,
         Err(error) => {
-            eprintln!(
-                "error: cannot create the run's log {}: {error}",
-                log_file.display()
-            );
+            eprintln!("error: {error}");
             return code::SETUP;
         }
     };
-    let printer = Printer::new(args.json, output);
-    let tee = Tee(vec![&log, &printer]);
-    let mut options = RunOptions::new(&engine, run_id.clone());
-    options.keep = args.keep;
-    // A forge opens pull requests only for repositories it serves: a clone URL on another host
-    // gets neither its token nor a pull request on its `owner/name`.
-    options.forge = github
-        .filter(|g| g.serves(&loaded.repo.clone_url))
-        .map(|g| std::sync::Arc::new(g) as std::sync::Arc<dyn Forge>);
+    let mut launch = Launch::new(Arc::new(loaded.clone()), engine, runner::new_run_id());
+    launch.forge = forge;
+    launch.keep = args.keep;
+    let printer = Arc::new(Printer::new(args.json, output));
 
     let cancel = CancellationToken::new();
     let on_signal = cancel.clone();
@@ -152,17 +127,25 @@ pub async fn run_loaded(loaded: &LoadedTask, args: &Args, output: Output) -> u8 
         eprintln!("\ncancelling: stopping the step and removing the sandbox…");
         on_signal.cancel();
     });
-    let mut result = runner::run(loaded, options, &tee, cancel).await;
+    let outcome = runner::launch(launch, Arc::clone(&printer) as Arc<dyn EventSink>, cancel).await;
     signals.abort();
-    result.log = log_file.display().to_string();
-    let result_file = result_path(&loaded.path);
-    if let Err(error) = write_result(&result_file, &result) {
-        eprintln!("error: cannot write {}: {error}", result_file.display());
-    }
+    let (result, result_file) = match outcome {
+        Ok(done) => done,
+        Err(error) => {
+            eprintln!("error: {error}");
+            return code::SETUP;
+        }
+    };
     if !args.json {
         printer.summary(&result, &result_file);
     }
-    match result.status {
+    exit_code(result.status)
+}
+
+/// The exit status of `maxions run` (and `maxions logs -f`) for a run that ended so.
+#[must_use]
+pub fn exit_code(status: RunStatus) -> u8 {
+    match status {
         RunStatus::Succeeded | RunStatus::NoChanges => code::OK,
         RunStatus::Failed => code::FAILED,
         RunStatus::TimedOut => code::TIMED_OUT,

@@ -23,6 +23,9 @@ pub enum Event {
         repo: String,
         branch: String,
         base: String,
+        /// Why this run happens (the daemon says: a new task file, an edit, a schedule slot…).
+        #[serde(skip_serializing_if = "Option::is_none")]
+        trigger: Option<String>,
     },
     SandboxReady {
         container: String,

@@ -9,6 +9,7 @@
 
 pub mod events;
 mod exec;
+mod launch;
 pub mod result;
 mod secrets;
 mod steps;
@@ -32,6 +33,7 @@ use crate::sandbox::{ContainerSpec, Engine, Sandbox};
 use crate::secret::Secret;
 use crate::template::{Context, Mode, RunInfo, Templates};
 pub use events::{Event, EventLine, EventSink, JsonlLog, RunStatus, StepStatus, Tee};
+pub use launch::{Launch, LaunchError, forge_for, launch};
 pub use result::{PullRequestRecord, RunResult, StepSummary};
 
 /// Where the repository lives in the sandbox: `checkout` puts it there, `commit` reads it.
@@ -78,6 +80,27 @@ pub struct RunOptions<'a> {
     /// Where maxions keeps its mirrors and per-run scratch files. Default: the task's
     /// [`LoadedTask::state_dir`].
     pub state_dir: Option<PathBuf>,
+    /// Why the run happens, for its log (`run_started`'s `trigger`).
+    pub trigger: Option<String>,
+    /// Why it was cancelled, when whoever cancels it says so first.
+    pub cancel_reason: CancelReason,
+}
+
+/// Why a run was cancelled: set by whoever cancels it, just before cancelling its token, and
+/// shown in the log and the result instead of a bare "cancelled".
+#[derive(Debug, Clone, Default)]
+pub struct CancelReason(Arc<std::sync::OnceLock<String>>);
+
+impl CancelReason {
+    /// Records why; the first reason given wins.
+    pub fn set(&self, reason: impl Into<String>) {
+        let _ = self.0.set(reason.into());
+    }
+
+    #[must_use]
+    pub fn get(&self) -> Option<&str> {
+        self.0.get().map(String::as_str)
+    }
 }
 
 impl<'a> RunOptions<'a> {
@@ -90,6 +113,8 @@ impl<'a> RunOptions<'a> {
             keep: false,
             env: Arc::new(|name| std::env::var(name).ok()),
             state_dir: None,
+            trigger: None,
+            cancel_reason: CancelReason::default(),
         }
     }
 }
@@ -133,14 +158,15 @@ pub async fn run(
     timer.abort();
     // `run_started` is the first line of every log, even of a run that failed before it began.
     if !runner.started_event {
-        runner.emit_started();
+        runner.emit_started(&options);
     }
     let (status, reason) = match outcome {
         Ok(status) => (status, runner.failure.take()),
         Err(Stop::Failed(reason)) => (RunStatus::Failed, Some(reason)),
-        Err(Stop::Cancelled) if cancel.is_cancelled() => {
-            (RunStatus::Cancelled, Some("cancelled".into()))
-        }
+        Err(Stop::Cancelled) if cancel.is_cancelled() => (
+            RunStatus::Cancelled,
+            Some(options.cancel_reason.get().unwrap_or("cancelled").to_owned()),
+        ),
         Err(Stop::Cancelled) => (
             RunStatus::TimedOut,
             Some(format!(
@@ -301,7 +327,7 @@ impl<'a> Runner<'a> {
         });
     }
 
-    fn emit_started(&mut self) {
+    fn emit_started(&mut self, options: &RunOptions<'_>) {
         self.started_event = true;
         self.emit(Event::RunStarted {
             task: self.task.path.display().to_string(),
@@ -309,6 +335,7 @@ impl<'a> Runner<'a> {
             repo: self.task.repo.clone_url.clone(),
             branch: self.task.branch.clone(),
             base: self.context.base.clone(),
+            trigger: options.trigger.clone(),
         });
     }
 
@@ -404,7 +431,7 @@ impl<'a> Runner<'a> {
         } else if self.context.base.is_empty() {
             "main".clone_into(&mut self.context.base);
         }
-        self.emit_started();
+        self.emit_started(options);
 
         let mut spec = ContainerSpec::from_blueprint(
             &self.run_id,
