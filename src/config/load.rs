@@ -30,7 +30,23 @@ pub struct LoadedTask {
 /// Validates `path` as a task (and its blueprint and config) and loads it, or returns every
 /// problem found.
 pub fn load_task(path: &Path, blueprint: Option<&Path>) -> Result<LoadedTask, Validation> {
-    let mut validator = Validator::new().with_blueprint(blueprint.map(Path::to_path_buf));
+    load_with(
+        path,
+        Validator::new().with_blueprint(blueprint.map(Path::to_path_buf)),
+    )
+}
+
+/// Like [`load_task`], with `config` standing for the `maxions.yaml` in `dir` (the daemon's
+/// config, which stays the last good one while the file is broken).
+pub fn load_task_with_config(
+    path: &Path,
+    dir: &Path,
+    config: DaemonConfig,
+) -> Result<LoadedTask, Validation> {
+    load_with(path, Validator::new().with_config(dir, config))
+}
+
+fn load_with(path: &Path, mut validator: Validator) -> Result<LoadedTask, Validation> {
     let doc = validator.validate_file(path, Some(FileKind::Task));
     let fail = |validator: Validator, message: String| {
         let mut result = validator.result;
@@ -104,6 +120,25 @@ pub fn load_task(path: &Path, blueprint: Option<&Path>) -> Result<LoadedTask, Va
         local_repo,
         branch,
     })
+}
+
+/// Validates a `maxions.yaml` on its own and loads it, or returns every problem found.
+pub fn load_config(path: &Path) -> Result<DaemonConfig, Validation> {
+    let mut validator = Validator::new();
+    let doc = validator.validate_file(path, Some(FileKind::Config));
+    match doc {
+        Some(doc) if validator.result.errors() == 0 => {
+            typed_or_error(&doc.tree).map_err(|e| {
+                let mut result = validator.result;
+                result.diagnostics.push(
+                    Diagnostic::error("load-error", format!("cannot load config: {e}"))
+                        .in_file(path.display().to_string()),
+                );
+                result
+            })
+        }
+        _ => Err(validator.result),
+    }
 }
 
 impl LoadedTask {

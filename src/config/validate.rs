@@ -107,6 +107,19 @@ impl Validator {
         self
     }
 
+    /// Uses `config` as the `maxions.yaml` of `dir` instead of reading it: the daemon validates
+    /// tasks against the config it runs with (the last good one while the file is broken).
+    #[must_use]
+    pub fn with_config(mut self, dir: &Path, config: DaemonConfig) -> Self {
+        let dir = std::fs::canonicalize(dir).unwrap_or_else(|_| dir.to_path_buf());
+        let info = Arc::new(ConfigInfo {
+            dir: dir.clone(),
+            config: Some(config),
+        });
+        self.configs.insert(dir, Some(info));
+        self
+    }
+
     /// The config that applies to `path` (the nearest `maxions.yaml` above it), with its directory.
     pub fn daemon_config(&mut self, path: &Path) -> Option<(PathBuf, DaemonConfig)> {
         let info = self.config_for(path)?;

@@ -1,0 +1,314 @@
+//! What the daemon writes beside a task file when no run writes it: the end of a log whose
+//! process died, the record of a run that never started, the result of an invalid task file;
+//! and the pruning of old logs.
+
+use std::io::{self, Write};
+use std::path::{Path, PathBuf};
+
+use chrono::{DateTime, Utc};
+
+use crate::config::validate::Validation;
+use crate::runner::result::{log_path, result_path, write_result};
+use crate::runner::{Event, EventLine, RunResult, RunStatus};
+
+/// What is known of a run the daemon must record itself.
+#[derive(Debug, Clone)]
+pub struct Ended<'a> {
+    pub task: &'a Path,
+    pub run: &'a str,
+    pub repo: &'a str,
+    pub branch: &'a str,
+    pub trigger: Option<&'a str>,
+    pub started_at: DateTime<Utc>,
+    pub status: RunStatus,
+    pub reason: String,
+}
+
+impl Ended<'_> {
+    /// Finishes the run's log (creating it if the run never wrote one) with a `run_finished`
+    /// line, and writes the task's result. A log cut off in the middle of a line is completed
+    /// with a newline first, so that every line stays one JSON object.
+    ///
+    /// # Errors
+    /// When the log or the result cannot be written.
+    pub fn record(&self) -> io::Result<PathBuf> {
+        let log = log_path(self.task, self.run);
+        if let Some(dir) = log.parent() {
+            std::fs::create_dir_all(dir)?;
+        }
+        let (last_seq, started, ends_cleanly) = read_log_tail(&log)?;
+        let mut file = std::fs::OpenOptions::new()
+            .create(true)
+            .append(true)
+            .open(&log)?;
+        let mut out = Vec::new();
+        if !ends_cleanly {
+            out.push(b'\n');
+        }
+        let mut seq = last_seq;
+        let mut line = |event: Event| -> io::Result<()> {
+            seq += 1;
+            let line = EventLine {
+                ts: crate::runner::now_rfc3339(),
+                run: self.run.to_owned(),
+                seq,
+                event,
+            };
+            serde_json::to_writer(&mut out, &line).map_err(io::Error::other)?;
+            out.push(b'\n');
+            Ok(())
+        };
+        if !started {
+            line(Event::RunStarted {
+                task: self.task.display().to_string(),
+                blueprint: String::new(),
+                repo: self.repo.to_owned(),
+                branch: self.branch.to_owned(),
+                base: String::new(),
+                trigger: self.trigger.map(str::to_owned),
+            })?;
+        }
+        let duration_ms = u64::try_from((Utc::now() - self.started_at).num_milliseconds().max(0))
+            .unwrap_or_default();
+        line(Event::RunFinished {
+            status: self.status,
+            reason: Some(self.reason.clone()),
+            duration_ms,
+        })?;
+        file.write_all(&out)?;
+        file.sync_all()?;
+        let result = RunResult {
+            run: self.run.to_owned(),
+            task: self.task.display().to_string(),
+            status: self.status,
+            reason: Some(self.reason.clone()),
+            branch: self.branch.to_owned(),
+            base: String::new(),
+            commit: None,
+            pull_request: None,
+            steps: Vec::new(),
+            fix_rounds: 0,
+            failed_checks: 0,
+            started_at: self.started_at.to_rfc3339_opts(chrono::SecondsFormat::Millis, true),
+            finished_at: crate::runner::now_rfc3339(),
+            duration_ms,
+            exec_ms: 0,
+            log: log.display().to_string(),
+            kept_container: None,
+            diagnostics: Vec::new(),
+        };
+        write_result(&result_path(self.task), &result)?;
+        Ok(log)
+    }
+}
+
+/// The last `seq` in a log, whether it has a `run_started` line, and whether it ends with a
+/// newline. A log that does not exist is empty. (Read whole: a log is at most the run's output
+/// cap, and this happens once per interrupted run.)
+fn read_log_tail(log: &Path) -> io::Result<(u64, bool, bool)> {
+    let bytes = match std::fs::read(log) {
+        Ok(bytes) => bytes,
+        Err(e) if e.kind() == io::ErrorKind::NotFound => return Ok((0, false, true)),
+        Err(e) => return Err(e),
+    };
+    let mut last_seq = 0;
+    let mut started = false;
+    for line in bytes.split(|b| *b == b'\n') {
+        let Ok(value) = serde_json::from_slice::<serde_json::Value>(line) else {
+            continue;
+        };
+        if let Some(seq) = value.get("seq").and_then(serde_json::Value::as_u64) {
+            last_seq = last_seq.max(seq);
+        }
+        started |= value.get("type").and_then(serde_json::Value::as_str) == Some("run_started");
+    }
+    Ok((last_seq, started, bytes.last().is_none_or(|b| *b == b'\n')))
+}
+
+/// Writes `<stem>.result.json` with status `invalid` and the same diagnostics `maxions validate
+/// --format json` gives.
+///
+/// # Errors
+/// When the result cannot be written.
+pub fn write_invalid(task: &Path, validation: &Validation) -> io::Result<PathBuf> {
+    let now = crate::runner::now_rfc3339();
+    let diagnostics: Vec<serde_json::Value> = validation
+        .diagnostics
+        .iter()
+        .filter_map(|d| serde_json::to_value(d).ok())
+        .collect();
+    let first = validation
+        .diagnostics
+        .iter()
+        .find(|d| d.is_error())
+        .map(|d| match (d.line, d.column) {
+            (Some(line), Some(column)) => format!("{}:{line}:{column}: {}", d.file, d.message),
+            _ => format!("{}: {}", d.file, d.message),
+        })
+        .unwrap_or_else(|| "the task file is not valid".to_owned());
+    let result = RunResult {
+        run: String::new(),
+        task: task.display().to_string(),
+        status: RunStatus::Invalid,
+        reason: Some(format!(
+            "{first} (see `diagnostics`, or run `maxions validate {}`); nothing ran",
+            task.display()
+        )),
+        branch: String::new(),
+        base: String::new(),
+        commit: None,
+        pull_request: None,
+        steps: Vec::new(),
+        fix_rounds: 0,
+        failed_checks: 0,
+        started_at: now.clone(),
+        finished_at: now,
+        duration_ms: 0,
+        exec_ms: 0,
+        log: String::new(),
+        kept_container: None,
+        diagnostics,
+    };
+    let path = result_path(task);
+    write_result(&path, &result)?;
+    Ok(path)
+}
+
+/// Deletes the oldest logs in `<stem>.runs/` beyond `keep`, never one of `protect` (runs still
+/// going). Run ids sort by time, so names sort by age. Returns how many were deleted.
+///
+/// # Errors
+/// When the directory cannot be listed.
+pub fn prune_logs(task: &Path, keep: usize, protect: &[&str]) -> io::Result<usize> {
+    let Some(dir) = log_path(task, "x").parent().map(Path::to_path_buf) else {
+        return Ok(0);
+    };
+    let mut logs: Vec<String> = match std::fs::read_dir(&dir) {
+        Ok(entries) => entries
+            .filter_map(Result::ok)
+            .filter_map(|e| e.file_name().into_string().ok())
+            .filter(|name| name.ends_with(".jsonl"))
+            .collect(),
+        Err(e) if e.kind() == io::ErrorKind::NotFound => return Ok(0),
+        Err(e) => return Err(e),
+    };
+    logs.sort();
+    let excess = logs.len().saturating_sub(keep);
+    let mut removed = 0;
+    for name in logs.into_iter().take(excess) {
+        let run = name.trim_end_matches(".jsonl");
+        if protect.contains(&run) {
+            continue;
+        }
+        if std::fs::remove_file(dir.join(&name)).is_ok() {
+            removed += 1;
+        }
+    }
+    Ok(removed)
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    fn ended(task: &Path) -> Ended<'_> {
+        Ended {
+            task,
+            run: "20261202T000000-abcdef",
+            repo: "file:///r",
+            branch: "maxions/t",
+            trigger: Some("new task file"),
+            started_at: Utc::now(),
+            status: RunStatus::Interrupted,
+            reason: "the daemon died".into(),
+        }
+    }
+
+    fn lines(path: &Path) -> Vec<serde_json::Value> {
+        std::fs::read_to_string(path)
+            .unwrap()
+            .lines()
+            .map(|l| serde_json::from_str(l).unwrap())
+            .collect()
+    }
+
+    #[test]
+    fn a_cut_log_is_completed_and_continues_its_sequence() {
+        let dir = tempfile::tempdir().unwrap();
+        let task = dir.path().join("t.yaml");
+        let e = ended(&task);
+        let log = log_path(&task, e.run);
+        std::fs::create_dir_all(log.parent().unwrap()).unwrap();
+        std::fs::write(
+            &log,
+            concat!(
+                r#"{"ts":"x","run":"r","seq":1,"type":"run_started","task":"t","blueprint":"b","repo":"r","branch":"b","base":"main"}"#,
+                "\n",
+                r#"{"ts":"x","run":"r","seq":2,"type":"step_started","step":"s","kind":"run"}"#,
+                "\n",
+                r#"{"ts":"x","run":"r","seq":3,"type":"outp"#
+            ),
+        )
+        .unwrap();
+        e.record().unwrap();
+        let read = lines_lossy(&log);
+        let last = read.last().unwrap();
+        assert_eq!(last["type"], "run_finished");
+        assert_eq!(last["status"], "interrupted");
+        assert_eq!(last["seq"], 3, "after the last complete line");
+        assert_eq!(
+            read.iter().filter(|l| l["type"] == "run_started").count(),
+            1
+        );
+        let result: RunResult =
+            serde_json::from_slice(&std::fs::read(result_path(&task)).unwrap()).unwrap();
+        assert_eq!(result.status, RunStatus::Interrupted);
+        assert_eq!(result.log, log.display().to_string());
+    }
+
+    fn lines_lossy(path: &Path) -> Vec<serde_json::Value> {
+        std::fs::read_to_string(path)
+            .unwrap()
+            .lines()
+            .filter_map(|l| serde_json::from_str(l).ok())
+            .collect()
+    }
+
+    #[test]
+    fn a_run_that_never_wrote_its_log_gets_one() {
+        let dir = tempfile::tempdir().unwrap();
+        let task = dir.path().join("t.yaml");
+        let log = ended(&task).record().unwrap();
+        let read = lines(&log);
+        assert_eq!(read.len(), 2);
+        assert_eq!(read[0]["type"], "run_started");
+        assert_eq!(read[0]["trigger"], "new task file");
+        assert_eq!(read[1]["seq"], 2);
+    }
+
+    #[test]
+    fn pruning_keeps_the_newest_and_running_logs() {
+        let dir = tempfile::tempdir().unwrap();
+        let task = dir.path().join("t.yaml");
+        let runs = dir.path().join("t.runs");
+        std::fs::create_dir_all(&runs).unwrap();
+        for i in 0..6 {
+            std::fs::write(runs.join(format!("2026120{i}T000000-000000.jsonl")), "").unwrap();
+        }
+        let removed = prune_logs(&task, 2, &["20261200T000000-000000"]).unwrap();
+        assert_eq!(removed, 3);
+        let mut left: Vec<String> = std::fs::read_dir(&runs)
+            .unwrap()
+            .map(|e| e.unwrap().file_name().into_string().unwrap())
+            .collect();
+        left.sort();
+        assert_eq!(
+            left,
+            [
+                "20261200T000000-000000.jsonl",
+                "20261204T000000-000000.jsonl",
+                "20261205T000000-000000.jsonl"
+            ]
+        );
+    }
+}
