@@ -1,8 +1,1041 @@
 //! The daemon: watches the tasks folder and cron schedules, queues runs with bounded
 //! concurrency, persists its state so that a crash loses nothing, and takes control requests.
+//!
+//! One loop owns everything (state, queue, runs); runs are tasks in its [`JoinSet`], each with
+//! its own child cancellation token. Errors come in two kinds, as in watchexec: a
+//! [`DaemonError`] (state dir unusable, lock held, config or engine unusable at start) stops the
+//! daemon with a message; everything else (a bad task file, a failed run, inotify limits, a
+//! broken `maxions.yaml` edit) is reported and the daemon carries on.
 
+pub mod control;
 pub mod queue;
 pub mod records;
 pub mod schedule;
 pub mod state;
 pub mod watch;
+
+use std::collections::{BTreeSet, HashMap};
+use std::path::{Path, PathBuf};
+use std::sync::Arc;
+use std::time::{Duration, SystemTime};
+
+use chrono::{DateTime, Utc};
+use tokio::sync::mpsc;
+use tokio::task::JoinSet;
+use tokio::time::Instant;
+use tokio_util::sync::CancellationToken;
+
+use crate::config::daemon::{Interrupted, Overlap};
+use crate::config::load::{LoadedTask, load_config, load_task_with_config};
+use crate::config::validate::{FileKind, Validation};
+use crate::config::DaemonConfig;
+use crate::runner::{
+    self, CancelReason, EventSink, Launch, LaunchError, RunResult, RunStatus, forge_for,
+};
+use crate::sandbox::Engine;
+use schedule::Schedule;
+use state::{Active, Done, Entry, State, Store, StoreError, content_hash};
+
+/// How long the watcher gathers events before it hints.
+const DEBOUNCE: Duration = Duration::from_millis(250);
+/// A task file must be unchanged this long before it is read: a half-written file is read once
+/// it settles, not failed.
+const SETTLE: Duration = Duration::from_millis(500);
+
+/// Why the daemon stopped. Each says what to do.
+#[derive(Debug, thiserror::Error)]
+pub enum DaemonError {
+    #[error(transparent)]
+    Store(#[from] StoreError),
+    #[error("{0}")]
+    Config(String),
+    #[error("cannot create the tasks folder {}: {source}", path.display())]
+    TasksDir {
+        path: PathBuf,
+        source: std::io::Error,
+    },
+    #[error("cannot listen on the control socket {}: {source}; a state dir path must be short (a Unix socket path has at most 107 bytes)", path.display())]
+    Socket {
+        path: PathBuf,
+        source: std::io::Error,
+    },
+}
+
+/// Where the daemon finds its config: `maxions.yaml` (if any) and the directory everything is
+/// relative to.
+#[derive(Debug, Clone)]
+pub struct Setup {
+    pub dir: PathBuf,
+    pub config_file: Option<PathBuf>,
+}
+
+impl Setup {
+    /// `file`, or `./maxions.yaml` when there is one, or the defaults in the current directory.
+    #[must_use]
+    pub fn locate(file: Option<&Path>) -> Self {
+        let file = file.map(Path::to_path_buf).or_else(|| {
+            ["maxions.yaml", "maxions.yml"]
+                .iter()
+                .map(PathBuf::from)
+                .find(|p| p.is_file())
+        });
+        let absolute = |p: &Path| std::path::absolute(p).unwrap_or_else(|_| p.to_path_buf());
+        match file {
+            Some(file) => {
+                let file = absolute(&file);
+                let dir = file.parent().map_or_else(|| ".".into(), Path::to_path_buf);
+                Self {
+                    dir,
+                    config_file: Some(file),
+                }
+            }
+            None => Self {
+                dir: absolute(Path::new(".")),
+                config_file: None,
+            },
+        }
+    }
+
+    /// Reads and validates the config, or says every problem.
+    ///
+    /// # Errors
+    /// The problems, rendered as `maxions validate` shows them.
+    pub fn config(&self) -> Result<DaemonConfig, String> {
+        let Some(file) = &self.config_file else {
+            return Ok(DaemonConfig::default());
+        };
+        load_config(file).map_err(|validation| describe(&validation, file))
+    }
+
+    #[must_use]
+    pub fn state_dir(&self, config: &DaemonConfig) -> PathBuf {
+        self.dir.join(&config.state_dir)
+    }
+
+    #[must_use]
+    pub fn tasks_dir(&self, config: &DaemonConfig) -> PathBuf {
+        self.dir.join(&config.tasks_dir)
+    }
+}
+
+/// Every error of a validation, one per line, with file:line:column.
+fn describe(validation: &Validation, file: &Path) -> String {
+    let lines: Vec<String> = validation
+        .diagnostics
+        .iter()
+        .filter(|d| d.is_error())
+        .map(|d| match (d.line, d.column) {
+            (Some(line), Some(column)) => format!("{}:{line}:{column}: {}", d.file, d.message),
+            _ => format!("{}: {}", d.file, d.message),
+        })
+        .collect();
+    if lines.is_empty() {
+        format!("{} is not valid", file.display())
+    } else {
+        lines.join("\n")
+    }
+}
+
+/// How the daemon is asked to stop: `graceful` first (finish running steps within the grace
+/// period), `now` to cancel everything at once.
+#[derive(Debug, Clone, Default)]
+pub struct Shutdown {
+    pub graceful: CancellationToken,
+    pub now: CancellationToken,
+}
+
+/// A run the loop owns.
+struct Running {
+    run: String,
+    cancel: CancellationToken,
+    reason: CancelReason,
+    /// Cancelled because the daemon stops: queued again for the next start.
+    stopping: bool,
+}
+
+/// What a run's task returns.
+struct Ended {
+    run: String,
+    outcome: Result<(RunResult, PathBuf), LaunchError>,
+}
+
+pub struct Daemon {
+    setup: Setup,
+    config: DaemonConfig,
+    /// `maxions.yaml` as last read (length, mtime), to notice edits.
+    config_seen: Option<(u64, SystemTime)>,
+    tasks_dir: PathBuf,
+    engine: Arc<dyn Engine>,
+    sink: Arc<dyn EventSink>,
+    store: Store,
+    state: State,
+    dirty: bool,
+    runs: JoinSet<Ended>,
+    /// The run of each task in `runs`, to know which one a panic ended.
+    run_ids: HashMap<tokio::task::Id, String>,
+    handles: HashMap<String, Running>,
+    schedules: HashMap<PathBuf, Schedule>,
+    settle: watch::Settle,
+    /// Problems of the last scan, so each is reported once.
+    problems: BTreeSet<String>,
+    /// When the loop last scanned, and whether watching works.
+    last_scan: Instant,
+    watching: bool,
+}
+
+impl Daemon {
+    /// Reads the config, takes the state dir's lock, and records what a previous daemon left
+    /// running when it died.
+    ///
+    /// # Errors
+    /// [`DaemonError`]: nothing can run.
+    pub async fn start(
+        setup: Setup,
+        engine: Arc<dyn Engine>,
+        sink: Arc<dyn EventSink>,
+    ) -> Result<Self, DaemonError> {
+        let config = setup.config().map_err(DaemonError::Config)?;
+        let config_seen = setup.config_file.as_deref().and_then(file_stamp);
+        let tasks_dir = setup.tasks_dir(&config);
+        std::fs::create_dir_all(&tasks_dir).map_err(|source| DaemonError::TasksDir {
+            path: tasks_dir.clone(),
+            source,
+        })?;
+        let tasks_dir = std::fs::canonicalize(&tasks_dir).unwrap_or(tasks_dir);
+        let (store, state) = Store::open(&setup.state_dir(&config))?;
+        let mut daemon = Self {
+            setup,
+            config,
+            config_seen,
+            tasks_dir,
+            engine,
+            sink,
+            store,
+            state,
+            dirty: false,
+            runs: JoinSet::new(),
+            run_ids: HashMap::new(),
+            handles: HashMap::new(),
+            schedules: HashMap::new(),
+            settle: watch::Settle::new(SETTLE),
+            problems: BTreeSet::new(),
+            last_scan: Instant::now(),
+            watching: false,
+        };
+        daemon.recover().await;
+        daemon.persist();
+        Ok(daemon)
+    }
+
+    #[must_use]
+    pub fn state_dir(&self) -> &Path {
+        self.store.dir()
+    }
+
+    #[must_use]
+    pub fn tasks_dir(&self) -> &Path {
+        &self.tasks_dir
+    }
+
+    /// Runs until `shutdown`, then waits for the runs to end. Returns early only if the state
+    /// can no longer be written.
+    ///
+    /// # Errors
+    /// [`DaemonError`] when the control socket cannot be made or the state not written.
+    pub async fn run(mut self, shutdown: Shutdown) -> Result<(), DaemonError> {
+        let socket = control::socket_path(self.store.dir());
+        let listener =
+            control::listen(self.store.dir()).map_err(|source| DaemonError::Socket {
+                path: socket.clone(),
+                source,
+            })?;
+        let (calls_tx, mut calls) = mpsc::channel(16);
+        let server = tokio::spawn(control::serve(listener, calls_tx));
+        let (mut watcher, mut hints) = self.start_watching();
+        tracing::info!(
+            tasks = %self.tasks_dir.display(),
+            state = %self.store.dir().display(),
+            concurrency = self.config.concurrency,
+            "maxions daemon started"
+        );
+        self.rescan();
+        let mut draining = false;
+        let mut grace_over: Option<Instant> = None;
+        let mut cancelled_all = false;
+        let mut recheck: Option<Instant> = None;
+        loop {
+            self.reload_config();
+            self.fire_schedules(Utc::now());
+            if !draining {
+                self.dispatch();
+            }
+            self.persist();
+            if draining && self.runs.is_empty() {
+                break;
+            }
+            let rescan_every = if self.watching {
+                watch::SAFETY_RESCAN
+            } else {
+                watch::FALLBACK_RESCAN
+            };
+            let mut wake = self.last_scan + rescan_every;
+            if let Some(at) = recheck {
+                wake = wake.min(at);
+            }
+            if let Some(at) = self.next_slot() {
+                wake = wake.min(at);
+            }
+            if let Some(at) = grace_over
+                && !cancelled_all
+            {
+                wake = wake.min(at);
+            }
+            tokio::select! {
+                hint = recv(&mut hints) => match hint {
+                    Some(watch::Hint::Error(error)) => {
+                        tracing::warn!("{error}");
+                        if matches!(error, watch::WatchError::Gone { .. }) {
+                            watcher = None;
+                            hints = None;
+                        }
+                        self.watching = false;
+                        recheck = self.rescan();
+                    }
+                    Some(_) => recheck = self.rescan(),
+                    None => {
+                        hints = None;
+                        self.watching = false;
+                    }
+                },
+                Some(joined) = self.runs.join_next_with_id(), if !self.runs.is_empty() => {
+                    self.finish(joined);
+                }
+                Some(call) = calls.recv() => self.control(call),
+                () = shutdown.graceful.cancelled(), if !draining => {
+                    draining = true;
+                    let grace = self.config.shutdown_grace.0;
+                    grace_over = Some(Instant::now() + grace);
+                    tracing::info!(
+                        running = self.handles.len(),
+                        "stopping: no new runs; running ones may finish within {} (send the signal again to cancel them now)",
+                        crate::config::units::HumanDuration(grace)
+                    );
+                }
+                () = shutdown.now.cancelled(), if !cancelled_all => {
+                    draining = true;
+                    cancelled_all = true;
+                    self.cancel_all("the daemon was stopped");
+                }
+                () = tokio::time::sleep_until(wake) => {
+                    if grace_over.is_some_and(|at| at <= Instant::now()) && !cancelled_all {
+                        cancelled_all = true;
+                        self.cancel_all("the daemon was stopped and its grace period ended");
+                    }
+                    if watcher.is_none() && !draining && self.tasks_dir.is_dir() {
+                        (watcher, hints) = self.start_watching();
+                    }
+                    if recheck.is_some_and(|at| at <= Instant::now())
+                        || self.last_scan + rescan_every <= Instant::now()
+                    {
+                        recheck = self.rescan();
+                    }
+                }
+            }
+        }
+        server.abort();
+        let _ = server.await;
+        let _ = std::fs::remove_file(&socket);
+        drop(watcher);
+        self.persist();
+        tracing::info!("maxions daemon stopped");
+        Ok(())
+    }
+
+    fn start_watching(&mut self) -> (Option<watch::Watcher>, Option<watch::Hints>) {
+        match watch::watch(&self.tasks_dir, DEBOUNCE) {
+            Ok((watcher, hints)) => {
+                self.watching = true;
+                (Some(watcher), Some(hints))
+            }
+            Err(error) => {
+                tracing::warn!("{error}");
+                self.watching = false;
+                (None, None)
+            }
+        }
+    }
+
+    // ---- crash recovery --------------------------------------------------------------------
+
+    /// Runs in flight when the last daemon died: their logs and results say `interrupted`,
+    /// their containers go, and they are queued again per `interrupted` (and `max_attempts`).
+    async fn recover(&mut self) {
+        let interrupted = std::mem::take(&mut self.state.running);
+        for active in interrupted {
+            let again = self.config.interrupted == Interrupted::Requeue
+                && active.entry.attempt < self.config.max_attempts
+                && active.entry.task.is_file();
+            let reason = format!(
+                "interrupted: the daemon running it stopped unexpectedly (killed, or the machine went down){}",
+                if again {
+                    format!(
+                        "; queued again (attempt {} of {})",
+                        active.entry.attempt + 1,
+                        self.config.max_attempts
+                    )
+                } else if self.config.interrupted == Interrupted::Requeue {
+                    format!(
+                        "; not queued again: it was tried {} times (`max_attempts`)",
+                        active.entry.attempt
+                    )
+                } else {
+                    String::new()
+                }
+            );
+            self.record_ended(&active, RunStatus::Interrupted, &reason);
+            tracing::warn!(run = %active.run, task = %active.entry.task.display(), "{reason}");
+            if again {
+                let mut entry = active.entry.clone();
+                entry.attempt += 1;
+                entry.trigger = format!(
+                    "queued again after run {} was interrupted (attempt {} of {})",
+                    active.run, entry.attempt, self.config.max_attempts
+                );
+                // Its old place in the line: it was first.
+                self.state.queue.insert(0, entry);
+            }
+            self.dirty = true;
+        }
+        // Their containers: every maxions container whose process is gone.
+        match self.engine.remove_orphans(&[]).await {
+            Ok(0) => {}
+            Ok(n) => tracing::info!("removed {n} sandbox containers of runs that were interrupted"),
+            Err(error) => tracing::warn!(%error, "cannot look for the sandboxes of interrupted runs"),
+        }
+    }
+
+    /// Writes the end of a run no run will write (its log, its result) and remembers it.
+    fn record_ended(&mut self, active: &Active, status: RunStatus, reason: &str) {
+        let ended = records::Ended {
+            task: &active.entry.task,
+            run: &active.run,
+            repo: &active.entry.repo,
+            branch: &active.branch,
+            trigger: Some(&active.entry.trigger),
+            started_at: active.started_at,
+            status,
+            reason: reason.to_owned(),
+        };
+        if let Err(error) = ended.record() {
+            tracing::error!(%error, run = %active.run, "cannot record the end of the run beside its task file");
+        }
+        self.state.finished(Done {
+            run: active.run.clone(),
+            task: active.entry.task.clone(),
+            status,
+            reason: Some(reason.to_owned()),
+            finished_at: Utc::now(),
+            log: Some(active.log.clone()),
+            pull_request: None,
+        });
+        self.dirty = true;
+    }
+
+    // ---- the folder ------------------------------------------------------------------------
+
+    /// Looks at the folder, acts on what settled or went, and says when to look again.
+    fn rescan(&mut self) -> Option<Instant> {
+        self.last_scan = Instant::now();
+        let scan = watch::scan(&self.tasks_dir);
+        let problems: BTreeSet<String> = scan.problems.iter().map(ToString::to_string).collect();
+        for problem in problems.difference(&self.problems) {
+            tracing::warn!("tasks folder: {problem}");
+        }
+        self.problems = problems;
+        let now = SystemTime::now();
+        let observed = self.settle.observe(&scan, now);
+        for path in observed.removed {
+            self.removed(&path);
+        }
+        for path in observed.settled {
+            self.changed(&path);
+        }
+        // Task files the state knows that are gone while the daemon was down.
+        let present: BTreeSet<&Path> = scan.files.iter().map(|e| e.path.as_path()).collect();
+        let gone: Vec<PathBuf> = self
+            .state
+            .tasks
+            .keys()
+            .filter(|p| !present.contains(p.as_path()) && !scan.covers(p))
+            .cloned()
+            .collect();
+        for path in gone {
+            self.removed(&path);
+        }
+        observed.recheck_at.map(|at| {
+            let wait = at.duration_since(now).unwrap_or_default();
+            Instant::now() + wait
+        })
+    }
+
+    /// A task file appeared or changed (and settled).
+    fn changed(&mut self, path: &Path) {
+        let bytes = match std::fs::read(path) {
+            Ok(bytes) => bytes,
+            Err(error) => {
+                tracing::warn!(%error, task = %path.display(), "cannot read the task file");
+                return;
+            }
+        };
+        let hash = content_hash(&bytes);
+        let known = self.state.tasks.get(path).cloned();
+        if let Some(known) = &known
+            && known.hash == hash
+        {
+            // Unchanged since the daemon last saw it (a restart, a touch): nothing new, unless
+            // this daemon has not registered its schedule yet.
+            let in_flight = self.state.queue.iter().any(|e| e.task == path)
+                || self.state.running.iter().any(|a| a.entry.task == path);
+            if self.schedules.contains_key(path)
+                || known.handled.as_deref() == Some(hash.as_str())
+                || in_flight
+            {
+                return;
+            }
+        }
+        let loaded = match self.load(path) {
+            Ok(loaded) => loaded,
+            Err(validation) => {
+                if not_a_task(&validation, path) {
+                    tracing::debug!(file = %path.display(), "not a task file: ignored");
+                    return;
+                }
+                self.invalid(path, &hash, &validation);
+                return;
+            }
+        };
+        let previous = known.map(|k| k.hash);
+        let task = self.state.tasks.entry(path.to_path_buf()).or_default();
+        task.hash.clone_from(&hash);
+        self.dirty = true;
+        if let Some(expr) = &loaded.task.schedule {
+            match Schedule::new(expr, loaded.task.timezone.as_deref()) {
+                Ok(schedule) => {
+                    if task.last_slot.is_none() {
+                        task.last_slot = Some(Utc::now());
+                    }
+                    let next = schedule.next_after(Utc::now());
+                    tracing::info!(
+                        task = %path.display(),
+                        schedule = %expr,
+                        timezone = %schedule.timezone(),
+                        next = %next.map_or_else(|| "never".to_owned(), |n| n.with_timezone(&schedule.timezone()).to_rfc3339()),
+                        "scheduled task"
+                    );
+                    self.schedules.insert(path.to_path_buf(), schedule);
+                }
+                Err(error) => {
+                    tracing::error!(task = %path.display(), "{error}");
+                }
+            }
+            return;
+        }
+        self.schedules.remove(path);
+        task.last_slot = None;
+        if task.handled.as_ref() == Some(&hash) {
+            return;
+        }
+        let trigger = match previous {
+            Some(old) if old != hash => format!(
+                "the task file changed (content {} → {})",
+                &old[..12.min(old.len())],
+                &hash[..12]
+            ),
+            _ => "new task file".to_owned(),
+        };
+        tracing::info!(task = %path.display(), "{trigger}: queued");
+        // Queued already: the entry now stands for the new content.
+        if let Some(entry) = self.state.queue.iter_mut().find(|e| e.task == path) {
+            entry.hash = hash;
+            entry.trigger = trigger;
+            return;
+        }
+        // Running the old content: that run is superseded.
+        for active in self.state.running.iter().filter(|a| a.entry.task == path) {
+            if let Some(handle) = self.handles.get(&active.run) {
+                handle
+                    .reason
+                    .set("cancelled: the task file changed; the new version runs next");
+                handle.cancel.cancel();
+            }
+        }
+        self.state.enqueue(Entry {
+            seq: 0,
+            task: path.to_path_buf(),
+            hash,
+            repo: loaded.repo.clone_url.clone(),
+            trigger,
+            queued_at: Utc::now(),
+            attempt: 1,
+        });
+    }
+
+    /// A task file went: its runs are cancelled, its queue entries dropped, its state forgotten.
+    fn removed(&mut self, path: &Path) {
+        self.schedules.remove(path);
+        let had_state = self.state.tasks.remove(path).is_some();
+        let before = self.state.queue.len();
+        self.state.queue.retain(|e| e.task != path);
+        let dropped = before - self.state.queue.len();
+        let mut cancelled = 0;
+        for active in self.state.running.iter().filter(|a| a.entry.task == path) {
+            if let Some(handle) = self.handles.get(&active.run) {
+                handle.reason.set("cancelled: the task file was deleted");
+                handle.cancel.cancel();
+                cancelled += 1;
+            }
+        }
+        if had_state || dropped > 0 || cancelled > 0 {
+            self.dirty = true;
+            tracing::info!(
+                task = %path.display(),
+                cancelled,
+                dropped_from_queue = dropped,
+                "task file removed"
+            );
+        }
+    }
+
+    fn invalid(&mut self, path: &Path, hash: &str, validation: &Validation) {
+        let task = self.state.tasks.entry(path.to_path_buf()).or_default();
+        if task.hash == hash && task.handled.as_deref() == Some(hash) {
+            return;
+        }
+        task.hash = hash.to_owned();
+        task.handled = Some(hash.to_owned());
+        task.last_slot = None;
+        self.schedules.remove(path);
+        self.dirty = true;
+        match records::write_invalid(path, validation) {
+            Ok(result) => tracing::warn!(
+                task = %path.display(),
+                result = %result.display(),
+                "invalid task file; nothing runs until it is fixed:\n{}",
+                describe(validation, path)
+            ),
+            Err(error) => tracing::error!(%error, task = %path.display(), "invalid task file, and its result cannot be written"),
+        }
+    }
+
+    fn load(&self, path: &Path) -> Result<LoadedTask, Validation> {
+        load_task_with_config(path, &self.setup.dir, self.config.clone())
+    }
+
+    // ---- maxions.yaml ----------------------------------------------------------------------
+
+    /// Takes up an edited `maxions.yaml`; a broken one is reported and the last good one kept.
+    fn reload_config(&mut self) {
+        let Some(file) = self.setup.config_file.clone() else {
+            return;
+        };
+        let stamp = file_stamp(&file);
+        if stamp == self.config_seen {
+            return;
+        }
+        self.config_seen = stamp;
+        match self.setup.config() {
+            Ok(config) if config == self.config => {}
+            Ok(config) => {
+                if config.tasks_dir != self.config.tasks_dir
+                    || config.state_dir != self.config.state_dir
+                {
+                    tracing::warn!(
+                        "maxions.yaml: `tasks_dir` and `state_dir` take effect when the daemon restarts"
+                    );
+                }
+                tracing::info!(file = %file.display(), "maxions.yaml changed: the next runs use it");
+                self.config = DaemonConfig {
+                    tasks_dir: self.config.tasks_dir.clone(),
+                    state_dir: self.config.state_dir.clone(),
+                    ..config
+                };
+            }
+            Err(problems) => tracing::error!(
+                "maxions.yaml is not valid; the daemon keeps the last good config until it is fixed:\n{problems}"
+            ),
+        }
+    }
+
+    // ---- schedules -------------------------------------------------------------------------
+
+    fn next_slot(&self) -> Option<Instant> {
+        let now = Utc::now();
+        self.schedules
+            .iter()
+            .filter_map(|(path, schedule)| {
+                let last = self.state.tasks.get(path)?.last_slot?;
+                schedule.next_after(now.max(last))
+            })
+            .min()
+            .map(|at| {
+                let wait = (at - now).to_std().unwrap_or_default();
+                Instant::now() + wait
+            })
+    }
+
+    /// Queues the scheduled tasks whose slot has come (at `now`; tests pass a fake clock).
+    pub fn fire_schedules(&mut self, now: DateTime<Utc>) {
+        let paths: Vec<PathBuf> = self.schedules.keys().cloned().collect();
+        for path in paths {
+            let Some(schedule) = self.schedules.get(&path) else {
+                continue;
+            };
+            let Some(task) = self.state.tasks.get(&path) else {
+                continue;
+            };
+            let last = task.last_slot.unwrap_or(now);
+            let due = schedule::due(schedule, last, now, self.config.missed_runs);
+            if due.fire.is_none() && due.missed == 0 {
+                continue;
+            }
+            let expr = schedule.expr().to_owned();
+            let tz = schedule.timezone();
+            let hash = task.hash.clone();
+            if let Some(task) = self.state.tasks.get_mut(&path) {
+                task.last_slot = Some(now);
+            }
+            self.dirty = true;
+            let Some(slot) = due.fire else {
+                tracing::info!(
+                    task = %path.display(),
+                    missed = due.missed,
+                    "schedule slots passed while the daemon was down; not run (`missed_runs: skip`)"
+                );
+                continue;
+            };
+            let late = now - slot > chrono::Duration::from_std(schedule::ON_TIME).unwrap_or_default();
+            let trigger = if late {
+                format!(
+                    "schedule `{expr}` ({tz}): the slot of {} passed while the daemon was down; run once now{}",
+                    slot.with_timezone(&tz).to_rfc3339(),
+                    if due.missed > 0 { format!(" ({} earlier slots not run)", due.missed) } else { String::new() }
+                )
+            } else {
+                format!(
+                    "schedule `{expr}` ({tz}), slot {}",
+                    slot.with_timezone(&tz).to_rfc3339()
+                )
+            };
+            let busy = self.state.running.iter().any(|a| a.entry.task == path);
+            let queued = self.state.queue.iter().any(|e| e.task == path);
+            // Two runs of one task never overlap; `queue` lets one wait.
+            let (skip, setting) = match self.config.overlap {
+                Overlap::Skip => (busy || queued, "skip"),
+                Overlap::Queue => (queued, "queue"),
+            };
+            if skip {
+                tracing::info!(
+                    task = %path.display(),
+                    slot = %slot.with_timezone(&tz).to_rfc3339(),
+                    "schedule slot skipped: the previous run of this task is still {} (`overlap: {setting}`)",
+                    if queued { "queued" } else { "running" },
+                );
+                continue;
+            }
+            let repo = match self.load(&path) {
+                Ok(loaded) => loaded.repo.clone_url,
+                Err(_) => String::new(),
+            };
+            tracing::info!(task = %path.display(), "{trigger}: queued");
+            self.state.enqueue(Entry {
+                seq: 0,
+                task: path.clone(),
+                hash,
+                repo,
+                trigger,
+                queued_at: Utc::now(),
+                attempt: 1,
+            });
+        }
+    }
+
+    // ---- runs ------------------------------------------------------------------------------
+
+    fn dispatch(&mut self) {
+        while self.state.running.len() < self.config.concurrency as usize {
+            let Some(index) = queue::pick(&self.state.queue, &self.state.running) else {
+                break;
+            };
+            let entry = self.state.queue.remove(index);
+            self.dirty = true;
+            self.start_run(entry);
+        }
+    }
+
+    fn start_run(&mut self, entry: Entry) {
+        // Loaded now, not when queued: an edited blueprint or maxions.yaml counts from the next run.
+        let loaded = match self.load(&entry.task) {
+            Ok(loaded) => loaded,
+            Err(validation) => {
+                if entry.task.is_file() {
+                    self.invalid(&entry.task, &entry.hash, &validation);
+                }
+                return;
+            }
+        };
+        let run_id = runner::new_run_id();
+        let active = Active {
+            log: runner::result::log_path(&entry.task, &run_id),
+            run: run_id.clone(),
+            branch: loaded.branch.clone(),
+            started_at: Utc::now(),
+            entry,
+        };
+        let forge = match forge_for(&loaded) {
+            Ok(forge) => forge,
+            Err(error) => {
+                let reason = format!("cannot use the forge: {error}");
+                self.record_ended(&active, RunStatus::Failed, &reason);
+                self.mark_handled(&active.entry);
+                return;
+            }
+        };
+        // Persisted before it starts: a crash from here on finds it and records it interrupted.
+        self.state.running.push(active.clone());
+        self.dirty = true;
+        self.persist();
+        let cancel = CancellationToken::new();
+        let reason = CancelReason::default();
+        let mut launch = Launch::new(Arc::new(loaded), Arc::clone(&self.engine), run_id.clone());
+        launch.forge = forge;
+        launch.trigger = Some(active.entry.trigger.clone());
+        launch.cancel_reason = reason.clone();
+        launch.state_dir = Some(self.store.dir().to_path_buf());
+        let sink = Arc::clone(&self.sink);
+        let token = cancel.clone();
+        let run = run_id.clone();
+        let task = self.runs.spawn(async move {
+            let outcome = runner::launch(launch, sink, token).await;
+            Ended { run, outcome }
+        });
+        self.run_ids.insert(task.id(), run_id.clone());
+        tracing::info!(run = %run_id, task = %active.entry.task.display(), trigger = %active.entry.trigger, "run started");
+        self.handles.insert(
+            run_id.clone(),
+            Running {
+                run: run_id,
+                cancel,
+                reason,
+                stopping: false,
+            },
+        );
+    }
+
+    fn finish(&mut self, joined: Result<(tokio::task::Id, Ended), tokio::task::JoinError>) {
+        let ended = match joined {
+            Ok((id, ended)) => {
+                self.run_ids.remove(&id);
+                ended
+            }
+            Err(error) => {
+                // The run's task panicked (a bug) or was aborted: its log and result say so.
+                let Some(run) = self.run_ids.remove(&error.id()) else {
+                    return;
+                };
+                let reason = format!(
+                    "maxions failed inside this run (a bug; please report it): {error}"
+                );
+                tracing::error!(%run, "{reason}");
+                self.handles.remove(&run);
+                if let Some(index) = self.state.running.iter().position(|a| a.run == run) {
+                    let active = self.state.running.remove(index);
+                    self.record_ended(&active, RunStatus::Failed, &reason);
+                    self.mark_handled(&active.entry);
+                }
+                return;
+            }
+        };
+        let handle = self.handles.remove(&ended.run);
+        let Some(index) = self.state.running.iter().position(|a| a.run == ended.run) else {
+            return;
+        };
+        let active = self.state.running.remove(index);
+        self.dirty = true;
+        let (status, reason, pull_request) = match ended.outcome {
+            Ok((result, _)) => (
+                result.status,
+                result.reason.clone(),
+                result.pull_request.as_ref().and_then(|pr| pr.url.clone()),
+            ),
+            Err(error) => {
+                let reason = error.to_string();
+                tracing::error!(run = %active.run, "{reason}");
+                (RunStatus::Failed, Some(reason), None)
+            }
+        };
+        tracing::info!(
+            run = %active.run,
+            task = %active.entry.task.display(),
+            status = ?status,
+            reason = reason.as_deref().unwrap_or(""),
+            "run finished"
+        );
+        self.state.finished(Done {
+            run: active.run.clone(),
+            task: active.entry.task.clone(),
+            status,
+            reason,
+            finished_at: Utc::now(),
+            log: Some(active.log.clone()),
+            pull_request,
+        });
+        let stopping = handle.as_ref().is_some_and(|h| h.stopping);
+        if stopping
+            && self.config.interrupted == Interrupted::Requeue
+            && active.entry.task.is_file()
+        {
+            let mut entry = active.entry.clone();
+            entry.trigger = format!(
+                "queued again: the daemon stopped before run {} finished",
+                active.run
+            );
+            self.state.queue.insert(0, entry);
+        } else {
+            self.mark_handled(&active.entry);
+        }
+        let protect: Vec<&str> = self.state.running.iter().map(|a| a.run.as_str()).collect();
+        if let Err(error) =
+            records::prune_logs(&active.entry.task, self.config.keep_runs as usize, &protect)
+        {
+            tracing::warn!(%error, task = %active.entry.task.display(), "cannot prune old run logs");
+        }
+    }
+
+    fn mark_handled(&mut self, entry: &Entry) {
+        if let Some(task) = self.state.tasks.get_mut(&entry.task)
+            && task.last_slot.is_none()
+            && task.hash == entry.hash
+        {
+            task.handled = Some(entry.hash.clone());
+            self.dirty = true;
+        }
+    }
+
+    fn cancel_all(&mut self, why: &str) {
+        for handle in self.handles.values_mut() {
+            handle.reason.set(format!("cancelled: {why}"));
+            handle.stopping = true;
+            handle.cancel.cancel();
+        }
+        if !self.handles.is_empty() {
+            tracing::warn!(runs = self.handles.len(), "cancelling the running runs: {why}");
+        }
+    }
+
+    // ---- control ---------------------------------------------------------------------------
+
+    fn control(&mut self, call: control::Call) {
+        let reply = match call.request {
+            control::Request::Cancel { target } => self.cancel(&target),
+        };
+        let _ = call.reply.send(reply);
+    }
+
+    /// Cancels `target`: a run id, a task file's path, or a task file's name without `.yaml`.
+    fn cancel(&mut self, target: &str) -> control::Reply {
+        let matches = |task: &Path| {
+            task == Path::new(target)
+                || task.file_stem().is_some_and(|s| s == target)
+                || task.file_name().is_some_and(|s| s == target)
+        };
+        let mut lines = Vec::new();
+        for active in &self.state.running {
+            if active.run == target || matches(&active.entry.task) {
+                if let Some(handle) = self.handles.get(&active.run) {
+                    handle.reason.set("cancelled by `maxions cancel`");
+                    handle.cancel.cancel();
+                    lines.push(format!(
+                        "cancelling run {} of {}",
+                        active.run,
+                        active.entry.task.display()
+                    ));
+                }
+            }
+        }
+        let (gone, kept): (Vec<Entry>, Vec<Entry>) = std::mem::take(&mut self.state.queue)
+            .into_iter()
+            .partition(|e| matches(&e.task));
+        self.state.queue = kept;
+        for entry in gone {
+            self.dirty = true;
+            let active = Active {
+                run: runner::new_run_id(),
+                log: PathBuf::new(),
+                branch: String::new(),
+                started_at: Utc::now(),
+                entry,
+            };
+            let mut active = active;
+            active.log = runner::result::log_path(&active.entry.task, &active.run);
+            self.record_ended(
+                &active,
+                RunStatus::Cancelled,
+                "cancelled by `maxions cancel` before it started",
+            );
+            self.mark_handled(&active.entry);
+            lines.push(format!(
+                "removed {} from the queue",
+                active.entry.task.display()
+            ));
+        }
+        if lines.is_empty() {
+            return control::Reply {
+                ok: false,
+                lines: vec![format!(
+                    "nothing queued or running matches `{target}` (a run id, a task file, or its name); see `maxions status`"
+                )],
+            };
+        }
+        control::Reply { ok: true, lines }
+    }
+
+    // ---- state -----------------------------------------------------------------------------
+
+    fn persist(&mut self) {
+        if !self.dirty {
+            return;
+        }
+        match self.store.save(&self.state) {
+            Ok(()) => self.dirty = false,
+            Err(error) => tracing::error!("{error}; retrying at the next change"),
+        }
+    }
+
+    /// The state as the daemon holds it (for tests and the API).
+    #[must_use]
+    pub fn state(&self) -> &State {
+        &self.state
+    }
+}
+
+async fn recv(hints: &mut Option<watch::Hints>) -> Option<watch::Hint> {
+    match hints {
+        Some(hints) => hints.recv().await,
+        None => std::future::pending().await,
+    }
+}
+
+fn file_stamp(path: &Path) -> Option<(u64, SystemTime)> {
+    let meta = std::fs::metadata(path).ok()?;
+    Some((meta.len(), meta.modified().ok()?))
+}
+
+/// Whether the file is a blueprint or a config rather than a task: not for the daemon to run.
+fn not_a_task(validation: &Validation, path: &Path) -> bool {
+    let name = path.display().to_string();
+    validation
+        .files
+        .iter()
+        .any(|(file, kind)| file == &name && matches!(kind, Some(FileKind::Blueprint | FileKind::Config)))
+}
+
