@@ -1,5 +1,6 @@
 //! The command line: parses arguments, sets up output, and calls into the library.
 
+mod daemon;
 mod demo;
 mod image;
 mod render;
@@ -72,6 +73,23 @@ pub enum Command {
     Demo(demo::Args),
     /// Build the sandbox images locally (Debian base from apt's mirror, then Dockerfiles).
     Image(image::Args),
+    /// Watch the tasks folder and run its tasks: a dropped file runs once, a `schedule` runs
+    /// at its slots.
+    ///
+    /// Results and logs appear beside each task file. State (queue, runs) is kept in the state
+    /// dir so that a crash or restart loses nothing. SIGTERM or Ctrl-C: no new runs, running
+    /// ones may finish within `shutdown_grace`; a second signal cancels them. Exit status: 0
+    /// stopped by a signal, 2 could not start (state dir locked or unwritable, config invalid,
+    /// no engine).
+    Daemon(daemon::DaemonArgs),
+    /// Show the daemon's running, queued and recent runs (a table on a terminal, JSON
+    /// otherwise or with --json).
+    Status(daemon::StatusArgs),
+    /// Cancel a task's queued and running runs, or one run, in the running daemon.
+    ///
+    /// The container is removed; the log and result say `cancelled`. Exit status: 0 done, 1
+    /// nothing matched, 2 no daemon is running.
+    Cancel(daemon::CancelArgs),
 }
 
 /// Exit statuses shared by the commands.
@@ -126,6 +144,9 @@ pub fn main() -> ExitCode {
         Command::Image(args) => image::run(&args, output),
         Command::Run(args) => run::run(&args, output),
         Command::Demo(args) => demo::run(&args, output),
+        Command::Daemon(args) => daemon::daemon(&args, output),
+        Command::Status(args) => daemon::status(&args, output),
+        Command::Cancel(args) => daemon::cancel(&args, output),
     };
     ExitCode::from(code)
 }
@@ -134,7 +155,13 @@ pub fn main() -> ExitCode {
 /// `MAXIONS_LOG` (see `crate::logging`).
 fn init_tracing(cli: &Cli) {
     let env = std::env::var("MAXIONS_LOG").ok();
-    let (filter, ignored) = crate::logging::filter(cli.quiet, cli.verbose, env.as_deref());
+    // The daemon's log is its record of what it did: `info` unless asked otherwise.
+    let verbose = if matches!(cli.command, Command::Daemon(_)) {
+        cli.verbose.max(1)
+    } else {
+        cli.verbose
+    };
+    let (filter, ignored) = crate::logging::filter(cli.quiet, verbose, env.as_deref());
     let _ = tracing_subscriber::fmt()
         .with_env_filter(filter)
         .with_writer(crate::logging::Redacting::new(std::io::stderr))

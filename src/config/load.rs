@@ -127,16 +127,14 @@ pub fn load_config(path: &Path) -> Result<DaemonConfig, Validation> {
     let mut validator = Validator::new();
     let doc = validator.validate_file(path, Some(FileKind::Config));
     match doc {
-        Some(doc) if validator.result.errors() == 0 => {
-            typed_or_error(&doc.tree).map_err(|e| {
-                let mut result = validator.result;
-                result.diagnostics.push(
-                    Diagnostic::error("load-error", format!("cannot load config: {e}"))
-                        .in_file(path.display().to_string()),
-                );
-                result
-            })
-        }
+        Some(doc) if validator.result.errors() == 0 => typed_or_error(&doc.tree).map_err(|e| {
+            let mut result = validator.result;
+            result.diagnostics.push(
+                Diagnostic::error("load-error", format!("cannot load config: {e}"))
+                    .in_file(path.display().to_string()),
+            );
+            result
+        }),
         _ => Err(validator.result),
     }
 }

@@ -5,7 +5,7 @@ use std::path::{Path, PathBuf};
 use std::time::Duration;
 
 use serde::{Deserialize, Serialize};
-use tokio::io::{AsyncBufReadExt, AsyncWriteExt, BufReader};
+use tokio::io::{AsyncBufReadExt, AsyncReadExt, AsyncWriteExt, BufReader};
 use tokio::net::{UnixListener, UnixStream};
 use tokio::sync::{mpsc, oneshot};
 
@@ -79,22 +79,22 @@ async fn answer(stream: UnixStream, calls: mpsc::Sender<Call>) {
     let (read, mut write) = stream.into_split();
     let mut line = String::new();
     let mut reader = BufReader::new(read).take(MAX_REQUEST as u64);
-    let reply = match tokio::time::timeout(Duration::from_secs(10), reader.read_line(&mut line))
-        .await
-    {
-        Ok(Ok(_)) => match serde_json::from_str::<Request>(&line) {
-            Ok(request) => {
-                let (tx, rx) = oneshot::channel();
-                if calls.send(Call { request, reply: tx }).await.is_err() {
-                    refused("the daemon is stopping")
-                } else {
-                    rx.await.unwrap_or_else(|_| refused("the daemon is stopping"))
+    let reply =
+        match tokio::time::timeout(Duration::from_secs(10), reader.read_line(&mut line)).await {
+            Ok(Ok(_)) => match serde_json::from_str::<Request>(&line) {
+                Ok(request) => {
+                    let (tx, rx) = oneshot::channel();
+                    if calls.send(Call { request, reply: tx }).await.is_err() {
+                        refused("the daemon is stopping")
+                    } else {
+                        rx.await
+                            .unwrap_or_else(|_| refused("the daemon is stopping"))
+                    }
                 }
-            }
-            Err(error) => refused(&format!("not a request: {error}")),
-        },
-        _ => refused("no request received"),
-    };
+                Err(error) => refused(&format!("not a request: {error}")),
+            },
+            _ => refused("no request received"),
+        };
     if let Ok(mut json) = serde_json::to_vec(&reply) {
         json.push(b'\n');
         let _ = write.write_all(&json).await;

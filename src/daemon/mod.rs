@@ -25,10 +25,10 @@ use tokio::task::JoinSet;
 use tokio::time::Instant;
 use tokio_util::sync::CancellationToken;
 
+use crate::config::DaemonConfig;
 use crate::config::daemon::{Interrupted, Overlap};
 use crate::config::load::{LoadedTask, load_config, load_task_with_config};
 use crate::config::validate::{FileKind, Validation};
-use crate::config::DaemonConfig;
 use crate::runner::{
     self, CancelReason, EventSink, Launch, LaunchError, RunResult, RunStatus, forge_for,
 };
@@ -146,7 +146,6 @@ pub struct Shutdown {
 
 /// A run the loop owns.
 struct Running {
-    run: String,
     cancel: CancellationToken,
     reason: CancelReason,
     /// Cancelled because the daemon stops: queued again for the next start.
@@ -244,11 +243,10 @@ impl Daemon {
     /// [`DaemonError`] when the control socket cannot be made or the state not written.
     pub async fn run(mut self, shutdown: Shutdown) -> Result<(), DaemonError> {
         let socket = control::socket_path(self.store.dir());
-        let listener =
-            control::listen(self.store.dir()).map_err(|source| DaemonError::Socket {
-                path: socket.clone(),
-                source,
-            })?;
+        let listener = control::listen(self.store.dir()).map_err(|source| DaemonError::Socket {
+            path: socket.clone(),
+            source,
+        })?;
         let (calls_tx, mut calls) = mpsc::channel(16);
         let server = tokio::spawn(control::serve(listener, calls_tx));
         let (mut watcher, mut hints) = self.start_watching();
@@ -410,7 +408,9 @@ impl Daemon {
         match self.engine.remove_orphans(&[]).await {
             Ok(0) => {}
             Ok(n) => tracing::info!("removed {n} sandbox containers of runs that were interrupted"),
-            Err(error) => tracing::warn!(%error, "cannot look for the sandboxes of interrupted runs"),
+            Err(error) => {
+                tracing::warn!(%error, "cannot look for the sandboxes of interrupted runs")
+            }
         }
     }
 
@@ -466,7 +466,7 @@ impl Daemon {
             .state
             .tasks
             .keys()
-            .filter(|p| !present.contains(p.as_path()) && !scan.covers(p))
+            .filter(|p| !present.contains(p.as_path()) && !scan.unknown(p))
             .cloned()
             .collect();
         for path in gone {
@@ -623,7 +623,9 @@ impl Daemon {
                 "invalid task file; nothing runs until it is fixed:\n{}",
                 describe(validation, path)
             ),
-            Err(error) => tracing::error!(%error, task = %path.display(), "invalid task file, and its result cannot be written"),
+            Err(error) => {
+                tracing::error!(%error, task = %path.display(), "invalid task file, and its result cannot be written")
+            }
         }
     }
 
@@ -713,12 +715,17 @@ impl Daemon {
                 );
                 continue;
             };
-            let late = now - slot > chrono::Duration::from_std(schedule::ON_TIME).unwrap_or_default();
+            let late =
+                now - slot > chrono::Duration::from_std(schedule::ON_TIME).unwrap_or_default();
             let trigger = if late {
                 format!(
                     "schedule `{expr}` ({tz}): the slot of {} passed while the daemon was down; run once now{}",
                     slot.with_timezone(&tz).to_rfc3339(),
-                    if due.missed > 0 { format!(" ({} earlier slots not run)", due.missed) } else { String::new() }
+                    if due.missed > 0 {
+                        format!(" ({} earlier slots not run)", due.missed)
+                    } else {
+                        String::new()
+                    }
                 )
             } else {
                 format!(
@@ -821,9 +828,8 @@ impl Daemon {
         self.run_ids.insert(task.id(), run_id.clone());
         tracing::info!(run = %run_id, task = %active.entry.task.display(), trigger = %active.entry.trigger, "run started");
         self.handles.insert(
-            run_id.clone(),
+            run_id,
             Running {
-                run: run_id,
                 cancel,
                 reason,
                 stopping: false,
@@ -842,9 +848,8 @@ impl Daemon {
                 let Some(run) = self.run_ids.remove(&error.id()) else {
                     return;
                 };
-                let reason = format!(
-                    "maxions failed inside this run (a bug; please report it): {error}"
-                );
+                let reason =
+                    format!("maxions failed inside this run (a bug; please report it): {error}");
                 tracing::error!(%run, "{reason}");
                 self.handles.remove(&run);
                 if let Some(index) = self.state.running.iter().position(|a| a.run == run) {
@@ -928,7 +933,10 @@ impl Daemon {
             handle.cancel.cancel();
         }
         if !self.handles.is_empty() {
-            tracing::warn!(runs = self.handles.len(), "cancelling the running runs: {why}");
+            tracing::warn!(
+                runs = self.handles.len(),
+                "cancelling the running runs: {why}"
+            );
         }
     }
 
@@ -950,8 +958,10 @@ impl Daemon {
         };
         let mut lines = Vec::new();
         for active in &self.state.running {
-            if active.run == target || matches(&active.entry.task) {
-                if let Some(handle) = self.handles.get(&active.run) {
+            if (active.run == target || matches(&active.entry.task))
+                && let Some(handle) = self.handles.get(&active.run)
+            {
+                {
                     handle.reason.set("cancelled by `maxions cancel`");
                     handle.cancel.cancel();
                     lines.push(format!(
@@ -1033,9 +1043,7 @@ fn file_stamp(path: &Path) -> Option<(u64, SystemTime)> {
 /// Whether the file is a blueprint or a config rather than a task: not for the daemon to run.
 fn not_a_task(validation: &Validation, path: &Path) -> bool {
     let name = path.display().to_string();
-    validation
-        .files
-        .iter()
-        .any(|(file, kind)| file == &name && matches!(kind, Some(FileKind::Blueprint | FileKind::Config)))
+    validation.files.iter().any(|(file, kind)| {
+        file == &name && matches!(kind, Some(FileKind::Blueprint | FileKind::Config))
+    })
 }
-

@@ -106,7 +106,11 @@ mod tests {
 
     #[test]
     fn fifo_within_equal_load() {
-        let queue = vec![entry(5, "x", "r1"), entry(3, "y", "r2"), entry(4, "z", "r1")];
+        let queue = vec![
+            entry(5, "x", "r1"),
+            entry(3, "y", "r2"),
+            entry(4, "z", "r1"),
+        ];
         assert_eq!(pick(&queue, &[]), Some(1));
     }
 }

@@ -89,7 +89,9 @@ impl Ended<'_> {
             steps: Vec::new(),
             fix_rounds: 0,
             failed_checks: 0,
-            started_at: self.started_at.to_rfc3339_opts(chrono::SecondsFormat::Millis, true),
+            started_at: self
+                .started_at
+                .to_rfc3339_opts(chrono::SecondsFormat::Millis, true),
             finished_at: crate::runner::now_rfc3339(),
             duration_ms,
             exec_ms: 0,

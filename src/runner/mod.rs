@@ -165,7 +165,13 @@ pub async fn run(
         Err(Stop::Failed(reason)) => (RunStatus::Failed, Some(reason)),
         Err(Stop::Cancelled) if cancel.is_cancelled() => (
             RunStatus::Cancelled,
-            Some(options.cancel_reason.get().unwrap_or("cancelled").to_owned()),
+            Some(
+                options
+                    .cancel_reason
+                    .get()
+                    .unwrap_or("cancelled")
+                    .to_owned(),
+            ),
         ),
         Err(Stop::Cancelled) => (
             RunStatus::TimedOut,

@@ -1,0 +1,253 @@
+//! `maxions daemon`, `maxions status` and `maxions cancel`: the long-running service and the two
+//! commands that look at it and steer it.
+
+use std::io::{IsTerminal, Write};
+use std::path::PathBuf;
+use std::sync::Arc;
+
+use super::Output;
+use super::terminal::printable;
+use crate::daemon::state::{self, State};
+use crate::daemon::{Daemon, Setup, Shutdown, control};
+use crate::runner::{EventLine, EventSink, RunStatus};
+use crate::sandbox::DockerEngine;
+
+/// Exit statuses of `maxions daemon`.
+pub mod code {
+    /// Stopped by a signal, after its runs ended.
+    pub const OK: u8 = 0;
+    /// Could not start or had to stop: the state dir, the config, the engine.
+    pub const CRITICAL: u8 = 2;
+}
+
+#[derive(Debug, clap::Args)]
+pub struct DaemonArgs {
+    /// The config file. Default: ./maxions.yaml if there is one, else every default (tasks in
+    /// ./tasks, state in ./.maxions).
+    #[arg(long, value_name = "FILE")]
+    pub config: Option<PathBuf>,
+}
+
+#[derive(Debug, clap::Args)]
+pub struct StatusArgs {
+    /// The config file (to find the state dir). Default: ./maxions.yaml if there is one.
+    #[arg(long, value_name = "FILE")]
+    pub config: Option<PathBuf>,
+    /// Print JSON (the default when stdout is not a terminal).
+    #[arg(long)]
+    pub json: bool,
+}
+
+#[derive(Debug, clap::Args)]
+pub struct CancelArgs {
+    /// A run id, a task file, or a task file's name without `.yaml`.
+    #[arg(value_name = "TASK|RUN")]
+    pub target: String,
+    /// The config file (to find the daemon). Default: ./maxions.yaml if there is one.
+    #[arg(long, value_name = "FILE")]
+    pub config: Option<PathBuf>,
+}
+
+/// Runs events of the daemon's runs are in their logs; the daemon's own log says when runs
+/// start and end.
+struct Quiet;
+
+impl EventSink for Quiet {
+    fn emit(&self, _line: &EventLine) {}
+}
+
+pub fn daemon(args: &DaemonArgs, _output: Output) -> u8 {
+    let Some(runtime) = super::runtime() else {
+        return code::CRITICAL;
+    };
+    runtime.block_on(async {
+        let setup = Setup::locate(args.config.as_deref());
+        let engine = match DockerEngine::connect().await {
+            Ok(engine) => Arc::new(engine),
+            Err(error) => {
+                tracing::error!("{error}");
+                return code::CRITICAL;
+            }
+        };
+        let daemon = match Daemon::start(setup, engine, Arc::new(Quiet)).await {
+            Ok(daemon) => daemon,
+            Err(error) => {
+                tracing::error!("cannot start the daemon: {error}");
+                return code::CRITICAL;
+            }
+        };
+        let shutdown = Shutdown::default();
+        let signals = tokio::spawn(signals(shutdown.clone()));
+        let outcome = daemon.run(shutdown).await;
+        signals.abort();
+        match outcome {
+            Ok(()) => code::OK,
+            Err(error) => {
+                tracing::error!("the daemon stopped: {error}");
+                code::CRITICAL
+            }
+        }
+    })
+}
+
+/// SIGTERM or SIGINT: stop taking work and let running steps finish; a second one: cancel now.
+async fn signals(shutdown: Shutdown) {
+    use tokio::signal::unix::{SignalKind, signal};
+    let (Ok(mut term), Ok(mut int)) = (
+        signal(SignalKind::terminate()),
+        signal(SignalKind::interrupt()),
+    ) else {
+        tracing::warn!("cannot listen for SIGTERM/SIGINT: stop the daemon with SIGKILL");
+        return std::future::pending().await;
+    };
+    tokio::select! {
+        _ = term.recv() => {}
+        _ = int.recv() => {}
+    }
+    shutdown.graceful.cancel();
+    tokio::select! {
+        _ = term.recv() => {}
+        _ = int.recv() => {}
+    }
+    tracing::warn!("second signal: cancelling the running runs now");
+    shutdown.now.cancel();
+}
+
+pub fn cancel(args: &CancelArgs, _output: Output) -> u8 {
+    let setup = Setup::locate(args.config.as_deref());
+    let config = match setup.config() {
+        Ok(config) => config,
+        Err(problems) => {
+            eprintln!("error: {problems}");
+            return super::exit::UNREADABLE;
+        }
+    };
+    let state_dir = setup.state_dir(&config);
+    // A path names the task file as the daemon knows it: absolute.
+    let target = if args.target.ends_with(".yaml") || args.target.ends_with(".yml") {
+        std::fs::canonicalize(&args.target)
+            .map_or_else(|_| args.target.clone(), |p| p.display().to_string())
+    } else {
+        args.target.clone()
+    };
+    let Some(runtime) = super::runtime() else {
+        return super::exit::UNREADABLE;
+    };
+    match runtime.block_on(control::send(
+        &state_dir,
+        &control::Request::Cancel { target },
+    )) {
+        Ok(reply) => {
+            for line in &reply.lines {
+                if reply.ok {
+                    println!("{}", printable(line));
+                } else {
+                    eprintln!("error: {}", printable(line));
+                }
+            }
+            if reply.ok {
+                super::exit::OK
+            } else {
+                super::exit::INVALID
+            }
+        }
+        Err(error) => {
+            eprintln!("error: {error}");
+            super::exit::UNREADABLE
+        }
+    }
+}
+
+pub fn status(args: &StatusArgs, _output: Output) -> u8 {
+    let setup = Setup::locate(args.config.as_deref());
+    let config = match setup.config() {
+        Ok(config) => config,
+        Err(problems) => {
+            eprintln!("error: {problems}");
+            return super::exit::UNREADABLE;
+        }
+    };
+    let state_dir = setup.state_dir(&config);
+    let daemon = state::holder(&state_dir);
+    let state = match state::peek(&state_dir) {
+        Ok(state) => state,
+        Err(error) if error.kind() == std::io::ErrorKind::NotFound => State::default(),
+        Err(error) => {
+            eprintln!(
+                "error: cannot read {}: {error}",
+                state::state_path(&state_dir).display()
+            );
+            return super::exit::UNREADABLE;
+        }
+    };
+    let json = args.json || !std::io::stdout().is_terminal();
+    let mut out = std::io::stdout().lock();
+    if json {
+        let value = serde_json::json!({
+            "daemon": daemon.map(|pid| serde_json::json!({"pid": pid})),
+            "state_dir": state_dir,
+            "running": state.running,
+            "queued": state.queue,
+            "recent": state.recent.iter().rev().collect::<Vec<_>>(),
+        });
+        let _ = writeln!(
+            out,
+            "{}",
+            serde_json::to_string_pretty(&value).unwrap_or_default()
+        );
+        return super::exit::OK;
+    }
+    let _ = writeln!(
+        out,
+        "daemon: {} (state dir {})",
+        daemon.map_or_else(
+            || "not running".to_owned(),
+            |pid| format!("running, pid {pid}")
+        ),
+        state_dir.display()
+    );
+    let _ = writeln!(out, "\nRUNNING ({})", state.running.len());
+    for active in &state.running {
+        let _ = writeln!(
+            out,
+            "  {:<24} {:<28} since {}",
+            active.run,
+            printable(&active.entry.task.display().to_string()),
+            active.started_at.format("%Y-%m-%d %H:%M:%S UTC")
+        );
+    }
+    let _ = writeln!(out, "\nQUEUED ({})", state.queue.len());
+    for entry in &state.queue {
+        let _ = writeln!(
+            out,
+            "  {:<28} {}",
+            printable(&entry.task.display().to_string()),
+            printable(&entry.trigger)
+        );
+    }
+    let _ = writeln!(out, "\nRECENT");
+    for done in state.recent.iter().rev().take(20) {
+        let status = serde_json::to_value(done.status)
+            .ok()
+            .and_then(|v| v.as_str().map(str::to_owned))
+            .unwrap_or_default();
+        let mark = match done.status {
+            RunStatus::Succeeded | RunStatus::NoChanges => "✓",
+            _ => "✗",
+        };
+        let _ = writeln!(
+            out,
+            "  {mark} {:<24} {:<12} {:<28} {}",
+            done.run,
+            status,
+            printable(&done.task.display().to_string()),
+            printable(
+                done.pull_request
+                    .as_deref()
+                    .or(done.reason.as_deref())
+                    .unwrap_or("")
+            )
+        );
+    }
+    super::exit::OK
+}
