@@ -12,3 +12,4 @@ mod steps;
 mod support;
 mod templates;
 mod validate;
+mod watch;
