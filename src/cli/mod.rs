@@ -165,7 +165,15 @@ fn init_tracing(cli: &Cli) {
     let _ = tracing_subscriber::fmt()
         .with_env_filter(filter)
         .with_writer(crate::logging::Redacting::new(std::io::stderr))
-        .with_ansi(!matches!(cli.color, ColorWhen::Never) && std::env::var_os("NO_COLOR").is_none())
+        .with_ansi(match cli.color {
+            ColorWhen::Always => true,
+            ColorWhen::Never => false,
+            // A service's log goes to a file or the journal: no escape codes there.
+            ColorWhen::Auto => {
+                std::io::IsTerminal::is_terminal(&std::io::stderr())
+                    && std::env::var_os("NO_COLOR").is_none()
+            }
+        })
         .try_init();
     if !ignored.is_empty() {
         tracing::warn!(
