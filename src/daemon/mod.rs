@@ -256,11 +256,10 @@ impl Daemon {
             concurrency = self.config.concurrency,
             "maxions daemon started"
         );
-        self.rescan();
+        let mut recheck = self.rescan();
         let mut draining = false;
         let mut grace_over: Option<Instant> = None;
         let mut cancelled_all = false;
-        let mut recheck: Option<Instant> = None;
         loop {
             self.reload_config();
             self.fire_schedules(Utc::now());

@@ -3,6 +3,7 @@
 //! swept, how output is logged) is tested without Docker. The real-container tests stay too.
 
 use std::path::Path;
+use std::sync::atomic::{AtomicUsize, Ordering};
 use std::sync::{Arc, Mutex};
 use std::time::Duration;
 
@@ -33,6 +34,8 @@ pub struct Reply {
     pub stdout: Vec<Vec<u8>>,
     pub stderr: Vec<Vec<u8>>,
     pub code: i64,
+    /// How long the command "runs" (cancellable).
+    pub takes: Duration,
 }
 
 impl Reply {
@@ -45,6 +48,11 @@ impl Reply {
             code,
             ..Self::default()
         }
+    }
+
+    pub fn taking(mut self, time: Duration) -> Self {
+        self.takes = time;
+        self
     }
 
     pub fn stdout(mut self, text: &str) -> Self {
@@ -62,6 +70,9 @@ pub struct Scripted {
     handler: Arc<Handler>,
     /// Decisions "the egress proxy" reports while the first command runs.
     egress: Arc<Mutex<Vec<EgressEvent>>>,
+    /// Sandboxes alive now, and the most ever alive at once.
+    live: Arc<AtomicUsize>,
+    peak: Arc<AtomicUsize>,
 }
 
 impl Scripted {
@@ -70,7 +81,19 @@ impl Scripted {
             calls: Arc::new(Mutex::new(Vec::new())),
             handler: Arc::new(handler),
             egress: Arc::new(Mutex::new(Vec::new())),
+            live: Arc::new(AtomicUsize::new(0)),
+            peak: Arc::new(AtomicUsize::new(0)),
         }
+    }
+
+    /// The most sandboxes that were alive at once.
+    pub fn peak(&self) -> usize {
+        self.peak.load(Ordering::SeqCst)
+    }
+
+    /// Sandboxes alive now.
+    pub fn live(&self) -> usize {
+        self.live.load(Ordering::SeqCst)
     }
 
     /// The sandbox's egress proxy will report `events` during the first command.
@@ -101,7 +124,11 @@ impl Engine for Scripted {
         spec: &'a ContainerSpec,
     ) -> BoxFuture<'a, Result<Box<dyn Sandbox>, SandboxError>> {
         self.calls.lock().unwrap().push(Call::Create);
+        let now = self.live.fetch_add(1, Ordering::SeqCst) + 1;
+        self.peak.fetch_max(now, Ordering::SeqCst);
         let sandbox = ScriptedSandbox {
+            live: Arc::clone(&self.live),
+            destroyed: std::sync::atomic::AtomicBool::new(false),
             calls: Arc::clone(&self.calls),
             handler: Arc::clone(&self.handler),
             redactor: Mutex::new(Redactor::none()),
@@ -120,6 +147,8 @@ impl Engine for Scripted {
 }
 
 struct ScriptedSandbox {
+    live: Arc<AtomicUsize>,
+    destroyed: std::sync::atomic::AtomicBool,
     calls: Arc<Mutex<Vec<Call>>>,
     handler: Arc<Handler>,
     redactor: Mutex<Redactor>,
@@ -150,7 +179,7 @@ impl Sandbox for ScriptedSandbox {
         &'a self,
         request: &'a ExecRequest,
         sink: OutputSink<'a>,
-        _cancel: &'a CancellationToken,
+        cancel: &'a CancellationToken,
     ) -> BoxFuture<'a, Result<ExecOutcome, SandboxError>> {
         self.record(Call::Exec(request.clone()));
         let first = self
@@ -169,6 +198,20 @@ impl Sandbox for ScriptedSandbox {
         let reply = (self.handler)(request);
         let redactor = self.redactor.lock().unwrap().clone();
         Box::pin(async move {
+            if !reply.takes.is_zero() {
+                tokio::select! {
+                    () = tokio::time::sleep(reply.takes) => {}
+                    () = cancel.cancelled() => {
+                        return Ok(ExecOutcome {
+                            status: ExecStatus::Cancelled,
+                            duration: Duration::from_millis(1),
+                            stdout_bytes: 0,
+                            stderr_bytes: 0,
+                            tail: Vec::new(),
+                        });
+                    }
+                }
+            }
             let mut tail = Vec::new();
             for (stream, chunks) in [
                 (OutputStream::Stdout, &reply.stdout),
@@ -245,6 +288,17 @@ impl Sandbox for ScriptedSandbox {
 
     fn destroy(&self) -> BoxFuture<'_, Result<(), SandboxError>> {
         self.record(Call::Destroy);
+        if !self.destroyed.swap(true, Ordering::SeqCst) {
+            self.live.fetch_sub(1, Ordering::SeqCst);
+        }
         Box::pin(async { Ok(()) })
+    }
+}
+
+impl Drop for ScriptedSandbox {
+    fn drop(&mut self) {
+        if !self.destroyed.swap(true, Ordering::SeqCst) {
+            self.live.fetch_sub(1, Ordering::SeqCst);
+        }
     }
 }

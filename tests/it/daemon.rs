@@ -1,0 +1,377 @@
+//! The daemon in-process, with real files and the real watcher but the in-memory sandbox: the
+//! queue (concurrency, fairness), schedules (missed slots on a clock set in the state file) and
+//! the folder rules. Real containers and `kill -9` are in `daemon_process`.
+
+use std::path::{Path, PathBuf};
+use std::sync::{Arc, Mutex};
+use std::time::Duration;
+
+use chrono::Utc;
+use maxions::daemon::state::{self, State, TaskState};
+use maxions::daemon::{Daemon, Setup, Shutdown};
+use maxions::runner::{Event, EventLine, EventSink, RunStatus};
+
+use crate::support::scripted::{Reply, Scripted};
+
+const BLUEPRINT: &str = r#"name: quick
+sandbox:
+  image: maxions/sandbox:latest
+  network: none
+agent:
+  kind: command
+  command: ["true"]
+steps:
+  - id: work
+    run: "work {{ repo.name }}"
+"#;
+
+/// A project: maxions.yaml, blueprints/quick.yaml, tasks/.
+struct Project {
+    dir: tempfile::TempDir,
+}
+
+impl Project {
+    fn new(config: &str) -> Self {
+        let dir = tempfile::tempdir().unwrap();
+        std::fs::write(dir.path().join("maxions.yaml"), config).unwrap();
+        std::fs::create_dir_all(dir.path().join("blueprints")).unwrap();
+        std::fs::create_dir_all(dir.path().join("tasks")).unwrap();
+        std::fs::write(dir.path().join("blueprints/quick.yaml"), BLUEPRINT).unwrap();
+        Self { dir }
+    }
+
+    fn tasks(&self) -> PathBuf {
+        std::fs::canonicalize(self.dir.path().join("tasks")).unwrap()
+    }
+
+    fn state_dir(&self) -> PathBuf {
+        self.dir.path().join(".maxions")
+    }
+
+    fn task(&self, name: &str, repo: &str, extra: &str) -> PathBuf {
+        let path = self.tasks().join(format!("{name}.yaml"));
+        std::fs::write(
+            &path,
+            format!("task: do {name}\nrepo: {repo}\nblueprint: quick\n{extra}"),
+        )
+        .unwrap();
+        path
+    }
+
+    fn setup(&self) -> Setup {
+        Setup::locate(Some(&self.dir.path().join("maxions.yaml")))
+    }
+
+    fn state(&self) -> State {
+        state::peek(&self.state_dir()).unwrap_or_default()
+    }
+}
+
+/// Every event of every run, in order of arrival.
+#[derive(Default)]
+struct Recorder(Mutex<Vec<EventLine>>);
+
+impl EventSink for Recorder {
+    fn emit(&self, line: &EventLine) {
+        self.0.lock().unwrap().push(line.clone());
+    }
+}
+
+impl Recorder {
+    fn started(&self) -> Vec<(String, Option<String>)> {
+        self.0
+            .lock()
+            .unwrap()
+            .iter()
+            .filter_map(|l| match &l.event {
+                Event::RunStarted { task, trigger, .. } => Some((task.clone(), trigger.clone())),
+                _ => None,
+            })
+            .collect()
+    }
+
+    fn finished(&self) -> usize {
+        self.0
+            .lock()
+            .unwrap()
+            .iter()
+            .filter(|l| matches!(l.event, Event::RunFinished { .. }))
+            .count()
+    }
+}
+
+/// A daemon running on its own task, stopped (gracefully) on drop or by `stop`.
+struct Running {
+    shutdown: Shutdown,
+    task: Option<tokio::task::JoinHandle<Result<(), maxions::daemon::DaemonError>>>,
+}
+
+impl Running {
+    async fn start(project: &Project, engine: Scripted, sink: Arc<Recorder>) -> Self {
+        let daemon = Daemon::start(project.setup(), Arc::new(engine), sink)
+            .await
+            .expect("daemon starts");
+        let shutdown = Shutdown::default();
+        let task = tokio::spawn(daemon.run(shutdown.clone()));
+        Self {
+            shutdown,
+            task: Some(task),
+        }
+    }
+
+    async fn stop(mut self) {
+        self.shutdown.graceful.cancel();
+        let task = self.task.take().unwrap();
+        tokio::time::timeout(Duration::from_secs(30), task)
+            .await
+            .expect("the daemon stops")
+            .unwrap()
+            .unwrap();
+    }
+}
+
+impl Drop for Running {
+    fn drop(&mut self) {
+        self.shutdown.now.cancel();
+    }
+}
+
+async fn until(what: &str, mut check: impl FnMut() -> bool) {
+    let deadline = tokio::time::Instant::now() + Duration::from_secs(60);
+    while !check() {
+        assert!(
+            tokio::time::Instant::now() < deadline,
+            "timed out waiting for {what}"
+        );
+        tokio::time::sleep(Duration::from_millis(20)).await;
+    }
+}
+
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn fifty_tasks_at_once_never_more_than_three_and_fair_across_repositories() {
+    let project = Project::new("concurrency: 3\n");
+    // 48 tasks on one repository, then 2 on another: first come, first served alone would
+    // start the other repository's tasks last.
+    for i in 0..48 {
+        project.task(&format!("a{i:02}"), "acme/busy", "");
+    }
+    project.task("b0", "acme/quiet", "");
+    project.task("b1", "acme/quiet", "");
+    // Settled before the daemon looks: all 50 are queued by its first scan, at once.
+    std::thread::sleep(Duration::from_millis(700));
+    let order = Arc::new(Mutex::new(Vec::new()));
+    let seen = Arc::clone(&order);
+    let engine = Scripted::new(move |request| {
+        let command = request.argv.join(" ");
+        if let Some(repo) = command.split("work ").nth(1) {
+            seen.lock()
+                .unwrap()
+                .push(repo.trim_matches('\'').to_owned());
+            return Reply::ok().taking(Duration::from_millis(30));
+        }
+        Reply::ok()
+    });
+    let sink = Arc::new(Recorder::default());
+    let daemon = Running::start(&project, engine.clone(), Arc::clone(&sink)).await;
+    until("50 runs", || sink.finished() == 50).await;
+    daemon.stop().await;
+
+    assert!(engine.peak() <= 3, "peak {} sandboxes", engine.peak());
+    assert!(
+        engine.peak() >= 2,
+        "runs overlapped at all: {}",
+        engine.peak()
+    );
+    assert_eq!(engine.live(), 0, "every sandbox removed");
+    let order = order.lock().unwrap().clone();
+    assert_eq!(order.len(), 50);
+    let first_quiet = order.iter().position(|r| r == "quiet").unwrap();
+    assert!(first_quiet < 3, "the quiet repository waited: {order:?}");
+    let state = project.state();
+    assert!(state.queue.is_empty() && state.running.is_empty());
+    assert_eq!(state.recent.len(), 50);
+    assert!(
+        state
+            .recent
+            .iter()
+            .all(|d| d.status == RunStatus::Succeeded),
+        "{:?}",
+        state.recent
+    );
+    for name in ["a00", "a47", "b1"] {
+        let result: serde_json::Value = serde_json::from_slice(
+            &std::fs::read(project.tasks().join(format!("{name}.result.json"))).unwrap(),
+        )
+        .unwrap();
+        assert_eq!(result["status"], "succeeded", "{name}: {result}");
+    }
+}
+
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn unchanged_tasks_do_not_run_again_after_a_restart_and_edited_ones_do() {
+    let project = Project::new("concurrency: 2\n");
+    let a = project.task("a", "acme/x", "");
+    project.task("b", "acme/x", "");
+    let engine = Scripted::new(|_| Reply::ok());
+    let sink = Arc::new(Recorder::default());
+    let daemon = Running::start(&project, engine.clone(), Arc::clone(&sink)).await;
+    until("2 runs", || sink.finished() == 2).await;
+    daemon.stop().await;
+
+    // Restart: nothing new. Then an edit of `a` runs it again, saying why.
+    let sink = Arc::new(Recorder::default());
+    let daemon = Running::start(&project, engine.clone(), Arc::clone(&sink)).await;
+    tokio::time::sleep(Duration::from_millis(1500)).await;
+    assert_eq!(sink.finished(), 0, "unchanged files ran again");
+    std::fs::write(&a, "task: do a, better\nrepo: acme/x\nblueprint: quick\n").unwrap();
+    until("the edited task's run", || sink.finished() == 1).await;
+    daemon.stop().await;
+    let started = sink.started();
+    assert_eq!(started.len(), 1);
+    assert_eq!(started[0].0, a.display().to_string());
+    let trigger = started[0].1.clone().unwrap_or_default();
+    assert!(trigger.contains("the task file changed"), "{trigger}");
+}
+
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn an_invalid_file_gets_an_invalid_result_and_the_rest_runs() {
+    let project = Project::new("{}\n");
+    let bad = project.tasks().join("bad.yaml");
+    std::fs::write(
+        &bad,
+        "task: x\nrepo: acme/x\nblueprint: quick\nschedul: daily\n",
+    )
+    .unwrap();
+    project.task("good", "acme/x", "");
+    // Neither a task nor for the daemon: ignored, no result.
+    std::fs::write(project.tasks().join("notes.txt"), "hello").unwrap();
+    std::fs::write(project.tasks().join(".hidden.yaml"), "task: x\n").unwrap();
+    let engine = Scripted::new(|_| Reply::ok());
+    let sink = Arc::new(Recorder::default());
+    let daemon = Running::start(&project, engine, Arc::clone(&sink)).await;
+    until("the good run", || sink.finished() == 1).await;
+    let result = project.tasks().join("bad.result.json");
+    until("the invalid result", || result.is_file()).await;
+    daemon.stop().await;
+    let result: serde_json::Value =
+        serde_json::from_slice(&std::fs::read(&result).unwrap()).unwrap();
+    assert_eq!(result["status"], "invalid");
+    let diagnostic = &result["diagnostics"][0];
+    assert_eq!(diagnostic["code"], "unknown-field", "{result}");
+    assert_eq!(diagnostic["line"], 4);
+    assert_eq!(diagnostic["column"], 1);
+    assert!(
+        result["reason"].as_str().unwrap().contains("bad.yaml:4:1"),
+        "{result}"
+    );
+    assert!(!project.tasks().join(".hidden.result.json").exists());
+    assert!(!project.tasks().join("notes.result.json").exists());
+}
+
+/// Writes a state file as a daemon that stopped `hours_ago` would have left it.
+fn stopped_daemon_state(project: &Project, task: &Path, hours_ago: i64) {
+    let mut state = State {
+        version: state::VERSION,
+        ..State::default()
+    };
+    state.tasks.insert(
+        task.to_path_buf(),
+        TaskState {
+            hash: state::content_hash(&std::fs::read(task).unwrap()),
+            handled: None,
+            last_slot: Some(Utc::now() - chrono::Duration::hours(hours_ago)),
+        },
+    );
+    std::fs::create_dir_all(project.state_dir()).unwrap();
+    std::fs::write(
+        state::state_path(&project.state_dir()),
+        serde_json::to_vec(&state).unwrap(),
+    )
+    .unwrap();
+}
+
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn missed_slots_run_once_at_start_up_never_a_burst() {
+    let project = Project::new("{}\n");
+    let task = project.task("hourly", "acme/x", "schedule: \"0 * * * *\"\n");
+    stopped_daemon_state(&project, &task, 5);
+    let engine = Scripted::new(|_| Reply::ok());
+    let sink = Arc::new(Recorder::default());
+    let daemon = Running::start(&project, engine, Arc::clone(&sink)).await;
+    until("the missed slot's run", || sink.finished() == 1).await;
+    // No more: the other four slots are not made up for.
+    tokio::time::sleep(Duration::from_millis(1000)).await;
+    daemon.stop().await;
+    let started = sink.started();
+    assert_eq!(started.len(), 1, "{started:?}");
+    let trigger = started[0].1.clone().unwrap();
+    assert!(
+        trigger.contains("passed while the daemon was down")
+            && trigger.contains("4 earlier slots not run"),
+        "{trigger}"
+    );
+    let last = project.state().tasks[&task].last_slot.unwrap();
+    assert!(Utc::now() - last < chrono::Duration::minutes(1));
+}
+
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn missed_slots_are_skipped_when_the_config_says_so() {
+    let project = Project::new("missed_runs: skip\n");
+    let task = project.task("hourly", "acme/x", "schedule: \"0 * * * *\"\n");
+    stopped_daemon_state(&project, &task, 5);
+    let engine = Scripted::new(|_| Reply::ok());
+    let sink = Arc::new(Recorder::default());
+    let daemon = Running::start(&project, engine, Arc::clone(&sink)).await;
+    // The slots were handled (skipped) and recorded as such.
+    until("the skipped slots recorded", || {
+        project
+            .state()
+            .tasks
+            .get(&task)
+            .and_then(|t| t.last_slot)
+            .is_some_and(|last| Utc::now() - last < chrono::Duration::minutes(1))
+    })
+    .await;
+    daemon.stop().await;
+    assert_eq!(sink.finished(), 0);
+}
+
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn a_new_scheduled_task_waits_for_its_slot() {
+    let project = Project::new("{}\n");
+    let task = project.task("yearly", "acme/x", "schedule: \"0 0 1 1 *\"\n");
+    let engine = Scripted::new(|_| Reply::ok());
+    let sink = Arc::new(Recorder::default());
+    let daemon = Running::start(&project, engine, Arc::clone(&sink)).await;
+    until("the schedule registered", || {
+        project
+            .state()
+            .tasks
+            .get(&task)
+            .is_some_and(|t| t.last_slot.is_some())
+    })
+    .await;
+    tokio::time::sleep(Duration::from_millis(500)).await;
+    daemon.stop().await;
+    assert_eq!(sink.finished(), 0, "a scheduled task does not run on drop");
+}
+
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn a_broken_config_edit_keeps_the_last_good_one() {
+    let project = Project::new("concurrency: 1\n");
+    let engine = Scripted::new(|_| Reply::ok());
+    let sink = Arc::new(Recorder::default());
+    let daemon = Running::start(&project, engine, Arc::clone(&sink)).await;
+    std::fs::write(
+        project.dir.path().join("maxions.yaml"),
+        "concurrency: [broken\n",
+    )
+    .unwrap();
+    project.task("after", "acme/x", "");
+    until("a run with the last good config", || sink.finished() == 1).await;
+    daemon.stop().await;
+    let result: serde_json::Value =
+        serde_json::from_slice(&std::fs::read(project.tasks().join("after.result.json")).unwrap())
+            .unwrap();
+    assert_eq!(result["status"], "succeeded", "{result}");
+}
