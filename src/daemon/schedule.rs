@@ -64,7 +64,7 @@ impl Schedule {
     }
 
     /// The first slot strictly after `after`, or `None` if the expression never matches again
-    /// (croner gives up after searching a year of wall clock, e.g. for `0 0 30 2 *`).
+    /// (croner's search is bounded: `0 0 30 2 *` gives `None`, `0 0 29 2 *` finds a leap year).
     ///
     /// The DST rule is cron(8)'s: a job that runs at a particular time (no `*` in minute or
     /// hour) whose time is skipped by a clock change runs at the first instant after the change
@@ -85,7 +85,9 @@ impl Schedule {
         let mut from = after;
         loop {
             let candidate = self.croner_next(from);
-            let horizon = candidate.unwrap_or(from + TimeDelta::days(366));
+            let horizon = candidate
+                .or_else(|| from.checked_add_signed(TimeDelta::days(366)))
+                .unwrap_or(from);
             if let Some(change) = self.skipping_change(from, horizon) {
                 return Some(change);
             }
