@@ -5,6 +5,7 @@ mod demo;
 mod image;
 mod render;
 mod run;
+mod schedule;
 mod schema;
 pub mod terminal;
 mod validate;
@@ -58,6 +59,13 @@ pub enum Command {
     ///
     /// Outputs of earlier steps, not known until a run, are shown as `<steps.ID.NAME>`.
     Render(render::Args),
+    /// Show when each scheduled task fires next, in its time zone, as the daemon will run it.
+    ///
+    /// Lists the tasks with a `schedule` among the files given (checked as `maxions validate`
+    /// checks them). Across a DST change a job at a fixed time that the change skips runs right
+    /// after it and one that is repeated runs once; a job with `*` in minute or hour follows the
+    /// wall clock. Exit status: 0 listed, 1 invalid, 2 some path could not be read.
+    Schedule(schedule::Args),
     /// Write the JSON Schemas of the file formats (for editors and CI).
     Schema(schema::Args),
     /// Run one task now, in the foreground: sandbox, steps, commit, push, pull request.
@@ -140,6 +148,7 @@ pub fn main() -> ExitCode {
     let code = match cli.command {
         Command::Validate(args) => validate::run(&args, output),
         Command::Render(args) => render::run(&args, output),
+        Command::Schedule(args) => schedule::run(&args, output),
         Command::Schema(args) => schema::run(&args, output),
         Command::Image(args) => image::run(&args, output),
         Command::Run(args) => run::run(&args, output),

@@ -8,6 +8,7 @@ mod git_host;
 mod redact;
 mod runner;
 mod sandbox;
+mod schedule_cli;
 mod schemas;
 mod steps;
 mod support;
