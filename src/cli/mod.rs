@@ -7,6 +7,7 @@ mod render;
 mod run;
 mod schema;
 pub mod terminal;
+mod timeline;
 mod validate;
 
 use std::process::ExitCode;
