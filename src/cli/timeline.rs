@@ -65,7 +65,7 @@ impl Printer {
     /// Times each line by its own `ts` (relative to the first line's) and prints on stdout, for
     /// a log read back. No spinner: its elapsed time would be this process's, not the step's.
     #[must_use]
-    pub(super) fn from_log(mut self) -> Self {
+    pub(super) fn timed_by_log(mut self) -> Self {
         self.clock = Clock::Log;
         self.to_stdout = true;
         self.live = false;

@@ -25,7 +25,7 @@ pub enum Event {
         branch: String,
         base: String,
         /// Why this run happens (the daemon says: a new task file, an edit, a schedule slot…).
-        #[serde(skip_serializing_if = "Option::is_none")]
+        #[serde(default, skip_serializing_if = "Option::is_none")]
         trigger: Option<String>,
     },
     SandboxReady {
@@ -308,6 +308,15 @@ mod tests {
                 repo: "file:///r".into(),
                 branch: "maxions/t".into(),
                 base: "main".into(),
+                trigger: Some("a new task file".into()),
+            },
+            Event::RunStarted {
+                task: "t".into(),
+                blueprint: "b".into(),
+                repo: "file:///r".into(),
+                branch: "maxions/t".into(),
+                base: "main".into(),
+                trigger: None,
             },
             Event::SandboxReady {
                 container: "c0ffee".into(),
