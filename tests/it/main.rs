@@ -4,6 +4,7 @@ mod cli_run;
 mod egress;
 mod forge;
 mod git_host;
+mod logs_cli;
 mod redact;
 mod runner;
 mod sandbox;
