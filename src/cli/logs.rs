@@ -279,6 +279,7 @@ fn show(path: &Path, args: &Args, output: Output) -> Result<u8, LogsError> {
     let mut view = View {
         printer: Printer::new(false, output).timed_by_log(),
         json: args.json,
+        quiet: output.quiet,
         path,
         number: 0,
     };
@@ -323,6 +324,7 @@ fn show(path: &Path, args: &Args, output: Output) -> Result<u8, LogsError> {
 struct View<'a> {
     printer: Printer,
     json: bool,
+    quiet: bool,
     path: &'a Path,
     number: u64,
 }
@@ -352,9 +354,13 @@ impl View<'_> {
                 duration_ms,
             } = &line.event
             {
-                self.printer
-                    .finished(status_name(*status), reason.as_deref(), *duration_ms);
-                return Some(exit_code(*status));
+                let status_code = exit_code(*status);
+                // `-q` says only what went wrong.
+                if !self.quiet || status_code != code::OK {
+                    self.printer
+                        .finished(&status_name(*status), reason.as_deref(), *duration_ms);
+                }
+                return Some(status_code);
             }
             return None;
         }
@@ -389,16 +395,12 @@ fn finished_code(line: &serde_json::Value) -> Option<u8> {
     Some(status.map_or(code::FAILED, exit_code))
 }
 
-fn status_name(status: RunStatus) -> &'static str {
-    match status {
-        RunStatus::Succeeded => "succeeded",
-        RunStatus::Failed => "failed",
-        RunStatus::NoChanges => "no_changes",
-        RunStatus::Cancelled => "cancelled",
-        RunStatus::TimedOut => "timed_out",
-        RunStatus::Interrupted => "interrupted",
-        RunStatus::Invalid => "invalid",
-    }
+/// The status as the log spells it.
+fn status_name(status: RunStatus) -> String {
+    serde_json::to_value(status)
+        .ok()
+        .and_then(|v| v.as_str().map(str::to_owned))
+        .unwrap_or_default()
 }
 
 /// Splits bytes read from a growing file into complete lines. A line whose `\n` has not been
