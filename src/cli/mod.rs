@@ -3,11 +3,13 @@
 mod daemon;
 mod demo;
 mod image;
+mod logs;
 mod render;
 mod run;
 mod schedule;
 mod schema;
 pub mod terminal;
+mod timeline;
 mod validate;
 
 use std::process::ExitCode;
@@ -98,6 +100,15 @@ pub enum Command {
     /// The container is removed; the log and result say `cancelled`. Exit status: 0 done, 1
     /// nothing matched, 2 no daemon is running.
     Cancel(daemon::CancelArgs),
+    /// Print a run's events as `maxions run` shows them, from its log; `-f` follows a run
+    /// still going.
+    ///
+    /// TARGET is a log (`<task>.runs/<run-id>.jsonl`), a task file (its newest run), or a run id
+    /// (looked for below the tasks dir of ./maxions.yaml or `--config`). Each line shows its time
+    /// since the run's first event; `-v` adds the steps' output. Exit status: 0 printed; with
+    /// `-f`, the status `maxions run` gives the run once it finishes (0, 1, 2, 124, 130); 2 the
+    /// log could not be found or read.
+    Logs(logs::Args),
 }
 
 /// Exit statuses shared by the commands.
@@ -156,6 +167,7 @@ pub fn main() -> ExitCode {
         Command::Daemon(args) => daemon::daemon(&args, output),
         Command::Status(args) => daemon::status(&args, output),
         Command::Cancel(args) => daemon::cancel(&args, output),
+        Command::Logs(args) => logs::run(&args, output),
     };
     ExitCode::from(code)
 }

@@ -8,13 +8,14 @@ use std::path::{Path, PathBuf};
 use std::sync::Mutex;
 
 use schemars::JsonSchema;
-use serde::Serialize;
+use serde::{Deserialize, Serialize};
 
 use crate::sandbox::OutputStream;
 use crate::sandbox::egress::EgressEvent;
 
-/// One thing that happened in a run. Serialised with `type` naming the variant.
-#[derive(Debug, Clone, Serialize, JsonSchema)]
+/// One thing that happened in a run. Serialised with `type` naming the variant. Readers of a log
+/// (`maxions logs`) must expect `type`s they do not know: a newer maxions may have written it.
+#[derive(Debug, Clone, Serialize, Deserialize, JsonSchema)]
 #[serde(tag = "type", rename_all = "snake_case")]
 pub enum Event {
     RunStarted {
@@ -24,7 +25,7 @@ pub enum Event {
         branch: String,
         base: String,
         /// Why this run happens (the daemon says: a new task file, an edit, a schedule slot…).
-        #[serde(skip_serializing_if = "Option::is_none")]
+        #[serde(default, skip_serializing_if = "Option::is_none")]
         trigger: Option<String>,
     },
     SandboxReady {
@@ -72,7 +73,7 @@ pub enum Event {
         status: StepStatus,
         exit_code: Option<i64>,
         duration_ms: u64,
-        #[serde(skip_serializing_if = "Option::is_none")]
+        #[serde(default, skip_serializing_if = "Option::is_none")]
         reason: Option<String>,
     },
     Commit {
@@ -107,14 +108,14 @@ pub enum Event {
     },
     RunFinished {
         status: RunStatus,
-        #[serde(skip_serializing_if = "Option::is_none")]
+        #[serde(default, skip_serializing_if = "Option::is_none")]
         reason: Option<String>,
         duration_ms: u64,
     },
 }
 
 /// How a step ended.
-#[derive(Debug, Clone, Copy, PartialEq, Eq, Serialize, serde::Deserialize, JsonSchema)]
+#[derive(Debug, Clone, Copy, PartialEq, Eq, Serialize, Deserialize, JsonSchema)]
 #[serde(rename_all = "snake_case")]
 pub enum StepStatus {
     Succeeded,
@@ -127,7 +128,7 @@ pub enum StepStatus {
 }
 
 /// How a run ended.
-#[derive(Debug, Clone, Copy, PartialEq, Eq, Serialize, serde::Deserialize, JsonSchema)]
+#[derive(Debug, Clone, Copy, PartialEq, Eq, Serialize, Deserialize, JsonSchema)]
 #[serde(rename_all = "snake_case")]
 pub enum RunStatus {
     Succeeded,
@@ -143,7 +144,7 @@ pub enum RunStatus {
 }
 
 /// One line of a run's log: `{"ts","run","seq","type",...}`.
-#[derive(Debug, Clone, Serialize, JsonSchema)]
+#[derive(Debug, Clone, Serialize, Deserialize, JsonSchema)]
 pub struct EventLine {
     /// RFC 3339, UTC, milliseconds.
     pub ts: String,
@@ -276,6 +277,174 @@ mod tests {
         }
         let mut bad = Utf8Chunks::default();
         assert_eq!(bad.push(b"a\xffb"), "a\u{fffd}b");
+    }
+
+    /// One event of every kind, with every optional field both set and not.
+    fn every_event() -> Vec<Event> {
+        use crate::sandbox::egress::{Decision, RequestKind};
+        let egress = EgressEvent {
+            connection: 3,
+            kind: RequestKind::Connect,
+            host: Some("example.com".into()),
+            port: Some(443),
+            decision: Decision::Allowed,
+            address: Some("93.184.216.34".parse().unwrap()),
+            reason: "allowed by the allowlist".into(),
+            dialed: true,
+        };
+        let refused = EgressEvent {
+            kind: RequestKind::Invalid,
+            host: None,
+            port: None,
+            decision: Decision::Denied,
+            address: None,
+            dialed: false,
+            ..egress.clone()
+        };
+        vec![
+            Event::RunStarted {
+                task: "t".into(),
+                blueprint: "b".into(),
+                repo: "file:///r".into(),
+                branch: "maxions/t".into(),
+                base: "main".into(),
+                trigger: Some("a new task file".into()),
+            },
+            Event::RunStarted {
+                task: "t".into(),
+                blueprint: "b".into(),
+                repo: "file:///r".into(),
+                branch: "maxions/t".into(),
+                base: "main".into(),
+                trigger: None,
+            },
+            Event::SandboxReady {
+                container: "c0ffee".into(),
+                image: "maxions/sandbox:latest".into(),
+            },
+            Event::StepStarted {
+                step: "s".into(),
+                kind: "run".into(),
+            },
+            Event::StepSkipped {
+                step: "s".into(),
+                reason: "when is false".into(),
+            },
+            Event::Output {
+                step: "s".into(),
+                stream: OutputStream::Stdout,
+                text: "héllo\n\u{1b}[31m".into(),
+            },
+            Event::Output {
+                step: "s".into(),
+                stream: OutputStream::Stderr,
+                text: String::new(),
+            },
+            Event::OutputTruncated {
+                step: "s".into(),
+                logged_bytes: u64::MAX,
+            },
+            Event::CheckFailed {
+                step: "s".into(),
+                check: "test".into(),
+                exit_code: Some(-1),
+                round: 0,
+            },
+            Event::CheckFailed {
+                step: "s".into(),
+                check: "test".into(),
+                exit_code: None,
+                round: 2,
+            },
+            Event::FixRound {
+                step: "s".into(),
+                round: 1,
+                max_rounds: 2,
+                fixing: vec!["test".into(), "lint".into()],
+                passed: false,
+            },
+            Event::StepFinished {
+                step: "s".into(),
+                status: StepStatus::TimedOut,
+                exit_code: None,
+                duration_ms: 1234,
+                reason: Some("timed out after 10m".into()),
+            },
+            Event::StepFinished {
+                step: "s".into(),
+                status: StepStatus::NoChanges,
+                exit_code: Some(0),
+                duration_ms: 0,
+                reason: None,
+            },
+            Event::Commit { sha: "abc".into() },
+            Event::Pushed {
+                branch: "maxions/t".into(),
+                remote: "origin".into(),
+            },
+            Event::Pr {
+                number: 7,
+                url: "https://example.com/pr/7".into(),
+                created: true,
+                draft: false,
+            },
+            Event::PrNotOpened {
+                title: "t".into(),
+                body: "b\nc".into(),
+                draft: true,
+                reason: "no forge".into(),
+            },
+            Event::Egress { decision: egress },
+            Event::Egress { decision: refused },
+            Event::Warning {
+                message: "w".into(),
+            },
+            Event::RunFinished {
+                status: RunStatus::Interrupted,
+                reason: Some("killed".into()),
+                duration_ms: 99,
+            },
+            Event::RunFinished {
+                status: RunStatus::Succeeded,
+                reason: None,
+                duration_ms: 1,
+            },
+        ]
+    }
+
+    #[test]
+    fn every_event_reads_back_as_it_was_written() {
+        let mut types = std::collections::BTreeSet::new();
+        for (seq, event) in every_event().into_iter().enumerate() {
+            let line = EventLine {
+                ts: "2026-11-25T12:00:00.000Z".into(),
+                run: "r1".into(),
+                seq: seq as u64 + 1,
+                event,
+            };
+            let written = serde_json::to_string(&line).unwrap();
+            let read: EventLine = serde_json::from_str(&written)
+                .unwrap_or_else(|e| panic!("{written} does not read back: {e}"));
+            assert_eq!(serde_json::to_string(&read).unwrap(), written);
+            let value: serde_json::Value = serde_json::from_str(&written).unwrap();
+            types.insert(value["type"].as_str().unwrap().to_owned());
+        }
+        // Every kind the schema knows is covered: a new event kind fails here until it is added.
+        let schema = serde_json::to_value(schemars::schema_for!(Event)).unwrap();
+        let known: std::collections::BTreeSet<String> = schema["oneOf"]
+            .as_array()
+            .unwrap()
+            .iter()
+            .map(|v| {
+                let t = &v["properties"]["type"];
+                t.get("const")
+                    .or_else(|| t["enum"].get(0))
+                    .and_then(serde_json::Value::as_str)
+                    .unwrap_or_else(|| panic!("no type in {v}"))
+                    .to_owned()
+            })
+            .collect();
+        assert_eq!(types, known);
     }
 
     #[test]

@@ -231,7 +231,7 @@ impl ExecRequest {
 }
 
 /// Which stream a chunk of output came from.
-#[derive(Clone, Copy, Debug, PartialEq, Eq, serde::Serialize)]
+#[derive(Clone, Copy, Debug, PartialEq, Eq, serde::Serialize, serde::Deserialize)]
 #[serde(rename_all = "lowercase")]
 pub enum OutputStream {
     Stdout,

@@ -5,6 +5,7 @@ mod daemon;
 mod egress;
 mod forge;
 mod git_host;
+mod logs_cli;
 mod redact;
 mod runner;
 mod sandbox;

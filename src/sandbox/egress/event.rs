@@ -4,12 +4,12 @@
 
 use std::net::IpAddr;
 
-use serde::Serialize;
+use serde::{Deserialize, Serialize};
 
 use crate::sandbox::redact::Redactor;
 
 /// One decision of the egress proxy.
-#[derive(Debug, Clone, PartialEq, Eq, Serialize)]
+#[derive(Debug, Clone, PartialEq, Eq, Serialize, Deserialize)]
 pub struct EgressEvent {
     /// Counts the proxy's client connections from 1, to tell requests apart.
     pub connection: u64,
@@ -67,7 +67,7 @@ pub(super) fn printable(text: &str, max: usize) -> String {
 }
 
 /// The kind of proxy request.
-#[derive(Debug, Clone, Copy, PartialEq, Eq, Serialize)]
+#[derive(Debug, Clone, Copy, PartialEq, Eq, Serialize, Deserialize)]
 #[serde(rename_all = "snake_case")]
 pub enum RequestKind {
     /// `CONNECT host:port`, a tunnel (HTTPS and anything else over TCP).
@@ -79,7 +79,7 @@ pub enum RequestKind {
 }
 
 /// The outcome.
-#[derive(Debug, Clone, Copy, PartialEq, Eq, Serialize)]
+#[derive(Debug, Clone, Copy, PartialEq, Eq, Serialize, Deserialize)]
 #[serde(rename_all = "snake_case")]
 pub enum Decision {
     /// Allowed by the policy and connected.
