@@ -37,10 +37,11 @@ use schedule::Schedule;
 use state::{Active, Done, Entry, State, Store, StoreError, content_hash};
 
 /// How long the watcher gathers events before it hints.
-const DEBOUNCE: Duration = Duration::from_millis(250);
+const DEBOUNCE: Duration = Duration::from_millis(200);
 /// A task file must be unchanged this long before it is read: a half-written file is read once
-/// it settles, not failed.
-const SETTLE: Duration = Duration::from_millis(500);
+/// it settles, not failed. About the debounce, so that a file written in one go is settled by
+/// the time its hint arrives, and one moved in (an old mtime) at once.
+const SETTLE: Duration = Duration::from_millis(250);
 
 /// Why the daemon stopped. Each says what to do.
 #[derive(Debug, thiserror::Error)]
