@@ -36,6 +36,8 @@ use crate::sandbox::Engine;
 use schedule::Schedule;
 use state::{Active, Done, Entry, State, Store, StoreError, content_hash};
 
+/// How often blueprints and `maxions.yaml` are looked at for edits.
+const REFERENCES_EVERY: Duration = Duration::from_secs(2);
 /// How long the watcher gathers events before it hints.
 const DEBOUNCE: Duration = Duration::from_millis(200);
 /// A task file must be unchanged this long before it is read: a half-written file is read once
@@ -176,6 +178,8 @@ pub struct Daemon {
     handles: HashMap<String, Running>,
     schedules: HashMap<PathBuf, Schedule>,
     settle: watch::Settle,
+    /// What blueprints and `maxions.yaml` looked like at the last scan.
+    references: Option<u64>,
     /// Problems of the last scan, so each is reported once.
     problems: BTreeSet<String>,
     /// When the loop last scanned, and whether watching works.
@@ -218,6 +222,7 @@ impl Daemon {
             handles: HashMap::new(),
             schedules: HashMap::new(),
             settle: watch::Settle::new(SETTLE),
+            references: None,
             problems: BTreeSet::new(),
             last_scan: Instant::now(),
             watching: false,
@@ -263,6 +268,7 @@ impl Daemon {
         let mut cancelled_all = false;
         loop {
             self.reload_config();
+            self.check_references();
             self.fire_schedules(Utc::now());
             if !draining {
                 self.dispatch();
@@ -276,7 +282,8 @@ impl Daemon {
             } else {
                 watch::FALLBACK_RESCAN
             };
-            let mut wake = self.last_scan + rescan_every;
+            // Blueprints and maxions.yaml are not watched: looked at (a few `stat`s) this often.
+            let mut wake = (self.last_scan + rescan_every).min(Instant::now() + REFERENCES_EVERY);
             if let Some(at) = recheck {
                 wake = wake.min(at);
             }
@@ -458,7 +465,7 @@ impl Daemon {
             self.removed(&path);
         }
         for path in observed.settled {
-            self.changed(&path);
+            self.changed(&path, false);
         }
         // Task files the state knows that are gone while the daemon was down.
         let present: BTreeSet<&Path> = scan.files.iter().map(|e| e.path.as_path()).collect();
@@ -478,8 +485,31 @@ impl Daemon {
         })
     }
 
-    /// A task file appeared or changed (and settled).
-    fn changed(&mut self, path: &Path) {
+    /// A blueprint or `maxions.yaml` changed: tasks that were invalid may be valid now.
+    fn check_references(&mut self) {
+        let stamp = self.references_stamp();
+        if stamp == self.references {
+            return;
+        }
+        // At start-up too: what they refer to may have been fixed while the daemon was down.
+        self.references = stamp;
+        let invalid: Vec<PathBuf> = self
+            .state
+            .tasks
+            .iter()
+            .filter(|(_, t)| t.invalid)
+            .map(|(p, _)| p.clone())
+            .collect();
+        for path in invalid {
+            if path.is_file() {
+                self.changed(&path, true);
+            }
+        }
+    }
+
+    /// A task file appeared or changed (and settled); `force`: read it again even if its content
+    /// is the same (what it refers to changed).
+    fn changed(&mut self, path: &Path, force: bool) {
         let bytes = match std::fs::read(path) {
             Ok(bytes) => bytes,
             Err(error) => {
@@ -491,6 +521,7 @@ impl Daemon {
         let known = self.state.tasks.get(path).cloned();
         if let Some(known) = &known
             && known.hash == hash
+            && !force
         {
             // Unchanged since the daemon last saw it (a restart, a touch): nothing new, unless
             // this daemon has not registered its schedule yet.
@@ -514,9 +545,15 @@ impl Daemon {
                 return;
             }
         };
+        let was_invalid = known.as_ref().is_some_and(|k| k.invalid);
         let previous = known.map(|k| k.hash);
         let task = self.state.tasks.entry(path.to_path_buf()).or_default();
         task.hash.clone_from(&hash);
+        task.invalid = false;
+        if was_invalid && previous.as_deref() == Some(hash.as_str()) {
+            // Valid now without an edit of its own: what it refers to was fixed.
+            task.handled = None;
+        }
         self.dirty = true;
         if let Some(expr) = &loaded.task.schedule {
             match Schedule::new(expr, loaded.task.timezone.as_deref()) {
@@ -546,6 +583,9 @@ impl Daemon {
             return;
         }
         let trigger = match previous {
+            Some(_) if was_invalid => {
+                "the task is valid now (a blueprint or maxions.yaml changed)".to_owned()
+            }
             Some(old) if old != hash => format!(
                 "the task file changed (content {} → {})",
                 &old[..12.min(old.len())],
@@ -608,13 +648,15 @@ impl Daemon {
 
     fn invalid(&mut self, path: &Path, hash: &str, validation: &Validation) {
         let task = self.state.tasks.entry(path.to_path_buf()).or_default();
-        if task.hash == hash && task.handled.as_deref() == Some(hash) {
+        if task.hash == hash && task.invalid {
             return;
         }
         task.hash = hash.to_owned();
         task.handled = Some(hash.to_owned());
-        task.last_slot = None;
-        self.schedules.remove(path);
+        task.invalid = true;
+        if task.last_slot.is_none() {
+            self.schedules.remove(path);
+        }
         self.dirty = true;
         match records::write_invalid(path, validation) {
             Ok(result) => tracing::warn!(
@@ -627,6 +669,31 @@ impl Daemon {
                 tracing::error!(%error, task = %path.display(), "invalid task file, and its result cannot be written")
             }
         }
+    }
+
+    /// A fingerprint of the blueprints dir and `maxions.yaml` (names, sizes, mtimes).
+    fn references_stamp(&self) -> Option<u64> {
+        use std::hash::{Hash, Hasher};
+        let mut hasher = std::collections::hash_map::DefaultHasher::new();
+        let dir = self.setup.dir.join(&self.config.blueprints_dir);
+        let mut entries: Vec<(std::ffi::OsString, u64, Option<SystemTime>)> =
+            std::fs::read_dir(&dir)
+                .into_iter()
+                .flatten()
+                .filter_map(Result::ok)
+                .filter_map(|e| {
+                    let meta = e.metadata().ok()?;
+                    Some((e.file_name(), meta.len(), meta.modified().ok()))
+                })
+                .collect();
+        entries.sort();
+        entries.hash(&mut hasher);
+        self.setup
+            .config_file
+            .as_deref()
+            .and_then(file_stamp)
+            .hash(&mut hasher);
+        Some(hasher.finish())
     }
 
     fn load(&self, path: &Path) -> Result<LoadedTask, Validation> {

@@ -51,6 +51,10 @@ pub struct TaskState {
     /// A scheduled task: every slot up to this instant has been handled.
     #[serde(default, skip_serializing_if = "Option::is_none")]
     pub last_slot: Option<DateTime<Utc>>,
+    /// The content was invalid: it is read again when a blueprint or `maxions.yaml` changes
+    /// (the problem may have been there).
+    #[serde(default, skip_serializing_if = "std::ops::Not::not")]
+    pub invalid: bool,
 }
 
 /// A run waiting for a slot.

@@ -280,6 +280,7 @@ fn stopped_daemon_state(project: &Project, task: &Path, hours_ago: i64) {
             hash: state::content_hash(&std::fs::read(task).unwrap()),
             handled: None,
             last_slot: Some(Utc::now() - chrono::Duration::hours(hours_ago)),
+            invalid: false,
         },
     );
     std::fs::create_dir_all(project.state_dir()).unwrap();
@@ -374,4 +375,27 @@ async fn a_broken_config_edit_keeps_the_last_good_one() {
         serde_json::from_slice(&std::fs::read(project.tasks().join("after.result.json")).unwrap())
             .unwrap();
     assert_eq!(result["status"], "succeeded", "{result}");
+}
+
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn a_task_invalid_for_its_blueprint_runs_once_the_blueprint_is_fixed() {
+    let project = Project::new("{}\n");
+    let task = project.tasks().join("later.yaml");
+    std::fs::write(&task, "task: x\nrepo: acme/x\nblueprint: later\n").unwrap();
+    let engine = Scripted::new(|_| Reply::ok());
+    let sink = Arc::new(Recorder::default());
+    let daemon = Running::start(&project, engine, Arc::clone(&sink)).await;
+    let result = project.tasks().join("later.result.json");
+    until("the invalid result", || result.is_file()).await;
+    assert_eq!(sink.finished(), 0);
+    // The blueprint arrives: the task file itself is unchanged, and now valid.
+    std::fs::write(
+        project.dir.path().join("blueprints/later.yaml"),
+        BLUEPRINT.replace("name: quick", "name: later"),
+    )
+    .unwrap();
+    until("the run once the blueprint exists", || sink.finished() == 1).await;
+    daemon.stop().await;
+    let trigger = sink.started()[0].1.clone().unwrap_or_default();
+    assert!(trigger.contains("valid now"), "{trigger}");
 }
