@@ -173,6 +173,8 @@ pub struct Daemon {
     state: State,
     dirty: bool,
     runs: JoinSet<Ended>,
+    /// Every run's token is a child of this one: cancelled, nothing goes on.
+    root: CancellationToken,
     /// The run of each task in `runs`, to know which one a panic ended.
     run_ids: HashMap<tokio::task::Id, String>,
     handles: HashMap<String, Running>,
@@ -218,6 +220,7 @@ impl Daemon {
             state,
             dirty: false,
             runs: JoinSet::new(),
+            root: CancellationToken::new(),
             run_ids: HashMap::new(),
             handles: HashMap::new(),
             schedules: HashMap::new(),
@@ -518,6 +521,15 @@ impl Daemon {
             }
         };
         let hash = content_hash(&bytes);
+        if let Err(problem) = self.confined(path, &bytes) {
+            let mut validation = Validation::default();
+            validation.diagnostics.push(
+                crate::config::Diagnostic::error("outside-project", problem)
+                    .in_file(path.display().to_string()),
+            );
+            self.invalid(path, &hash, &validation);
+            return;
+        }
         let known = self.state.tasks.get(path).cloned();
         if let Some(known) = &known
             && known.hash == hash
@@ -669,6 +681,52 @@ impl Daemon {
                 tracing::error!(%error, task = %path.display(), "invalid task file, and its result cannot be written")
             }
         }
+    }
+
+    /// What the daemon reads for a task stays in its project: whoever may drop a task file must
+    /// not make the daemon read (and quote in diagnostics) any file it can read. A task file that
+    /// is a symbolic link must lead into the tasks folder, and a blueprint named by path must lie
+    /// in the project (the directory of `maxions.yaml`).
+    fn confined(&self, path: &Path, bytes: &[u8]) -> Result<(), String> {
+        if std::fs::symlink_metadata(path).is_ok_and(|m| m.file_type().is_symlink()) {
+            let target = std::fs::canonicalize(path)
+                .map_err(|e| format!("cannot follow the symbolic link: {e}"))?;
+            if !target.starts_with(&self.tasks_dir) {
+                return Err(format!(
+                    "the task file is a symbolic link to `{}`, outside the tasks folder: the daemon does not follow it",
+                    target.display()
+                ));
+            }
+        }
+        let Ok(text) = std::str::from_utf8(bytes) else {
+            return Ok(());
+        };
+        let Ok(tree) = crate::config::yaml::parse(text) else {
+            return Ok(());
+        };
+        let Some(name) = tree
+            .get("blueprint")
+            .and_then(crate::config::yaml::Node::as_str)
+        else {
+            return Ok(());
+        };
+        if !(name.contains('/') || name.ends_with(".yaml") || name.ends_with(".yml")) {
+            return Ok(());
+        }
+        let project =
+            std::fs::canonicalize(&self.setup.dir).unwrap_or_else(|_| self.setup.dir.clone());
+        let wanted = path.parent().unwrap_or(Path::new("/")).join(name);
+        let resolved = std::fs::canonicalize(&wanted).unwrap_or(wanted);
+        let plain = !resolved
+            .components()
+            .any(|c| matches!(c, std::path::Component::ParentDir));
+        if plain && resolved.starts_with(&project) {
+            return Ok(());
+        }
+        Err(format!(
+            "the blueprint `{name}` is outside the project `{}`: name a blueprint in `blueprints_dir`, or a path inside the project",
+            project.display()
+        ))
     }
 
     /// A fingerprint of the blueprints dir and `maxions.yaml` (names, sizes, mtimes).
@@ -847,6 +905,19 @@ impl Daemon {
     }
 
     fn start_run(&mut self, entry: Entry) {
+        // Checked again: the file may have been swapped for a link since it was queued.
+        if let Err(problem) = std::fs::read(&entry.task)
+            .map_err(|e| format!("cannot read the task file: {e}"))
+            .and_then(|bytes| self.confined(&entry.task, &bytes))
+        {
+            let mut validation = Validation::default();
+            validation.diagnostics.push(
+                crate::config::Diagnostic::error("outside-project", problem)
+                    .in_file(entry.task.display().to_string()),
+            );
+            self.invalid(&entry.task, &entry.hash, &validation);
+            return;
+        }
         // Loaded now, not when queued: an edited blueprint or maxions.yaml counts from the next run.
         let loaded = match self.load(&entry.task) {
             Ok(loaded) => loaded,
@@ -878,7 +949,7 @@ impl Daemon {
         self.state.running.push(active.clone());
         self.dirty = true;
         self.persist();
-        let cancel = CancellationToken::new();
+        let cancel = self.root.child_token();
         let reason = CancelReason::default();
         let mut launch = Launch::new(Arc::new(loaded), Arc::clone(&self.engine), run_id.clone());
         launch.forge = forge;
@@ -997,8 +1068,8 @@ impl Daemon {
         for handle in self.handles.values_mut() {
             handle.reason.set(format!("cancelled: {why}"));
             handle.stopping = true;
-            handle.cancel.cancel();
         }
+        self.root.cancel();
         if !self.handles.is_empty() {
             tracing::warn!(
                 runs = self.handles.len(),

@@ -399,3 +399,41 @@ async fn a_task_invalid_for_its_blueprint_runs_once_the_blueprint_is_fixed() {
     let trigger = sink.started()[0].1.clone().unwrap_or_default();
     assert!(trigger.contains("valid now"), "{trigger}");
 }
+
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn a_task_file_cannot_make_the_daemon_read_files_outside_its_project() {
+    let project = Project::new("{}\n");
+    let outside = tempfile::tempdir().unwrap();
+    // Would be quoted by the diagnostics ("unknown field `…`") if the daemon read it.
+    let private = outside.path().join("private.yaml");
+    std::fs::write(&private, "leaked_private_key: 1\n").unwrap();
+    std::os::unix::fs::symlink(&private, project.tasks().join("link.yaml")).unwrap();
+    std::fs::write(
+        project.tasks().join("by-path.yaml"),
+        format!(
+            "task: x\nrepo: acme/x\nblueprint: ../../../../../../..{}\n",
+            private.display()
+        ),
+    )
+    .unwrap();
+    let engine = Scripted::new(|_| Reply::ok());
+    let sink = Arc::new(Recorder::default());
+    let daemon = Running::start(&project, engine, Arc::clone(&sink)).await;
+    let results = [
+        project.tasks().join("link.result.json"),
+        project.tasks().join("by-path.result.json"),
+    ];
+    until("both invalid results", || {
+        results.iter().all(|r| r.is_file())
+    })
+    .await;
+    daemon.stop().await;
+    assert_eq!(sink.finished(), 0);
+    for result in results {
+        let text = std::fs::read_to_string(&result).unwrap();
+        assert!(!text.contains("leaked_private_key"), "{text}");
+        let value: serde_json::Value = serde_json::from_str(&text).unwrap();
+        assert_eq!(value["status"], "invalid");
+        assert_eq!(value["diagnostics"][0]["code"], "outside-project", "{text}");
+    }
+}
