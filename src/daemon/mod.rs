@@ -380,6 +380,42 @@ impl Daemon {
     async fn recover(&mut self) {
         let interrupted = std::mem::take(&mut self.state.running);
         for active in interrupted {
+            // Ended before the daemon died, but the daemon had not recorded it yet.
+            if let Some((status, reason)) = records::logged_end(&active.log) {
+                tracing::info!(run = %active.run, ?status, "the run had ended before the daemon stopped");
+                let result = runner::result::result_path(&active.entry.task);
+                let recorded = std::fs::read(&result)
+                    .ok()
+                    .and_then(|b| serde_json::from_slice::<RunResult>(&b).ok())
+                    .is_some_and(|r| r.run == active.run);
+                if !recorded {
+                    let ended = records::Ended {
+                        task: &active.entry.task,
+                        run: &active.run,
+                        repo: &active.entry.repo,
+                        branch: &active.branch,
+                        trigger: Some(&active.entry.trigger),
+                        started_at: active.started_at,
+                        status,
+                        reason: reason.clone().unwrap_or_default(),
+                    };
+                    if let Err(error) = ended.write_result() {
+                        tracing::error!(%error, run = %active.run, "cannot write the run's result");
+                    }
+                }
+                self.state.finished(Done {
+                    run: active.run.clone(),
+                    task: active.entry.task.clone(),
+                    status,
+                    reason,
+                    finished_at: Utc::now(),
+                    log: Some(active.log.clone()),
+                    pull_request: None,
+                });
+                self.mark_handled(&active.entry);
+                self.dirty = true;
+                continue;
+            }
             let again = self.config.interrupted == Interrupted::Requeue
                 && active.entry.attempt < self.config.max_attempts
                 && active.entry.task.is_file();

@@ -77,6 +77,18 @@ impl Ended<'_> {
         })?;
         file.write_all(&out)?;
         file.sync_all()?;
+        self.write_result()?;
+        Ok(log)
+    }
+
+    /// Writes the task's result for this run (without touching its log).
+    ///
+    /// # Errors
+    /// When the result cannot be written.
+    pub fn write_result(&self) -> io::Result<()> {
+        let log = log_path(self.task, self.run);
+        let duration_ms = u64::try_from((Utc::now() - self.started_at).num_milliseconds().max(0))
+            .unwrap_or_default();
         let result = RunResult {
             run: self.run.to_owned(),
             task: self.task.display().to_string(),
@@ -99,8 +111,7 @@ impl Ended<'_> {
             kept_container: None,
             diagnostics: Vec::new(),
         };
-        write_result(&result_path(self.task), &result)?;
-        Ok(log)
+        write_result(&result_path(self.task), &result)
     }
 }
 
@@ -125,6 +136,25 @@ fn read_log_tail(log: &Path) -> io::Result<(u64, bool, bool)> {
         started |= value.get("type").and_then(serde_json::Value::as_str) == Some("run_started");
     }
     Ok((last_seq, started, bytes.last().is_none_or(|b| *b == b'\n')))
+}
+
+/// How a log says its run ended, if it does: the status and reason of its `run_finished` line.
+/// A run whose process died after that line had ended; it must not count as interrupted.
+#[must_use]
+pub fn logged_end(log: &Path) -> Option<(RunStatus, Option<String>)> {
+    let bytes = std::fs::read(log).ok()?;
+    bytes.split(|b| *b == b'\n').rev().find_map(|line| {
+        let value = serde_json::from_slice::<serde_json::Value>(line).ok()?;
+        if value.get("type")?.as_str()? != "run_finished" {
+            return None;
+        }
+        let status = serde_json::from_value(value.get("status")?.clone()).ok()?;
+        let reason = value
+            .get("reason")
+            .and_then(serde_json::Value::as_str)
+            .map(str::to_owned);
+        Some((status, reason))
+    })
 }
 
 /// Writes `<stem>.result.json` with status `invalid` and the same diagnostics `maxions validate

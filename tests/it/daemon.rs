@@ -437,3 +437,73 @@ async fn a_task_file_cannot_make_the_daemon_read_files_outside_its_project() {
         assert_eq!(value["diagnostics"][0]["code"], "outside-project", "{text}");
     }
 }
+
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn a_run_that_ended_just_before_a_crash_is_not_run_again() {
+    let project = Project::new("{}\n");
+    let task = project.task("done", "acme/x", "");
+    let hash = state::content_hash(&std::fs::read(&task).unwrap());
+    let run = "20261202T010000-abcdef";
+    let log = project.tasks().join(format!("done.runs/{run}.jsonl"));
+    std::fs::create_dir_all(log.parent().unwrap()).unwrap();
+    std::fs::write(
+        &log,
+        format!(
+            "{{\"ts\":\"t\",\"run\":\"{run}\",\"seq\":1,\"type\":\"run_started\",\"task\":\"t\",\"blueprint\":\"quick\",\"repo\":\"r\",\"branch\":\"b\",\"base\":\"main\"}}\n\
+             {{\"ts\":\"t\",\"run\":\"{run}\",\"seq\":2,\"type\":\"run_finished\",\"status\":\"succeeded\",\"duration_ms\":5}}\n"
+        ),
+    )
+    .unwrap();
+    // The daemon died after the run's last line, before it recorded the end.
+    let entry = state::Entry {
+        seq: 0,
+        task: task.clone(),
+        hash: hash.clone(),
+        repo: "https://github.com/acme/x.git".into(),
+        trigger: "new task file".into(),
+        queued_at: Utc::now(),
+        attempt: 1,
+    };
+    let mut saved = State {
+        version: state::VERSION,
+        next_seq: 1,
+        ..State::default()
+    };
+    saved.tasks.insert(
+        task.clone(),
+        TaskState {
+            hash,
+            ..TaskState::default()
+        },
+    );
+    saved.running.push(state::Active {
+        entry,
+        run: run.into(),
+        log: log.clone(),
+        branch: "maxions/done".into(),
+        started_at: Utc::now(),
+    });
+    std::fs::create_dir_all(project.state_dir()).unwrap();
+    std::fs::write(
+        state::state_path(&project.state_dir()),
+        serde_json::to_vec(&saved).unwrap(),
+    )
+    .unwrap();
+
+    let engine = Scripted::new(|_| Reply::ok());
+    let sink = Arc::new(Recorder::default());
+    let daemon = Running::start(&project, engine, Arc::clone(&sink)).await;
+    tokio::time::sleep(Duration::from_millis(1500)).await;
+    daemon.stop().await;
+    assert_eq!(sink.finished(), 0, "it ran again");
+    let state = project.state();
+    assert_eq!(state.recent.len(), 1);
+    assert_eq!(state.recent[0].status, RunStatus::Succeeded);
+    let text = std::fs::read_to_string(&log).unwrap();
+    assert!(!text.contains("interrupted"), "{text}");
+    let result: serde_json::Value =
+        serde_json::from_slice(&std::fs::read(project.tasks().join("done.result.json")).unwrap())
+            .unwrap();
+    assert_eq!(result["status"], "succeeded");
+    assert_eq!(result["run"], run);
+}
