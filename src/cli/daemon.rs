@@ -7,6 +7,7 @@ use std::sync::Arc;
 
 use super::Output;
 use super::terminal::printable;
+use crate::daemon::schedule::Schedule;
 use crate::daemon::state::{self, State};
 use crate::daemon::{Daemon, Setup, Shutdown, control};
 use crate::runner::{EventLine, EventSink, RunStatus};
@@ -158,6 +159,27 @@ pub fn cancel(args: &CancelArgs, _output: Output) -> u8 {
     }
 }
 
+/// The scheduled tasks the daemon knows, with their next slot (read from the task files).
+fn scheduled(state: &State) -> Vec<(PathBuf, Schedule, Option<chrono::DateTime<chrono::Utc>>)> {
+    state
+        .tasks
+        .iter()
+        .filter(|(_, task)| task.last_slot.is_some() && !task.invalid)
+        .filter_map(|(path, task)| {
+            let text = std::fs::read_to_string(path).ok()?;
+            let tree = crate::config::yaml::parse(&text).ok()?;
+            let expr = tree.get("schedule")?.as_str()?;
+            let zone = tree
+                .get("timezone")
+                .and_then(crate::config::yaml::Node::as_str);
+            let schedule = Schedule::new(expr, zone).ok()?;
+            let from = task.last_slot?.max(chrono::Utc::now());
+            let next = schedule.next_after(from);
+            Some((path.clone(), schedule, next))
+        })
+        .collect()
+}
+
 pub fn status(args: &StatusArgs, _output: Output) -> u8 {
     let setup = Setup::locate(args.config.as_deref());
     let config = match setup.config() {
@@ -180,6 +202,7 @@ pub fn status(args: &StatusArgs, _output: Output) -> u8 {
             return super::exit::UNREADABLE;
         }
     };
+    let scheduled = scheduled(&state);
     let json = args.json || !std::io::stdout().is_terminal();
     let mut out = std::io::stdout().lock();
     if json {
@@ -189,6 +212,12 @@ pub fn status(args: &StatusArgs, _output: Output) -> u8 {
             "running": state.running,
             "queued": state.queue,
             "recent": state.recent.iter().rev().collect::<Vec<_>>(),
+            "scheduled": scheduled.iter().map(|(task, schedule, next)| serde_json::json!({
+                "task": task,
+                "schedule": schedule.expr(),
+                "timezone": schedule.timezone().name(),
+                "next": next.map(|n| n.with_timezone(&schedule.timezone()).to_rfc3339()),
+            })).collect::<Vec<_>>(),
         });
         let _ = writeln!(
             out,
@@ -223,6 +252,22 @@ pub fn status(args: &StatusArgs, _output: Output) -> u8 {
             "  {:<28} {}",
             printable(&entry.task.display().to_string()),
             printable(&entry.trigger)
+        );
+    }
+    let _ = writeln!(out, "\nSCHEDULED ({})", scheduled.len());
+    for (task, schedule, next) in &scheduled {
+        let _ = writeln!(
+            out,
+            "  {:<28} {:<16} next {}",
+            printable(&task.display().to_string()),
+            printable(&format!("{} ({})", schedule.expr(), schedule.timezone())),
+            next.map_or_else(
+                || "never".to_owned(),
+                |n| n
+                    .with_timezone(&schedule.timezone())
+                    .format("%Y-%m-%d %H:%M %Z")
+                    .to_string()
+            )
         );
     }
     let _ = writeln!(out, "\nRECENT");

@@ -355,6 +355,20 @@ async fn a_new_scheduled_task_waits_for_its_slot() {
     tokio::time::sleep(Duration::from_millis(500)).await;
     daemon.stop().await;
     assert_eq!(sink.finished(), 0, "a scheduled task does not run on drop");
+    // `maxions status` shows it with its next slot: the 1st of January, midnight UTC.
+    let out = std::process::Command::new(env!("CARGO_BIN_EXE_maxions"))
+        .args(["status", "--json", "--config"])
+        .arg(project.dir.path().join("maxions.yaml"))
+        .output()
+        .unwrap();
+    assert!(out.status.success());
+    let status: serde_json::Value = serde_json::from_slice(&out.stdout).unwrap();
+    assert_eq!(status["daemon"], serde_json::Value::Null, "{status}");
+    let scheduled = &status["scheduled"][0];
+    assert_eq!(scheduled["schedule"], "0 0 1 1 *", "{status}");
+    assert_eq!(scheduled["timezone"], "UTC");
+    let next = scheduled["next"].as_str().unwrap();
+    assert!(next.contains("-01-01T00:00:00"), "{next}");
 }
 
 #[tokio::test(flavor = "multi_thread", worker_threads = 2)]
