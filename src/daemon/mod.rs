@@ -41,6 +41,13 @@ const DEBOUNCE: Duration = Duration::from_millis(250);
 /// A task file must be unchanged this long before it is read: a half-written file is read once
 /// it settles, not failed.
 const SETTLE: Duration = Duration::from_millis(500);
+/// When to look for sandboxes no run owns again after the sweep at start-up, then how often: a
+/// create request in flight when a daemon died (or when a run was cancelled) is completed by the
+/// engine after the sweep that looked for it.
+const FIRST_SWEEP: Duration = Duration::from_secs(10);
+const SWEEP_EVERY: Duration = Duration::from_secs(60);
+/// The longest a sweep may hold up the loop.
+const SWEEP_TIMEOUT: Duration = Duration::from_secs(30);
 
 /// Why the daemon stopped. Each says what to do.
 #[derive(Debug, thiserror::Error)]
@@ -180,6 +187,8 @@ pub struct Daemon {
     /// When the loop last scanned, and whether watching works.
     last_scan: Instant,
     watching: bool,
+    /// When to look for orphaned sandboxes again.
+    next_sweep: Instant,
 }
 
 impl Daemon {
@@ -220,6 +229,7 @@ impl Daemon {
             problems: BTreeSet::new(),
             last_scan: Instant::now(),
             watching: false,
+            next_sweep: Instant::now() + FIRST_SWEEP,
         };
         daemon.recover().await;
         daemon.persist();
@@ -276,7 +286,7 @@ impl Daemon {
             } else {
                 watch::FALLBACK_RESCAN
             };
-            let mut wake = self.last_scan + rescan_every;
+            let mut wake = (self.last_scan + rescan_every).min(self.next_sweep);
             if let Some(at) = recheck {
                 wake = wake.min(at);
             }
@@ -331,6 +341,9 @@ impl Daemon {
                     }
                     if watcher.is_none() && !draining && self.tasks_dir.is_dir() {
                         (watcher, hints) = self.start_watching();
+                    }
+                    if self.next_sweep <= Instant::now() {
+                        self.sweep().await;
                     }
                     if recheck.is_some_and(|at| at <= Instant::now())
                         || self.last_scan + rescan_every <= Instant::now()
@@ -411,6 +424,22 @@ impl Daemon {
             Err(error) => {
                 tracing::warn!(%error, "cannot look for the sandboxes of interrupted runs")
             }
+        }
+    }
+
+    /// Removes the sandboxes of this instance that no live run owns: those whose create request
+    /// was still in flight when a daemon died or a run was cancelled.
+    async fn sweep(&mut self) {
+        self.next_sweep = Instant::now() + SWEEP_EVERY;
+        let live: Vec<String> = self.handles.keys().cloned().collect();
+        match tokio::time::timeout(SWEEP_TIMEOUT, self.engine.remove_orphans(&live)).await {
+            Ok(Ok(0)) => {}
+            Ok(Ok(n)) => tracing::info!("removed {n} sandbox containers that no run owns"),
+            Ok(Err(error)) => tracing::warn!(%error, "cannot look for orphaned sandboxes"),
+            Err(_) => tracing::warn!(
+                "looking for orphaned sandboxes took longer than {}s; trying again later",
+                SWEEP_TIMEOUT.as_secs()
+            ),
         }
     }
 

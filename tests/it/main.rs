@@ -1,6 +1,7 @@
 //! maxions' integration tests: one test binary, shared helpers in `support`.
 
 mod cli_run;
+mod daemon_process;
 mod egress;
 mod forge;
 mod git_host;
