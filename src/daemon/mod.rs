@@ -383,6 +383,26 @@ impl Daemon {
     async fn recover(&mut self) {
         let interrupted = std::mem::take(&mut self.state.running);
         for active in interrupted {
+            // Its log ended before the daemon could save that: the run ended on its own, and
+            // its log and result are whole. Recording it again would give it two ends, and
+            // queueing it again would run it twice.
+            if let Some((status, reason, pull_request)) =
+                records::logged_end(&active.entry.task, &active.run)
+            {
+                tracing::info!(run = %active.run, task = %active.entry.task.display(), status = ?status, "the run had ended when the last daemon stopped; recorded as it ended");
+                self.state.finished(Done {
+                    run: active.run.clone(),
+                    task: active.entry.task.clone(),
+                    status,
+                    reason,
+                    finished_at: Utc::now(),
+                    log: Some(active.log.clone()),
+                    pull_request,
+                });
+                self.mark_handled(&active.entry);
+                self.dirty = true;
+                continue;
+            }
             let again = self.config.interrupted == Interrupted::Requeue
                 && active.entry.attempt < self.config.max_attempts
                 && active.entry.task.is_file();
@@ -414,6 +434,9 @@ impl Daemon {
                 );
                 // Its old place in the line: it was first.
                 self.state.queue.insert(0, entry);
+            } else {
+                // Not to be tried again: the next scan must not take it for a new file.
+                self.mark_handled(&active.entry);
             }
             self.dirty = true;
         }

@@ -127,6 +127,34 @@ fn read_log_tail(log: &Path) -> io::Result<(u64, bool, bool)> {
     Ok((last_seq, started, bytes.last().is_none_or(|b| *b == b'\n')))
 }
 
+/// How a run ended by its own account: the status and reason of its log's `run_finished` line
+/// and the pull request of its result (when the result is this run's). `None` when the log has
+/// no such line: the run did not end.
+///
+/// A daemon killed after a run's log ended but before it saved that finds the run still
+/// `running` in its state; this tells it the run need not be recorded again nor run again.
+#[must_use]
+pub fn logged_end(task: &Path, run: &str) -> Option<(RunStatus, Option<String>, Option<String>)> {
+    let bytes = std::fs::read(log_path(task, run)).ok()?;
+    let finished = bytes
+        .split(|b| *b == b'\n')
+        .filter_map(|line| serde_json::from_slice::<serde_json::Value>(line).ok())
+        .rfind(|value| {
+            value.get("type").and_then(serde_json::Value::as_str) == Some("run_finished")
+        })?;
+    let status = serde_json::from_value(finished.get("status")?.clone()).ok()?;
+    let reason = finished
+        .get("reason")
+        .and_then(serde_json::Value::as_str)
+        .map(str::to_owned);
+    let pull_request = std::fs::read(result_path(task))
+        .ok()
+        .and_then(|bytes| serde_json::from_slice::<RunResult>(&bytes).ok())
+        .filter(|result| result.run == run)
+        .and_then(|result| result.pull_request?.url);
+    Some((status, reason, pull_request))
+}
+
 /// Writes `<stem>.result.json` with status `invalid` and the same diagnostics `maxions validate
 /// --format json` gives.
 ///
@@ -286,6 +314,30 @@ mod tests {
         assert_eq!(read[0]["type"], "run_started");
         assert_eq!(read[0]["trigger"], "new task file");
         assert_eq!(read[1]["seq"], 2);
+    }
+
+    #[test]
+    fn a_log_ended_by_its_run_is_told_from_one_cut_short() {
+        let dir = tempfile::tempdir().unwrap();
+        let task = dir.path().join("t.yaml");
+        let run = "20261202T000000-abcdef";
+        let log = log_path(&task, run);
+        std::fs::create_dir_all(log.parent().unwrap()).unwrap();
+        let started = r#"{"ts":"x","run":"r","seq":1,"type":"run_started","task":"t","blueprint":"b","repo":"r","branch":"b","base":"main"}"#;
+        std::fs::write(&log, format!("{started}\n{{\"ts\":\"x\",\"ty")).unwrap();
+        assert_eq!(logged_end(&task, run), None);
+        std::fs::write(
+            &log,
+            format!(
+                "{started}\n{}\n",
+                r#"{"ts":"x","run":"r","seq":2,"type":"run_finished","status":"failed","reason":"step `s` failed","duration_ms":5}"#
+            ),
+        )
+        .unwrap();
+        assert_eq!(
+            logged_end(&task, run),
+            Some((RunStatus::Failed, Some("step `s` failed".into()), None))
+        );
     }
 
     #[test]

@@ -1077,3 +1077,129 @@ fn maxions_cancel_stops_a_run_and_status_lists_running_queued_and_recent() {
     let value: Value = serde_json::from_str(&after.stdout).unwrap_or(Value::Null);
     assert_eq!(value["daemon"], Value::Null, "{}", after.stdout);
 }
+
+#[test]
+fn a_run_interrupted_for_the_last_time_or_under_interrupted_record_is_not_run_again() {
+    if !docker("dp-attempts") {
+        return;
+    }
+    for (config, why) in [
+        (
+            "max_attempts: 1\n",
+            "; not queued again: it was tried 1 times (`max_attempts`)",
+        ),
+        ("interrupted: record\n", ""),
+    ] {
+        let context = format!("with {config:?}");
+        let project = Project::new(&format!("concurrency: 1\n{config}"));
+        let first = Daemon::start(&project, "daemon1");
+        project.task("a", "gated", "held");
+        let run = new_run(&first, &project, "a", &[]);
+        wait_event(&first, &project, "a", &run, "step_started", Some("gate1"));
+        first.kill9();
+
+        let second = Daemon::start(&project, "daemon2");
+        let log = project.log("a", &run);
+        assert_eq!(status_of(&log), "interrupted", "{context}: {log:#?}");
+        assert_eq!(
+            reason_of(&log),
+            format!(
+                "interrupted: the daemon running it stopped unexpectedly (killed, or the machine went down){why}"
+            ),
+            "{context}"
+        );
+        // A file dropped now runs; `a` would have been queued before it.
+        project.task("b", "quick", "after");
+        let b = new_run(&second, &project, "b", &[]);
+        assert_eq!(
+            status_of(&wait_finished(&second, &project, "b", &b)),
+            "succeeded",
+            "{context}"
+        );
+        assert_eq!(
+            project.runs("a"),
+            std::slice::from_ref(&run),
+            "{context}: a is not run again; output:\n{}",
+            second.output()
+        );
+        assert_eq!(
+            project.result("a").map(|r| r["status"].clone()),
+            Some("interrupted".into()),
+            "{context}"
+        );
+        second.stop(PATIENCE);
+    }
+}
+
+/// `kill -9` after a run's log ended but before the daemon saved that it ended: on disk, a log
+/// with its `run_finished`, the result written, and the run still `running` in state.json. The
+/// next daemon must take the run's own end, not record a second one nor run the task again.
+#[test]
+fn a_run_whose_log_ended_before_the_daemon_died_is_not_recorded_twice_nor_run_again() {
+    if !docker("dp-ended") {
+        return;
+    }
+    let project = Project::new("concurrency: 1\n");
+    let first = Daemon::start(&project, "daemon1");
+    let a_path = project.task("a", "quick", "once");
+    let run = new_run(&first, &project, "a", &[]);
+    wait_finished(&first, &project, "a", &run);
+    first.wait_until("a recorded as ended", || {
+        let state = project.state();
+        (state["recent"].as_array()?.len() == 1).then_some(())
+    });
+    first.stop(PATIENCE);
+
+    // The state as the kill left it: the run still running, its content not yet handled.
+    let state_file = project.root().join(".maxions/state.json");
+    let mut state = project.state();
+    let done = state["recent"][0].clone();
+    let key = a_path.display().to_string();
+    let hash = state["tasks"][&key]["hash"].clone();
+    state["tasks"][&key]
+        .as_object_mut()
+        .expect("a's task state")
+        .remove("handled");
+    state["recent"] = Value::Array(vec![]);
+    state["running"] = serde_json::json!([{
+        "seq": 0,
+        "task": key,
+        "hash": hash,
+        "repo": format!("file://{}", project.origin.display()),
+        "trigger": "new task file",
+        "queued_at": done["finished_at"],
+        "attempt": 1,
+        "run": run,
+        "log": done["log"],
+        "branch": "maxions/a",
+        "started_at": done["finished_at"],
+    }]);
+    std::fs::write(
+        &state_file,
+        serde_json::to_vec_pretty(&state).expect("json"),
+    )
+    .expect("write state.json");
+    let log_before = project.log("a", &run);
+    let result_before = project.result("a");
+
+    let second = Daemon::start(&project, "daemon2");
+    project.task("b", "quick", "after");
+    let b = new_run(&second, &project, "b", &[]);
+    wait_finished(&second, &project, "b", &b);
+    let log = project.log("a", &run);
+    assert_eq!(log, log_before, "the log is left as the run ended it");
+    assert_eq!(project.result("a"), result_before, "and so is the result");
+    assert_eq!(
+        project.runs("a"),
+        std::slice::from_ref(&run),
+        "a is not run again; output:\n{}",
+        second.output()
+    );
+    let state = second.wait_until("b recorded as ended", || {
+        let state = project.state();
+        (state["recent"].as_array()?.len() == 2).then_some(state)
+    });
+    assert_eq!(state["recent"][0]["run"], run.as_str(), "{state:#}");
+    assert_eq!(state["recent"][0]["status"], "succeeded", "{state:#}");
+    second.stop(PATIENCE);
+}
