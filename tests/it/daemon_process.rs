@@ -994,15 +994,13 @@ fn maxions_cancel_stops_a_run_and_status_lists_running_queued_and_recent() {
     let daemon = Daemon::start(&project, "daemon");
     let a_path = project.task("a", "gated", "held");
     let b_path = project.task("b", "gated", "queued behind");
+    let c_path = project.task("c", "quick", "queued last");
     let run = new_run(&daemon, &project, "a", &[]);
     wait_event(&daemon, &project, "a", &run, "step_started", Some("gate1"));
-    let status = daemon.wait_until("b queued in `maxions status`", || {
+    let status = daemon.wait_until("b and c queued in `maxions status`", || {
         let out = project.maxions(&["status", "--json"]);
         let value: Value = serde_json::from_str(&out.stdout).ok()?;
-        value["queued"]
-            .as_array()
-            .is_some_and(|q| !q.is_empty())
-            .then_some(value)
+        (value["queued"].as_array()?.len() == 2).then_some(value)
     });
     assert_eq!(status["daemon"]["pid"], daemon.pid());
     let running = status["running"].as_array().cloned().unwrap_or_default();
@@ -1016,7 +1014,36 @@ fn maxions_cancel_stops_a_run_and_status_lists_running_queued_and_recent() {
         .iter()
         .map(task_of)
         .collect();
-    assert_eq!(queued, [b_path.display().to_string()], "{status:#}");
+    assert_eq!(
+        queued,
+        [b_path.display().to_string(), c_path.display().to_string()],
+        "{status:#}"
+    );
+
+    // A queued task, named by its path: out of the queue, recorded cancelled, never started.
+    let cancel = project.maxions(&["cancel", "tasks/c.yaml"]);
+    assert_eq!(cancel.code, 0, "{cancel:?}");
+    assert!(
+        cancel
+            .stdout
+            .contains(&format!("removed {} from the queue", c_path.display())),
+        "{}",
+        cancel.stdout
+    );
+    let c_runs = project.runs("c");
+    assert_eq!(c_runs.len(), 1, "c's end is recorded: {c_runs:?}");
+    let log = project.log("c", &c_runs[0]);
+    assert_whole(&log, "c cancelled in the queue");
+    assert_eq!(status_of(&log), "cancelled");
+    assert_eq!(
+        reason_of(&log),
+        "cancelled by `maxions cancel` before it started"
+    );
+    assert!(!has(&log, "sandbox_ready", None), "{log:#?}");
+    assert_eq!(
+        project.result("c").map(|r| r["status"].clone()),
+        Some("cancelled".into())
+    );
 
     let nothing = project.maxions(&["cancel", "nope"]);
     assert_eq!(nothing.code, 1, "{nothing:?}");
@@ -1052,7 +1079,7 @@ fn maxions_cancel_stops_a_run_and_status_lists_running_queued_and_recent() {
     let status = daemon.wait_until("b recent in `maxions status`", || {
         let out = project.maxions(&["status", "--json"]);
         let value: Value = serde_json::from_str(&out.stdout).ok()?;
-        (value["recent"].as_array()?.len() == 2).then_some(value)
+        (value["recent"].as_array()?.len() == 3).then_some(value)
     });
     assert_eq!(status["running"], Value::Array(vec![]), "{status:#}");
     assert_eq!(status["queued"], Value::Array(vec![]), "{status:#}");
@@ -1068,10 +1095,12 @@ fn maxions_cancel_stops_a_run_and_status_lists_running_queued_and_recent() {
         [
             (Value::from(b.as_str()), Value::from("succeeded")),
             (Value::from(run.as_str()), Value::from("cancelled")),
+            (Value::from(c_runs[0].as_str()), Value::from("cancelled")),
         ]
     );
-    // The edited task is not the cancelled one: cancelling does not make it run again.
+    // Cancelled is an end: neither runs again.
     assert_eq!(project.runs("a"), [run]);
+    assert_eq!(project.runs("c"), c_runs);
     daemon.stop(PATIENCE);
     let after = project.maxions(&["status", "--json"]);
     let value: Value = serde_json::from_str(&after.stdout).unwrap_or(Value::Null);
