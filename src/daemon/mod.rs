@@ -385,9 +385,11 @@ impl Daemon {
         for active in interrupted {
             // Its log ended before the daemon could save that: the run ended on its own, and
             // its log and result are whole. Recording it again would give it two ends, and
-            // queueing it again would run it twice.
-            if let Some((status, reason, pull_request)) =
-                records::logged_end(&active.entry.task, &active.run)
+            // queueing it again would run it twice. (`interrupted` is a daemon's own record of
+            // it, by one that died recovering it: that one is recovered again.)
+            let logged = records::logged_end(&active.entry.task, &active.run);
+            if let Some((status, reason, pull_request)) = logged.clone()
+                && status != RunStatus::Interrupted
             {
                 tracing::info!(run = %active.run, task = %active.entry.task.display(), status = ?status, "the run had ended when the last daemon stopped; recorded as it ended");
                 self.state.finished(Done {
@@ -423,7 +425,19 @@ impl Daemon {
                     String::new()
                 }
             );
-            self.record_ended(&active, RunStatus::Interrupted, &reason);
+            if logged.is_some() {
+                self.state.finished(Done {
+                    run: active.run.clone(),
+                    task: active.entry.task.clone(),
+                    status: RunStatus::Interrupted,
+                    reason: Some(reason.clone()),
+                    finished_at: Utc::now(),
+                    log: Some(active.log.clone()),
+                    pull_request: None,
+                });
+            } else {
+                self.record_ended(&active, RunStatus::Interrupted, &reason);
+            }
             tracing::warn!(run = %active.run, task = %active.entry.task.display(), "{reason}");
             if again {
                 let mut entry = active.entry.clone();

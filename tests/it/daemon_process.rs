@@ -1232,3 +1232,51 @@ fn a_run_whose_log_ended_before_the_daemon_died_is_not_recorded_twice_nor_run_ag
     assert_eq!(state["recent"][0]["status"], "succeeded", "{state:#}");
     second.stop(PATIENCE);
 }
+
+/// `kill -9` of a daemon while it recovers a run: it wrote the run's `interrupted` end but died
+/// before saving its state. The next one recovers the run again, without a second end in the
+/// log, and runs it.
+#[test]
+fn a_daemon_killed_while_recovering_a_run_leaves_it_to_the_next_one() {
+    if !docker("dp-recovering") {
+        return;
+    }
+    let project = Project::new("concurrency: 1\n");
+    let first = Daemon::start(&project, "daemon1");
+    project.task("a", "gated", "held");
+    let run = new_run(&first, &project, "a", &[]);
+    wait_event(&first, &project, "a", &run, "step_started", Some("gate1"));
+    first.kill9();
+    let state_file = project.root().join(".maxions/state.json");
+    let killed_state = std::fs::read(&state_file).expect("read state.json");
+
+    // The second daemon records the run and starts it again; as if it had died before saving
+    // that, its state and the retry's log are undone.
+    let second = Daemon::start(&project, "daemon2");
+    assert_eq!(status_of(&project.log("a", &run)), "interrupted");
+    let retry = new_run(&second, &project, "a", std::slice::from_ref(&run));
+    second.kill9();
+    std::fs::remove_file(project.root().join(format!("tasks/a.runs/{retry}.jsonl")))
+        .expect("remove the retry's log");
+    std::fs::write(&state_file, killed_state).expect("restore state.json");
+
+    let third = Daemon::start(&project, "daemon3");
+    let log = project.log("a", &run);
+    assert_whole(&log, "recovered twice");
+    assert_eq!(status_of(&log), "interrupted", "{log:#?}");
+    let again = new_run(&third, &project, "a", &[run.clone(), retry.clone()]);
+    let log = drive(&third, &project, "a", &again, &["gate1", "gate2"]);
+    assert_eq!(status_of(&log), "succeeded", "{log:#?}");
+    assert_eq!(
+        trigger_of(&log),
+        format!("queued again after run {run} was interrupted (attempt 2 of 3)")
+    );
+    for daemon in [&first, &second] {
+        third.wait_until("the killed daemons' sandboxes removed", || {
+            containers(&format!("maxions.owner={}", daemon.owner))
+                .is_empty()
+                .then_some(())
+        });
+    }
+    third.stop(PATIENCE);
+}
