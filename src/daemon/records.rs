@@ -205,7 +205,9 @@ pub fn write_invalid(task: &Path, validation: &Validation) -> io::Result<PathBuf
 }
 
 /// Deletes the oldest logs in `<stem>.runs/` beyond `keep`, never one of `protect` (runs still
-/// going). Run ids sort by time, so names sort by age. Returns how many were deleted.
+/// going). Run ids start with their second, so names sort by age except within one second
+/// (the rest of an id is random): there the log last written counts as the newer. Returns how
+/// many were deleted.
 ///
 /// # Errors
 /// When the directory cannot be listed.
@@ -222,7 +224,13 @@ pub fn prune_logs(task: &Path, keep: usize, protect: &[&str]) -> io::Result<usiz
         Err(e) if e.kind() == io::ErrorKind::NotFound => return Ok(0),
         Err(e) => return Err(e),
     };
-    logs.sort();
+    logs.sort_by_cached_key(|name| {
+        let second = name.split('-').next().unwrap_or_default().to_owned();
+        let written = std::fs::metadata(dir.join(name))
+            .and_then(|m| m.modified())
+            .ok();
+        (second, written, name.clone())
+    });
     let excess = logs.len().saturating_sub(keep);
     let mut removed = 0;
     for name in logs.into_iter().take(excess) {
@@ -314,6 +322,28 @@ mod tests {
         assert_eq!(read[0]["type"], "run_started");
         assert_eq!(read[0]["trigger"], "new task file");
         assert_eq!(read[1]["seq"], 2);
+    }
+
+    #[test]
+    fn pruning_within_one_second_keeps_the_log_written_last() {
+        let dir = tempfile::tempdir().unwrap();
+        let task = dir.path().join("t.yaml");
+        let runs = dir.path().join("t.runs");
+        std::fs::create_dir_all(&runs).unwrap();
+        let old = std::time::SystemTime::now() - std::time::Duration::from_secs(60);
+        // The older run has the larger random part.
+        let older = runs.join("20261201T000000-ffffff.jsonl");
+        std::fs::write(&older, "").unwrap();
+        std::fs::File::options()
+            .write(true)
+            .open(&older)
+            .unwrap()
+            .set_modified(old)
+            .unwrap();
+        std::fs::write(runs.join("20261201T000000-000000.jsonl"), "").unwrap();
+        assert_eq!(prune_logs(&task, 1, &[]).unwrap(), 1);
+        assert!(runs.join("20261201T000000-000000.jsonl").exists());
+        assert!(!older.exists());
     }
 
     #[test]
