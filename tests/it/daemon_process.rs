@@ -1280,3 +1280,36 @@ fn a_daemon_killed_while_recovering_a_run_leaves_it_to_the_next_one() {
     }
     third.stop(PATIENCE);
 }
+
+#[test]
+fn editing_a_task_file_mid_run_cancels_the_old_version_and_runs_the_new_one() {
+    if !docker("dp-edit-mid-run") {
+        return;
+    }
+    let project = Project::new("concurrency: 2\n");
+    let daemon = Daemon::start(&project, "daemon");
+    project.task("a", "gated", "first version");
+    let run = new_run(&daemon, &project, "a", &[]);
+    wait_event(&daemon, &project, "a", &run, "step_started", Some("gate1"));
+    project.task("a", "gated", "second version");
+    let log = wait_finished(&daemon, &project, "a", &run);
+    assert_eq!(status_of(&log), "cancelled", "{log:#?}");
+    assert_eq!(
+        reason_of(&log),
+        "cancelled: the task file changed; the new version runs next"
+    );
+    wait_gone(&daemon, &run);
+    let next = new_run(&daemon, &project, "a", std::slice::from_ref(&run));
+    let log = drive(&daemon, &project, "a", &next, &["gate1", "gate2"]);
+    assert_eq!(status_of(&log), "succeeded", "{log:#?}");
+    assert!(
+        trigger_of(&log).starts_with("the task file changed"),
+        "{log:#?}"
+    );
+    let result = daemon.wait_until("a's result", || {
+        project.result("a").filter(|r| r["run"] == next.as_str())
+    });
+    assert_eq!(result["status"], "succeeded");
+    assert_eq!(project.runs("a"), [run, next]);
+    daemon.stop(PATIENCE);
+}
