@@ -44,6 +44,13 @@ const DEBOUNCE: Duration = Duration::from_millis(200);
 /// it settles, not failed. About the debounce, so that a file written in one go is settled by
 /// the time its hint arrives, and one moved in (an old mtime) at once.
 const SETTLE: Duration = Duration::from_millis(250);
+/// When to look for sandboxes no run owns again after the sweep at start-up, then how often: a
+/// create request in flight when a daemon died (or when a run was cancelled) is completed by the
+/// engine after the sweep that looked for it.
+const FIRST_SWEEP: Duration = Duration::from_secs(10);
+const SWEEP_EVERY: Duration = Duration::from_secs(60);
+/// The longest a sweep may hold up the loop.
+const SWEEP_TIMEOUT: Duration = Duration::from_secs(30);
 
 /// Why the daemon stopped. Each says what to do.
 #[derive(Debug, thiserror::Error)]
@@ -187,6 +194,8 @@ pub struct Daemon {
     /// When the loop last scanned, and whether watching works.
     last_scan: Instant,
     watching: bool,
+    /// When to look for orphaned sandboxes again.
+    next_sweep: Instant,
 }
 
 impl Daemon {
@@ -229,6 +238,7 @@ impl Daemon {
             problems: BTreeSet::new(),
             last_scan: Instant::now(),
             watching: false,
+            next_sweep: Instant::now() + FIRST_SWEEP,
         };
         daemon.recover().await;
         daemon.persist();
@@ -286,7 +296,9 @@ impl Daemon {
                 watch::FALLBACK_RESCAN
             };
             // Blueprints and maxions.yaml are not watched: looked at (a few `stat`s) this often.
-            let mut wake = (self.last_scan + rescan_every).min(Instant::now() + REFERENCES_EVERY);
+            let mut wake = (self.last_scan + rescan_every)
+                .min(self.next_sweep)
+                .min(Instant::now() + REFERENCES_EVERY);
             if let Some(at) = recheck {
                 wake = wake.min(at);
             }
@@ -342,6 +354,9 @@ impl Daemon {
                     if watcher.is_none() && !draining && self.tasks_dir.is_dir() {
                         (watcher, hints) = self.start_watching();
                     }
+                    if self.next_sweep <= Instant::now() {
+                        self.sweep().await;
+                    }
                     if recheck.is_some_and(|at| at <= Instant::now())
                         || self.last_scan + rescan_every <= Instant::now()
                     {
@@ -380,15 +395,22 @@ impl Daemon {
     async fn recover(&mut self) {
         let interrupted = std::mem::take(&mut self.state.running);
         for active in interrupted {
-            // Ended before the daemon died, but the daemon had not recorded it yet.
-            if let Some((status, reason)) = records::logged_end(&active.log) {
-                tracing::info!(run = %active.run, ?status, "the run had ended before the daemon stopped");
+            // Its log ended before the daemon could save that: the run ended on its own, and
+            // its log and result are whole. Recording it again would give it two ends, and
+            // queueing it again would run it twice. (`interrupted` is a daemon's own record of
+            // it, by one that died recovering it: that one is recovered again.)
+            let logged = records::logged_end(&active.entry.task, &active.run);
+            if let Some((status, reason, pull_request)) = logged.clone()
+                && status != RunStatus::Interrupted
+            {
+                tracing::info!(run = %active.run, task = %active.entry.task.display(), status = ?status, "the run had ended when the last daemon stopped; recorded as it ended");
                 let result = runner::result::result_path(&active.entry.task);
                 let recorded = std::fs::read(&result)
                     .ok()
                     .and_then(|b| serde_json::from_slice::<RunResult>(&b).ok())
                     .is_some_and(|r| r.run == active.run);
                 if !recorded {
+                    // It died between the log's last line and the result: the result says so now.
                     let ended = records::Ended {
                         task: &active.entry.task,
                         run: &active.run,
@@ -410,7 +432,7 @@ impl Daemon {
                     reason,
                     finished_at: Utc::now(),
                     log: Some(active.log.clone()),
-                    pull_request: None,
+                    pull_request,
                 });
                 self.mark_handled(&active.entry);
                 self.dirty = true;
@@ -436,7 +458,19 @@ impl Daemon {
                     String::new()
                 }
             );
-            self.record_ended(&active, RunStatus::Interrupted, &reason);
+            if logged.is_some() {
+                self.state.finished(Done {
+                    run: active.run.clone(),
+                    task: active.entry.task.clone(),
+                    status: RunStatus::Interrupted,
+                    reason: Some(reason.clone()),
+                    finished_at: Utc::now(),
+                    log: Some(active.log.clone()),
+                    pull_request: None,
+                });
+            } else {
+                self.record_ended(&active, RunStatus::Interrupted, &reason);
+            }
             tracing::warn!(run = %active.run, task = %active.entry.task.display(), "{reason}");
             if again {
                 let mut entry = active.entry.clone();
@@ -447,6 +481,9 @@ impl Daemon {
                 );
                 // Its old place in the line: it was first.
                 self.state.queue.insert(0, entry);
+            } else {
+                // Not to be tried again: the next scan must not take it for a new file.
+                self.mark_handled(&active.entry);
             }
             self.dirty = true;
         }
@@ -457,6 +494,22 @@ impl Daemon {
             Err(error) => {
                 tracing::warn!(%error, "cannot look for the sandboxes of interrupted runs")
             }
+        }
+    }
+
+    /// Removes the sandboxes of this instance that no live run owns: those whose create request
+    /// was still in flight when a daemon died or a run was cancelled.
+    async fn sweep(&mut self) {
+        self.next_sweep = Instant::now() + SWEEP_EVERY;
+        let live: Vec<String> = self.handles.keys().cloned().collect();
+        match tokio::time::timeout(SWEEP_TIMEOUT, self.engine.remove_orphans(&live)).await {
+            Ok(Ok(0)) => {}
+            Ok(Ok(n)) => tracing::info!("removed {n} sandbox containers that no run owns"),
+            Ok(Err(error)) => tracing::warn!(%error, "cannot look for orphaned sandboxes"),
+            Err(_) => tracing::warn!(
+                "looking for orphaned sandboxes took longer than {}s; trying again later",
+                SWEEP_TIMEOUT.as_secs()
+            ),
         }
     }
 

@@ -138,23 +138,32 @@ fn read_log_tail(log: &Path) -> io::Result<(u64, bool, bool)> {
     Ok((last_seq, started, bytes.last().is_none_or(|b| *b == b'\n')))
 }
 
-/// How a log says its run ended, if it does: the status and reason of its `run_finished` line.
-/// A run whose process died after that line had ended; it must not count as interrupted.
+/// How a run ended by its own account: the status and reason of its log's `run_finished` line
+/// and the pull request of its result (when the result is this run's). `None` when the log has
+/// no such line: the run did not end.
+///
+/// A daemon killed after a run's log ended but before it saved that finds the run still
+/// `running` in its state; this tells it the run need not be recorded again nor run again.
 #[must_use]
-pub fn logged_end(log: &Path) -> Option<(RunStatus, Option<String>)> {
-    let bytes = std::fs::read(log).ok()?;
-    bytes.split(|b| *b == b'\n').rev().find_map(|line| {
-        let value = serde_json::from_slice::<serde_json::Value>(line).ok()?;
-        if value.get("type")?.as_str()? != "run_finished" {
-            return None;
-        }
-        let status = serde_json::from_value(value.get("status")?.clone()).ok()?;
-        let reason = value
-            .get("reason")
-            .and_then(serde_json::Value::as_str)
-            .map(str::to_owned);
-        Some((status, reason))
-    })
+pub fn logged_end(task: &Path, run: &str) -> Option<(RunStatus, Option<String>, Option<String>)> {
+    let bytes = std::fs::read(log_path(task, run)).ok()?;
+    let finished = bytes
+        .split(|b| *b == b'\n')
+        .filter_map(|line| serde_json::from_slice::<serde_json::Value>(line).ok())
+        .rfind(|value| {
+            value.get("type").and_then(serde_json::Value::as_str) == Some("run_finished")
+        })?;
+    let status = serde_json::from_value(finished.get("status")?.clone()).ok()?;
+    let reason = finished
+        .get("reason")
+        .and_then(serde_json::Value::as_str)
+        .map(str::to_owned);
+    let pull_request = std::fs::read(result_path(task))
+        .ok()
+        .and_then(|bytes| serde_json::from_slice::<RunResult>(&bytes).ok())
+        .filter(|result| result.run == run)
+        .and_then(|result| result.pull_request?.url);
+    Some((status, reason, pull_request))
 }
 
 /// Writes `<stem>.result.json` with status `invalid` and the same diagnostics `maxions validate
@@ -207,7 +216,9 @@ pub fn write_invalid(task: &Path, validation: &Validation) -> io::Result<PathBuf
 }
 
 /// Deletes the oldest logs in `<stem>.runs/` beyond `keep`, never one of `protect` (runs still
-/// going). Run ids sort by time, so names sort by age. Returns how many were deleted.
+/// going). Run ids start with their second, so names sort by age except within one second
+/// (the rest of an id is random): there the log last written counts as the newer. Returns how
+/// many were deleted.
 ///
 /// # Errors
 /// When the directory cannot be listed.
@@ -224,7 +235,13 @@ pub fn prune_logs(task: &Path, keep: usize, protect: &[&str]) -> io::Result<usiz
         Err(e) if e.kind() == io::ErrorKind::NotFound => return Ok(0),
         Err(e) => return Err(e),
     };
-    logs.sort();
+    logs.sort_by_cached_key(|name| {
+        let second = name.split('-').next().unwrap_or_default().to_owned();
+        let written = std::fs::metadata(dir.join(name))
+            .and_then(|m| m.modified())
+            .ok();
+        (second, written, name.clone())
+    });
     let excess = logs.len().saturating_sub(keep);
     let mut removed = 0;
     for name in logs.into_iter().take(excess) {
@@ -316,6 +333,52 @@ mod tests {
         assert_eq!(read[0]["type"], "run_started");
         assert_eq!(read[0]["trigger"], "new task file");
         assert_eq!(read[1]["seq"], 2);
+    }
+
+    #[test]
+    fn pruning_within_one_second_keeps_the_log_written_last() {
+        let dir = tempfile::tempdir().unwrap();
+        let task = dir.path().join("t.yaml");
+        let runs = dir.path().join("t.runs");
+        std::fs::create_dir_all(&runs).unwrap();
+        let old = std::time::SystemTime::now() - std::time::Duration::from_secs(60);
+        // The older run has the larger random part.
+        let older = runs.join("20261201T000000-ffffff.jsonl");
+        std::fs::write(&older, "").unwrap();
+        std::fs::File::options()
+            .write(true)
+            .open(&older)
+            .unwrap()
+            .set_modified(old)
+            .unwrap();
+        std::fs::write(runs.join("20261201T000000-000000.jsonl"), "").unwrap();
+        assert_eq!(prune_logs(&task, 1, &[]).unwrap(), 1);
+        assert!(runs.join("20261201T000000-000000.jsonl").exists());
+        assert!(!older.exists());
+    }
+
+    #[test]
+    fn a_log_ended_by_its_run_is_told_from_one_cut_short() {
+        let dir = tempfile::tempdir().unwrap();
+        let task = dir.path().join("t.yaml");
+        let run = "20261202T000000-abcdef";
+        let log = log_path(&task, run);
+        std::fs::create_dir_all(log.parent().unwrap()).unwrap();
+        let started = r#"{"ts":"x","run":"r","seq":1,"type":"run_started","task":"t","blueprint":"b","repo":"r","branch":"b","base":"main"}"#;
+        std::fs::write(&log, format!("{started}\n{{\"ts\":\"x\",\"ty")).unwrap();
+        assert_eq!(logged_end(&task, run), None);
+        std::fs::write(
+            &log,
+            format!(
+                "{started}\n{}\n",
+                r#"{"ts":"x","run":"r","seq":2,"type":"run_finished","status":"failed","reason":"step `s` failed","duration_ms":5}"#
+            ),
+        )
+        .unwrap();
+        assert_eq!(
+            logged_end(&task, run),
+            Some((RunStatus::Failed, Some("step `s` failed".into()), None))
+        );
     }
 
     #[test]

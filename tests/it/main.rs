@@ -2,6 +2,7 @@
 
 mod cli_run;
 mod daemon;
+mod daemon_process;
 mod egress;
 mod forge;
 mod git_host;
