@@ -40,6 +40,8 @@ pub use result::{PullRequestRecord, RunResult, StepSummary};
 pub const REPO_DIR: &str = "/workspace/repo";
 /// A run's time limit when the blueprint sets none: nothing runs unbounded.
 pub const DEFAULT_RUN_TIMEOUT: Duration = Duration::from_secs(2 * 60 * 60);
+/// How long a cancelled run waits for the sandbox being made, to remove it.
+const CREATE_GRACE: Duration = Duration::from_secs(15);
 /// How many egress decisions may wait to be logged; more are counted and reported, not kept.
 const EGRESS_QUEUE: usize = 1024;
 
@@ -455,9 +457,20 @@ impl<'a> Runner<'a> {
             }
         }));
         self.egress = Some(egress_rx);
+        let create = options.engine.create(&spec);
+        tokio::pin!(create);
         let sandbox = tokio::select! {
-            () = cancel.cancelled() => return Err(Stop::Cancelled),
-            created = options.engine.create(&spec) => created.map_err(|e| Stop::Failed(e.to_string()))?,
+            created = &mut create => created.map_err(|e| Stop::Failed(e.to_string()))?,
+            () = cancel.cancelled() => {
+                // The engine goes on making a container it was asked for: let it finish (for a
+                // while) and remove it, rather than leave it behind.
+                if let Ok(Ok(sandbox)) = tokio::time::timeout(CREATE_GRACE, create).await
+                    && let Err(error) = sandbox.destroy().await
+                {
+                    tracing::warn!(%error, "cannot remove the sandbox of a cancelled run");
+                }
+                return Err(Stop::Cancelled);
+            }
         };
         sandbox.set_redactor(self.redactor.clone());
         self.emit(Event::SandboxReady {

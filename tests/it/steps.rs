@@ -264,3 +264,32 @@ async fn a_flood_of_egress_decisions_is_counted_not_stored() {
         "{warning}"
     );
 }
+
+#[tokio::test]
+async fn a_run_cancelled_while_its_sandbox_is_made_removes_it_once_made() {
+    let dir = project("  - { id: work, run: \"work\" }\n");
+    let engine = Scripted::new(|_| Reply::ok()).creating_for(std::time::Duration::from_millis(300));
+    let loaded = load_task(&dir.path().join("tasks/t.yaml"), None)
+        .unwrap_or_else(|v| panic!("{:#?}", v.diagnostics));
+    let mut options = RunOptions::new(&engine, "scripted-cancelled");
+    options.env = Arc::new(|_| Some("a-long-enough-secret".to_owned()));
+    let cancel = CancellationToken::new();
+    let later = cancel.clone();
+    tokio::spawn(async move {
+        tokio::time::sleep(std::time::Duration::from_millis(50)).await;
+        later.cancel();
+    });
+    let events = Events::default();
+    let result = run(&loaded, options, &events, cancel).await;
+    assert_eq!(result.status, RunStatus::Cancelled, "{:?}", result.reason);
+    assert_eq!(
+        engine.live(),
+        0,
+        "the sandbox made after the cancel is left behind"
+    );
+    assert!(
+        engine.calls().iter().any(|c| matches!(c, Call::Destroy)),
+        "{:?}",
+        engine.calls()
+    );
+}

@@ -73,6 +73,8 @@ pub struct Scripted {
     /// Sandboxes alive now, and the most ever alive at once.
     live: Arc<AtomicUsize>,
     peak: Arc<AtomicUsize>,
+    /// How long making a sandbox takes.
+    create_takes: Duration,
 }
 
 impl Scripted {
@@ -83,7 +85,14 @@ impl Scripted {
             egress: Arc::new(Mutex::new(Vec::new())),
             live: Arc::new(AtomicUsize::new(0)),
             peak: Arc::new(AtomicUsize::new(0)),
+            create_takes: Duration::ZERO,
         }
+    }
+
+    /// Making a sandbox takes `time` (as a real engine's create and start do).
+    pub fn creating_for(mut self, time: Duration) -> Self {
+        self.create_takes = time;
+        self
     }
 
     /// The most sandboxes that were alive at once.
@@ -126,6 +135,7 @@ impl Engine for Scripted {
         self.calls.lock().unwrap().push(Call::Create);
         let now = self.live.fetch_add(1, Ordering::SeqCst) + 1;
         self.peak.fetch_max(now, Ordering::SeqCst);
+        let takes = self.create_takes;
         let sandbox = ScriptedSandbox {
             live: Arc::clone(&self.live),
             destroyed: std::sync::atomic::AtomicBool::new(false),
@@ -135,7 +145,13 @@ impl Engine for Scripted {
             egress: std::mem::take(&mut *self.egress.lock().unwrap()),
             on_egress: spec.on_egress.clone(),
         };
-        Box::pin(async move { Ok(Box::new(sandbox) as Box<dyn Sandbox>) })
+        // Like an engine, the container exists from the request on: a caller that drops this
+        // future half-way leaves it behind (`live` stays up).
+        let sandbox = std::mem::ManuallyDrop::new(sandbox);
+        Box::pin(async move {
+            tokio::time::sleep(takes).await;
+            Ok(Box::new(std::mem::ManuallyDrop::into_inner(sandbox)) as Box<dyn Sandbox>)
+        })
     }
 
     fn remove_orphans<'a>(
