@@ -114,16 +114,22 @@ async fn signals(shutdown: Shutdown) {
     shutdown.now.cancel();
 }
 
-pub fn cancel(args: &CancelArgs, _output: Output) -> u8 {
-    let setup = Setup::locate(args.config.as_deref());
-    let config = match setup.config() {
-        Ok(config) => config,
+/// The state dir the config names (said why not on stderr).
+fn state_dir(config: Option<&std::path::Path>) -> Option<PathBuf> {
+    let setup = Setup::locate(config);
+    match setup.config() {
+        Ok(config) => Some(setup.state_dir(&config)),
         Err(problems) => {
             eprintln!("error: {problems}");
-            return super::exit::UNREADABLE;
+            None
         }
+    }
+}
+
+pub fn cancel(args: &CancelArgs, _output: Output) -> u8 {
+    let Some(state_dir) = state_dir(args.config.as_deref()) else {
+        return super::exit::UNREADABLE;
     };
-    let state_dir = setup.state_dir(&config);
     // A path names the task file as the daemon knows it: absolute.
     let target = if args.target.ends_with(".yaml") || args.target.ends_with(".yml") {
         std::fs::canonicalize(&args.target)
@@ -181,15 +187,9 @@ fn scheduled(state: &State) -> Vec<(PathBuf, Schedule, Option<chrono::DateTime<c
 }
 
 pub fn status(args: &StatusArgs, _output: Output) -> u8 {
-    let setup = Setup::locate(args.config.as_deref());
-    let config = match setup.config() {
-        Ok(config) => config,
-        Err(problems) => {
-            eprintln!("error: {problems}");
-            return super::exit::UNREADABLE;
-        }
+    let Some(state_dir) = state_dir(args.config.as_deref()) else {
+        return super::exit::UNREADABLE;
     };
-    let state_dir = setup.state_dir(&config);
     let daemon = state::holder(&state_dir);
     let state = match state::peek(&state_dir) {
         Ok(state) => state,

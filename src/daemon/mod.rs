@@ -411,16 +411,8 @@ impl Daemon {
                     .is_some_and(|r| r.run == active.run);
                 if !recorded {
                     // It died between the log's last line and the result: the result says so now.
-                    let ended = records::Ended {
-                        task: &active.entry.task,
-                        run: &active.run,
-                        repo: &active.entry.repo,
-                        branch: &active.branch,
-                        trigger: Some(&active.entry.trigger),
-                        started_at: active.started_at,
-                        status,
-                        reason: reason.clone().unwrap_or_default(),
-                    };
+                    let ended =
+                        records::Ended::of(&active, status, reason.as_deref().unwrap_or_default());
                     if let Err(error) = ended.write_result() {
                         tracing::error!(%error, run = %active.run, "cannot write the run's result");
                     }
@@ -515,17 +507,7 @@ impl Daemon {
 
     /// Writes the end of a run no run will write (its log, its result) and remembers it.
     fn record_ended(&mut self, active: &Active, status: RunStatus, reason: &str) {
-        let ended = records::Ended {
-            task: &active.entry.task,
-            run: &active.run,
-            repo: &active.entry.repo,
-            branch: &active.branch,
-            trigger: Some(&active.entry.trigger),
-            started_at: active.started_at,
-            status,
-            reason: reason.to_owned(),
-        };
-        if let Err(error) = ended.record() {
+        if let Err(error) = records::Ended::of(active, status, reason).record() {
             tracing::error!(%error, run = %active.run, "cannot record the end of the run beside its task file");
         }
         self.state.finished(Done {

@@ -24,7 +24,22 @@ pub struct Ended<'a> {
     pub reason: String,
 }
 
-impl Ended<'_> {
+impl<'a> Ended<'a> {
+    /// The end of a run the daemon started.
+    #[must_use]
+    pub fn of(active: &'a crate::daemon::state::Active, status: RunStatus, reason: &str) -> Self {
+        Self {
+            task: &active.entry.task,
+            run: &active.run,
+            repo: &active.entry.repo,
+            branch: &active.branch,
+            trigger: Some(&active.entry.trigger),
+            started_at: active.started_at,
+            status,
+            reason: reason.to_owned(),
+        }
+    }
+
     /// Finishes the run's log (creating it if the run never wrote one) with a `run_finished`
     /// line, and writes the task's result. A log cut off in the middle of a line is completed
     /// with a newline first, so that every line stays one JSON object.
@@ -273,14 +288,6 @@ mod tests {
         }
     }
 
-    fn lines(path: &Path) -> Vec<serde_json::Value> {
-        std::fs::read_to_string(path)
-            .unwrap()
-            .lines()
-            .map(|l| serde_json::from_str(l).unwrap())
-            .collect()
-    }
-
     #[test]
     fn a_cut_log_is_completed_and_continues_its_sequence() {
         let dir = tempfile::tempdir().unwrap();
@@ -300,7 +307,7 @@ mod tests {
         )
         .unwrap();
         e.record().unwrap();
-        let read = lines_lossy(&log);
+        let read = lines(&log);
         let last = read.last().unwrap();
         assert_eq!(last["type"], "run_finished");
         assert_eq!(last["status"], "interrupted");
@@ -315,7 +322,8 @@ mod tests {
         assert_eq!(result.log, log.display().to_string());
     }
 
-    fn lines_lossy(path: &Path) -> Vec<serde_json::Value> {
+    /// The log's lines that parse (a cut line does not).
+    fn lines(path: &Path) -> Vec<serde_json::Value> {
         std::fs::read_to_string(path)
             .unwrap()
             .lines()
