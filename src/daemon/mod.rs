@@ -665,6 +665,13 @@ impl Daemon {
         if task.handled.as_ref() == Some(&hash) {
             return;
         }
+        // New to this daemon, but run already: its result beside it says so (a lost state, or
+        // `maxions run`). A cancelled or interrupted one did not finish: it runs.
+        if previous.is_none() && already_ran(path, &hash) {
+            task.handled = Some(hash);
+            tracing::info!(task = %path.display(), "already run (the result beside it is for this content): not run again");
+            return;
+        }
         let trigger = match previous {
             Some(_) if was_invalid => {
                 "the task is valid now (a blueprint or maxions.yaml changed)".to_owned()
@@ -1242,6 +1249,23 @@ async fn recv(hints: &mut Option<watch::Hints>) -> Option<watch::Hint> {
         Some(hints) => hints.recv().await,
         None => std::future::pending().await,
     }
+}
+
+/// Whether `<stem>.result.json` records a finished run of this content.
+fn already_ran(task: &Path, hash: &str) -> bool {
+    std::fs::read(runner::result::result_path(task))
+        .ok()
+        .and_then(|bytes| serde_json::from_slice::<RunResult>(&bytes).ok())
+        .is_some_and(|result| {
+            result.task_hash.as_deref() == Some(hash)
+                && matches!(
+                    result.status,
+                    RunStatus::Succeeded
+                        | RunStatus::NoChanges
+                        | RunStatus::Failed
+                        | RunStatus::TimedOut
+                )
+        })
 }
 
 fn file_stamp(path: &Path) -> Option<(u64, SystemTime)> {

@@ -125,6 +125,7 @@ impl<'a> Ended<'a> {
             log: log.display().to_string(),
             kept_container: None,
             diagnostics: Vec::new(),
+            task_hash: None,
         };
         write_result(&result_path(self.task), &result)
     }
@@ -224,6 +225,7 @@ pub fn write_invalid(task: &Path, validation: &Validation) -> io::Result<PathBuf
         log: String::new(),
         kept_container: None,
         diagnostics,
+        task_hash: None,
     };
     let path = result_path(task);
     write_result(&path, &result)?;

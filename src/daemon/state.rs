@@ -10,7 +10,6 @@ use std::path::{Path, PathBuf};
 
 use chrono::{DateTime, Utc};
 use serde::{Deserialize, Serialize};
-use sha2::Digest;
 
 use crate::runner::RunStatus;
 
@@ -122,12 +121,7 @@ impl State {
     }
 }
 
-/// The content hash a task is known by: sha-256 of its bytes, hex.
-#[must_use]
-pub fn content_hash(bytes: &[u8]) -> String {
-    let digest = sha2::Sha256::digest(bytes);
-    digest.iter().map(|b| format!("{b:02x}")).collect()
-}
+pub use crate::runner::result::content_hash;
 
 /// Why the daemon cannot use its state dir. These stop the daemon: running without its state
 /// would run tasks twice or lose them.

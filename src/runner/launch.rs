@@ -93,6 +93,10 @@ pub async fn launch(
     sink: Arc<dyn EventSink>,
     cancel: CancellationToken,
 ) -> Result<(RunResult, PathBuf), LaunchError> {
+    // What the file held when the run began (read before the run: an edit during it is a new task).
+    let task_hash = std::fs::read(&launch.task.path)
+        .ok()
+        .map(|bytes| super::result::content_hash(&bytes));
     let log_file = launch.log_path();
     let log = JsonlLog::create(&log_file).map_err(|source| LaunchError::Log {
         path: log_file.clone(),
@@ -110,6 +114,7 @@ pub async fn launch(
     options.state_dir = launch.state_dir.clone();
     let mut result = super::run(&launch.task, options, &both, cancel).await;
     result.log = log_file.display().to_string();
+    result.task_hash = task_hash;
     let result_file = result_path(&launch.task.path);
     if let Err(error) = write_result(&result_file, &result) {
         tracing::error!(%error, path = %result_file.display(), "cannot write the run's result");

@@ -213,6 +213,7 @@ pub async fn run(
         log: String::new(),
         kept_container: kept,
         diagnostics: Vec::new(),
+        task_hash: None,
     }
 }
 

@@ -40,6 +40,11 @@ pub struct RunResult {
     /// The sandbox kept for debugging (`--keep`), if any.
     #[serde(default, skip_serializing_if = "Option::is_none")]
     pub kept_container: Option<String>,
+    /// The sha-256 of the task file this run was made from: a daemon that finds this result
+    /// beside an unchanged file (its state lost, or the task run by `maxions run`) does not run
+    /// it again.
+    #[serde(default, skip_serializing_if = "Option::is_none")]
+    pub task_hash: Option<String>,
     /// Status `invalid`: every problem found, as `maxions validate --format json` gives them.
     #[serde(default, skip_serializing_if = "Vec::is_empty")]
     #[schemars(with = "Vec<crate::config::Diagnostic>")]
@@ -76,6 +81,14 @@ pub struct StepSummary {
     pub duration_ms: u64,
     #[serde(default, skip_serializing_if = "Option::is_none")]
     pub reason: Option<String>,
+}
+
+/// The content hash a task is known by: sha-256 of its bytes, hex.
+#[must_use]
+pub fn content_hash(bytes: &[u8]) -> String {
+    use sha2::Digest;
+    let digest = sha2::Sha256::digest(bytes);
+    digest.iter().map(|b| format!("{b:02x}")).collect()
 }
 
 /// Where a task's records go: `<dir>/<stem>.result.json` and `<dir>/<stem>.runs/<run>.jsonl`.

@@ -521,3 +521,42 @@ async fn a_run_that_ended_just_before_a_crash_is_not_run_again() {
     assert_eq!(result["status"], "succeeded");
     assert_eq!(result["run"], run);
 }
+
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn a_task_already_run_by_hand_is_not_run_again_by_a_new_daemon() {
+    let project = Project::new("{}\n");
+    let by_hand = project.task("by-hand", "acme/x", "");
+    let cancelled = project.task("cancelled", "acme/x", "");
+    let engine = Scripted::new(|_| Reply::ok());
+    // `maxions run` of both, the second cancelled before it starts.
+    for (task, cancel) in [(&by_hand, false), (&cancelled, true)] {
+        let loaded = maxions::config::load::load_task(task, None).unwrap();
+        let launch = maxions::runner::Launch::new(
+            Arc::new(loaded),
+            Arc::new(engine.clone()),
+            maxions::runner::new_run_id(),
+        );
+        let token = tokio_util::sync::CancellationToken::new();
+        if cancel {
+            token.cancel();
+        }
+        let (result, _) = maxions::runner::launch(launch, Arc::new(Recorder::default()), token)
+            .await
+            .unwrap();
+        assert!(result.task_hash.is_some());
+    }
+    let sink = Arc::new(Recorder::default());
+    let daemon = Running::start(&project, engine, Arc::clone(&sink)).await;
+    until("the cancelled one's run", || sink.finished() == 1).await;
+    tokio::time::sleep(Duration::from_millis(1000)).await;
+    daemon.stop().await;
+    let started = sink.started();
+    assert_eq!(started.len(), 1, "{started:?}");
+    assert_eq!(started[0].0, cancelled.display().to_string());
+    // Edited, the one run by hand is a new task.
+    std::fs::write(&by_hand, "task: again\nrepo: acme/x\nblueprint: quick\n").unwrap();
+    let sink = Arc::new(Recorder::default());
+    let daemon = Running::start(&project, Scripted::new(|_| Reply::ok()), Arc::clone(&sink)).await;
+    until("the edited one's run", || sink.finished() == 1).await;
+    daemon.stop().await;
+}
