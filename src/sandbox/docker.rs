@@ -310,6 +310,7 @@ impl DockerEngine {
             oom_kills: AtomicU64::new(0),
             destroyed: AtomicBool::new(false),
             kept: AtomicBool::new(false),
+            kept_dir: self.egress_root.join(KEPT_DIR),
             egress,
             reaper: tokio::sync::Mutex::new(None),
         };
@@ -361,6 +362,10 @@ impl DockerEngine {
                 continue;
             }
             let Some(id) = container.id else { continue };
+            // Kept on purpose (`--keep`): the user removes it.
+            if self.egress_root.join(KEPT_DIR).join(&id).exists() {
+                continue;
+            }
             match self
                 .docker
                 .remove_container(&id, Some(force_remove()))
@@ -397,6 +402,9 @@ impl Engine for DockerEngine {
         Box::pin(self.orphans(live))
     }
 }
+
+/// Below the egress root: one empty file per sandbox kept with `--keep`, named by its id.
+const KEPT_DIR: &str = "kept";
 
 /// This process, as the owner label names it. The boot id tells a pid reused after a reboot
 /// from the same process.
@@ -471,6 +479,9 @@ pub struct DockerSandbox {
     oom_kills: AtomicU64,
     destroyed: AtomicBool,
     kept: AtomicBool,
+    /// Where `keep` marks it, so that sweeps for orphans (a daemon's, the next `maxions run`'s)
+    /// leave a sandbox kept for debugging alone.
+    kept_dir: PathBuf,
     egress: Option<Egress>,
     /// An open attach to the reaper's stdin: killing a process group costs one small write.
     reaper: tokio::sync::Mutex<Option<std::pin::Pin<Box<dyn tokio::io::AsyncWrite + Send>>>>,
@@ -1448,6 +1459,11 @@ impl Sandbox for DockerSandbox {
 
     fn keep(&self) {
         self.kept.store(true, Ordering::Release);
+        let marked = std::fs::create_dir_all(&self.kept_dir)
+            .and_then(|()| std::fs::write(self.kept_dir.join(&self.id), b""));
+        if let Err(error) = marked {
+            tracing::warn!(%error, container = %short(&self.id), "cannot mark the sandbox as kept; the next sweep for orphaned sandboxes may remove it");
+        }
     }
 }
 

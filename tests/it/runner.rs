@@ -660,6 +660,11 @@ async fn happy_path_pushes_the_branch_and_opens_one_pull_request() {
         .map(|t| t.token)
         .collect();
     assert!(!tokens.is_empty());
+    // A sweep for orphaned sandboxes (the daemon's every minute, the next `maxions run`'s)
+    // leaves a sandbox kept for debugging alone.
+    maxions::sandbox::Engine::remove_orphans(&engine, &[])
+        .await
+        .expect("sweep");
     let (ok, config) = docker(&["exec", &kept.0, "cat", "/workspace/repo/.git/config"]);
     assert!(ok, "{config}");
     assert!(config.contains(&world.url), "{config}");
