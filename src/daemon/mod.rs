@@ -34,7 +34,7 @@ use crate::runner::{
 };
 use crate::sandbox::Engine;
 use schedule::Schedule;
-use state::{Active, Done, Entry, State, Store, StoreError, content_hash};
+use state::{Active, Entry, State, Store, StoreError, content_hash};
 
 /// How often blueprints and `maxions.yaml` are looked at for edits.
 const REFERENCES_EVERY: Duration = Duration::from_secs(2);
@@ -245,16 +245,6 @@ impl Daemon {
         Ok(daemon)
     }
 
-    #[must_use]
-    pub fn state_dir(&self) -> &Path {
-        self.store.dir()
-    }
-
-    #[must_use]
-    pub fn tasks_dir(&self) -> &Path {
-        &self.tasks_dir
-    }
-
     /// Runs until `shutdown`, then waits for the runs to end. Returns early only if the state
     /// can no longer be written.
     ///
@@ -404,10 +394,7 @@ impl Daemon {
                 && status != RunStatus::Interrupted
             {
                 tracing::info!(run = %active.run, task = %active.entry.task.display(), status = ?status, "the run had ended when the last daemon stopped; recorded as it ended");
-                let result = runner::result::result_path(&active.entry.task);
-                let recorded = std::fs::read(&result)
-                    .ok()
-                    .and_then(|b| serde_json::from_slice::<RunResult>(&b).ok())
+                let recorded = runner::result::read_result(&active.entry.task)
                     .is_some_and(|r| r.run == active.run);
                 if !recorded {
                     // It died between the log's last line and the result: the result says so now.
@@ -417,15 +404,8 @@ impl Daemon {
                         tracing::error!(%error, run = %active.run, "cannot write the run's result");
                     }
                 }
-                self.state.finished(Done {
-                    run: active.run.clone(),
-                    task: active.entry.task.clone(),
-                    status,
-                    reason,
-                    finished_at: Utc::now(),
-                    log: Some(active.log.clone()),
-                    pull_request,
-                });
+                self.state
+                    .finished(active.done(status, reason, pull_request));
                 self.mark_handled(&active.entry);
                 self.dirty = true;
                 continue;
@@ -451,15 +431,11 @@ impl Daemon {
                 }
             );
             if logged.is_some() {
-                self.state.finished(Done {
-                    run: active.run.clone(),
-                    task: active.entry.task.clone(),
-                    status: RunStatus::Interrupted,
-                    reason: Some(reason.clone()),
-                    finished_at: Utc::now(),
-                    log: Some(active.log.clone()),
-                    pull_request: None,
-                });
+                self.state.finished(active.done(
+                    RunStatus::Interrupted,
+                    Some(reason.clone()),
+                    None,
+                ));
             } else {
                 self.record_ended(&active, RunStatus::Interrupted, &reason);
             }
@@ -510,15 +486,8 @@ impl Daemon {
         if let Err(error) = records::Ended::of(active, status, reason).record() {
             tracing::error!(%error, run = %active.run, "cannot record the end of the run beside its task file");
         }
-        self.state.finished(Done {
-            run: active.run.clone(),
-            task: active.entry.task.clone(),
-            status,
-            reason: Some(reason.to_owned()),
-            finished_at: Utc::now(),
-            log: Some(active.log.clone()),
-            pull_request: None,
-        });
+        self.state
+            .finished(active.done(status, Some(reason.to_owned()), None));
         self.dirty = true;
     }
 
@@ -593,12 +562,7 @@ impl Daemon {
         };
         let hash = content_hash(&bytes);
         if let Err(problem) = self.confined(path, &bytes) {
-            let mut validation = Validation::default();
-            validation.diagnostics.push(
-                crate::config::Diagnostic::error("outside-project", problem)
-                    .in_file(path.display().to_string()),
-            );
-            self.invalid(path, &hash, &validation);
+            self.invalid(path, &hash, &outside_project(path, problem));
             return;
         }
         let known = self.state.tasks.get(path).cloned();
@@ -888,8 +852,9 @@ impl Daemon {
             })
     }
 
-    /// Queues the scheduled tasks whose slot has come (at `now`; tests pass a fake clock).
-    pub fn fire_schedules(&mut self, now: DateTime<Utc>) {
+    /// Queues the scheduled tasks whose slot has come at `now` (the slot arithmetic is
+    /// `schedule::due`, tested on a fake clock).
+    fn fire_schedules(&mut self, now: DateTime<Utc>) {
         let paths: Vec<PathBuf> = self.schedules.keys().cloned().collect();
         for path in paths {
             let Some(schedule) = self.schedules.get(&path) else {
@@ -988,12 +953,11 @@ impl Daemon {
             .map_err(|e| format!("cannot read the task file: {e}"))
             .and_then(|bytes| self.confined(&entry.task, &bytes))
         {
-            let mut validation = Validation::default();
-            validation.diagnostics.push(
-                crate::config::Diagnostic::error("outside-project", problem)
-                    .in_file(entry.task.display().to_string()),
+            self.invalid(
+                &entry.task,
+                &entry.hash,
+                &outside_project(&entry.task, problem),
             );
-            self.invalid(&entry.task, &entry.hash, &validation);
             return;
         }
         // Loaded now, not when queued: an edited blueprint or maxions.yaml counts from the next run.
@@ -1101,15 +1065,8 @@ impl Daemon {
             reason = reason.as_deref().unwrap_or(""),
             "run finished"
         );
-        self.state.finished(Done {
-            run: active.run.clone(),
-            task: active.entry.task.clone(),
-            status,
-            reason,
-            finished_at: Utc::now(),
-            log: Some(active.log.clone()),
-            pull_request,
-        });
+        self.state
+            .finished(active.done(status, reason, pull_request));
         let stopping = handle.as_ref().is_some_and(|h| h.stopping);
         if stopping
             && self.config.interrupted == Interrupted::Requeue
@@ -1236,12 +1193,6 @@ impl Daemon {
             Err(error) => tracing::error!("{error}; retrying at the next change"),
         }
     }
-
-    /// The state as the daemon holds it (for tests and the API).
-    #[must_use]
-    pub fn state(&self) -> &State {
-        &self.state
-    }
 }
 
 async fn recv(hints: &mut Option<watch::Hints>) -> Option<watch::Hint> {
@@ -1251,21 +1202,29 @@ async fn recv(hints: &mut Option<watch::Hints>) -> Option<watch::Hint> {
     }
 }
 
+/// Why a task file is refused when it would make the daemon read outside its project, as the
+/// located diagnostics an invalid result carries.
+fn outside_project(path: &Path, problem: String) -> Validation {
+    let mut validation = Validation::default();
+    validation.diagnostics.push(
+        crate::config::Diagnostic::error("outside-project", problem)
+            .in_file(path.display().to_string()),
+    );
+    validation
+}
+
 /// Whether `<stem>.result.json` records a finished run of this content.
 fn already_ran(task: &Path, hash: &str) -> bool {
-    std::fs::read(runner::result::result_path(task))
-        .ok()
-        .and_then(|bytes| serde_json::from_slice::<RunResult>(&bytes).ok())
-        .is_some_and(|result| {
-            result.task_hash.as_deref() == Some(hash)
-                && matches!(
-                    result.status,
-                    RunStatus::Succeeded
-                        | RunStatus::NoChanges
-                        | RunStatus::Failed
-                        | RunStatus::TimedOut
-                )
-        })
+    runner::result::read_result(task).is_some_and(|result| {
+        result.task_hash.as_deref() == Some(hash)
+            && matches!(
+                result.status,
+                RunStatus::Succeeded
+                    | RunStatus::NoChanges
+                    | RunStatus::Failed
+                    | RunStatus::TimedOut
+            )
+    })
 }
 
 fn file_stamp(path: &Path) -> Option<(u64, SystemTime)> {

@@ -8,7 +8,7 @@ use std::path::{Path, PathBuf};
 use chrono::{DateTime, Utc};
 
 use crate::config::validate::Validation;
-use crate::runner::result::{log_path, result_path, write_result};
+use crate::runner::result::{log_path, read_result, result_path, write_result};
 use crate::runner::{Event, EventLine, RunResult, RunStatus};
 
 /// What is known of a run the daemon must record itself.
@@ -174,9 +174,7 @@ pub fn logged_end(task: &Path, run: &str) -> Option<(RunStatus, Option<String>, 
         .get("reason")
         .and_then(serde_json::Value::as_str)
         .map(str::to_owned);
-    let pull_request = std::fs::read(result_path(task))
-        .ok()
-        .and_then(|bytes| serde_json::from_slice::<RunResult>(&bytes).ok())
+    let pull_request = read_result(task)
         .filter(|result| result.run == run)
         .and_then(|result| result.pull_request?.url);
     Some((status, reason, pull_request))

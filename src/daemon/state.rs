@@ -104,6 +104,27 @@ pub struct Done {
     pub pull_request: Option<String>,
 }
 
+impl Active {
+    /// Its record once it ended, now.
+    #[must_use]
+    pub fn done(
+        &self,
+        status: RunStatus,
+        reason: Option<String>,
+        pull_request: Option<String>,
+    ) -> Done {
+        Done {
+            run: self.run.clone(),
+            task: self.entry.task.clone(),
+            status,
+            reason,
+            finished_at: Utc::now(),
+            log: Some(self.log.clone()),
+            pull_request,
+        }
+    }
+}
+
 impl State {
     /// Records an ended run, keeping the newest [`RECENT`].
     pub fn finished(&mut self, done: Done) {

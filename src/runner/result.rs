@@ -109,6 +109,13 @@ fn sibling(task: &Path, suffix: &str) -> PathBuf {
     task.with_file_name(format!("{stem}{suffix}"))
 }
 
+/// The task's result file as last written, if there is one that parses.
+#[must_use]
+pub fn read_result(task: &Path) -> Option<RunResult> {
+    let bytes = std::fs::read(result_path(task)).ok()?;
+    serde_json::from_slice(&bytes).ok()
+}
+
 /// Writes the result atomically: a temporary file beside it, then a rename, so that a reader
 /// (or a crash) never sees half a file.
 ///
