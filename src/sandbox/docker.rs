@@ -373,7 +373,10 @@ impl DockerEngine {
             {
                 Ok(()) => {
                     removed += 1;
-                    let _ = std::fs::remove_dir_all(self.egress_root.join(sanitize(&run)));
+                    // A container without a run label must not take the whole root with it.
+                    if !run.is_empty() {
+                        let _ = std::fs::remove_dir_all(self.egress_root.join(sanitize(&run)));
+                    }
                     tracing::info!(run, container = %id, "removed the sandbox of a run that is not live");
                 }
                 Err(error) if status_of(&error) == Some(404) => {}
@@ -403,8 +406,9 @@ impl Engine for DockerEngine {
     }
 }
 
-/// Below the egress root: one empty file per sandbox kept with `--keep`, named by its id.
-const KEPT_DIR: &str = "kept";
+/// Below the egress root: one empty file per sandbox kept with `--keep`, named by its id. The
+/// dot keeps it apart from the runs' directories there: a sanitized run id has none.
+const KEPT_DIR: &str = ".kept";
 
 /// This process, as the owner label names it. The boot id tells a pid reused after a reboot
 /// from the same process.
