@@ -142,7 +142,7 @@ pub async fn run_loaded(loaded: &LoadedTask, args: &Args, output: Output) -> u8 
 pub fn exit_code(status: RunStatus) -> u8 {
     match status {
         RunStatus::Succeeded | RunStatus::NoChanges => code::OK,
-        RunStatus::Failed => code::FAILED,
+        RunStatus::Failed | RunStatus::BudgetExceeded => code::FAILED,
         RunStatus::TimedOut => code::TIMED_OUT,
         RunStatus::Cancelled | RunStatus::Interrupted => code::CANCELLED,
         RunStatus::Invalid => code::SETUP,

@@ -87,20 +87,41 @@ pub enum Network {
 #[serde(deny_unknown_fields)]
 pub struct AgentSpec {
     pub kind: AgentKind,
-    /// The model, in the agent's own notation (e.g. `github-copilot/gpt-5-mini` for pi).
+    /// The model, in the agent's own notation: `github-copilot/gpt-5-mini` for pi (provider,
+    /// slash, model), `claude-sonnet-4-5` for Claude Code, `gpt-5-codex` for Codex. With
+    /// `provider`, the model's id at that provider.
     #[serde(default, skip_serializing_if = "Option::is_none")]
     pub model: Option<String>,
-    /// Extra command-line flags for the agent.
+    /// Extra command-line flags for the agent, appended after maxions' own.
     #[serde(default, skip_serializing_if = "Vec::is_empty")]
     pub flags: Vec<String>,
     /// For `kind: command`: the program and its arguments. The prompt goes on its stdin.
     #[serde(default, skip_serializing_if = "Option::is_none")]
     #[schemars(length(min = 1))]
     pub command: Option<Vec<String>>,
-    /// Secrets the agent's process receives as environment variables.
+    /// Secrets the agent's process receives as environment variables (provider keys such as
+    /// `ANTHROPIC_API_KEY`, `OPENAI_API_KEY` or `COPILOT_GITHUB_TOKEN`). Only agent steps and
+    /// fix rounds get them; no forge credential is ever among them.
     #[serde(default, skip_serializing_if = "Vec::is_empty")]
     pub secrets: Vec<SecretName>,
-    /// Limits across all agent steps of a run.
+    /// A model provider of your own (an OpenAI- or Anthropic-compatible endpoint, a gateway)
+    /// instead of the agent's default one. Its host must be on `sandbox.allow`.
+    #[serde(default, skip_serializing_if = "Option::is_none")]
+    pub provider: Option<Provider>,
+    /// Prices in US dollars per million tokens, for agents that report no cost (Codex) and
+    /// for a `provider` of your own. An agent's own cost figure wins when it reports one.
+    #[serde(default, skip_serializing_if = "Option::is_none")]
+    pub prices: Option<Prices>,
+    /// Standing instructions for the agent (what an `AGENTS.md` says), given as its user-level
+    /// instructions file, never written into the repository.
+    #[serde(default, skip_serializing_if = "Option::is_none")]
+    pub instructions: Option<String>,
+    /// How often maxions runs the agent again when the model provider failed (HTTP 429, 5xx,
+    /// overloaded, a broken stream) before it changed anything. Default: 2.
+    #[serde(default, skip_serializing_if = "Option::is_none")]
+    #[schemars(range(max = 10))]
+    pub retries: Option<u32>,
+    /// Limits across all agent steps and fix rounds of a run.
     #[serde(default, skip_serializing_if = "Option::is_none")]
     pub budget: Option<Budget>,
 }
@@ -129,6 +150,64 @@ impl AgentKind {
     }
 }
 
+/// A model provider endpoint.
+#[derive(Debug, Clone, PartialEq, Serialize, Deserialize, JsonSchema)]
+#[serde(deny_unknown_fields)]
+pub struct Provider {
+    /// The endpoint, e.g. `https://llm.example.com/v1` (OpenAI-style APIs) or
+    /// `https://llm.example.com` (Anthropic's, as `ANTHROPIC_BASE_URL` takes it).
+    #[schemars(extend("format" = "uri"))]
+    pub base_url: String,
+    /// The wire protocol. Default: what the agent speaks (`openai-completions` for pi,
+    /// `anthropic-messages` for Claude Code, `openai-responses` for Codex).
+    #[serde(default, skip_serializing_if = "Option::is_none")]
+    pub api: Option<ProviderApi>,
+    /// The secret holding the provider's API key (defined in maxions.yaml).
+    #[serde(default, skip_serializing_if = "Option::is_none")]
+    pub key: Option<SecretName>,
+}
+
+#[derive(Debug, Clone, Copy, PartialEq, Eq, Serialize, Deserialize, JsonSchema)]
+#[serde(rename_all = "kebab-case")]
+pub enum ProviderApi {
+    /// OpenAI chat completions (`POST /chat/completions`).
+    OpenaiCompletions,
+    /// OpenAI Responses (`POST /responses`).
+    OpenaiResponses,
+    /// Anthropic Messages (`POST /v1/messages`).
+    AnthropicMessages,
+}
+
+impl ProviderApi {
+    pub fn as_str(self) -> &'static str {
+        match self {
+            Self::OpenaiCompletions => "openai-completions",
+            Self::OpenaiResponses => "openai-responses",
+            Self::AnthropicMessages => "anthropic-messages",
+        }
+    }
+}
+
+/// Prices in US dollars per million tokens.
+#[derive(Debug, Clone, Copy, PartialEq, Default, Serialize, Deserialize, JsonSchema)]
+#[serde(deny_unknown_fields)]
+pub struct Prices {
+    /// Per million input (prompt) tokens not read from a cache.
+    #[schemars(range(min = 0.0))]
+    pub input: f64,
+    /// Per million output tokens (reasoning included).
+    #[schemars(range(min = 0.0))]
+    pub output: f64,
+    /// Per million input tokens read from the provider's cache. Default: `input`.
+    #[serde(default, skip_serializing_if = "Option::is_none")]
+    #[schemars(range(min = 0.0))]
+    pub cache_read: Option<f64>,
+    /// Per million input tokens written to the provider's cache. Default: `input`.
+    #[serde(default, skip_serializing_if = "Option::is_none")]
+    #[schemars(range(min = 0.0))]
+    pub cache_write: Option<f64>,
+}
+
 #[derive(Debug, Clone, PartialEq, Default, Serialize, Deserialize, JsonSchema)]
 #[serde(deny_unknown_fields)]
 pub struct Budget {
@@ -136,13 +215,41 @@ pub struct Budget {
     #[serde(default, skip_serializing_if = "Option::is_none")]
     #[schemars(range(min = 0.0))]
     pub max_cost_usd: Option<f64>,
-    /// Stop the agent once the run's agent steps have used this many tokens.
+    /// Stop the agent once the run's agent steps have used this many tokens (input, output and
+    /// cache, summed over every model call).
     #[serde(default, skip_serializing_if = "Option::is_none")]
     #[schemars(range(min = 1))]
     pub max_tokens: Option<u64>,
     /// Stop the agent once the run's agent steps have taken this long in all.
     #[serde(default, skip_serializing_if = "Option::is_none")]
     pub max_duration: Option<HumanDuration>,
+    /// Kill the agent when it prints nothing for this long (a hung tool, a stalled provider).
+    /// Default: `10m`.
+    #[serde(default, skip_serializing_if = "Option::is_none")]
+    pub idle_timeout: Option<HumanDuration>,
+    /// What the run does once a limit stopped the agent: `fail` (the default), or `draft_pr`:
+    /// skip the remaining agent work, run the checks once, and commit, push and open a draft
+    /// pull request whose body reports what happened.
+    #[serde(default, skip_serializing_if = "OnExceeded::is_default")]
+    pub on_exceeded: OnExceeded,
+}
+
+/// What a run does after a budget stopped its agent.
+#[derive(Debug, Clone, Copy, PartialEq, Eq, Default, Serialize, Deserialize, JsonSchema)]
+#[serde(rename_all = "snake_case")]
+pub enum OnExceeded {
+    /// The run fails; nothing is committed.
+    #[default]
+    Fail,
+    /// Commit what the agent left (if the checks were run on it), push, and open a draft pull
+    /// request reporting the stop.
+    DraftPr,
+}
+
+impl OnExceeded {
+    fn is_default(&self) -> bool {
+        *self == Self::Fail
+    }
 }
 
 /// The secret name blueprints used to ask for git credentials with. It is an ordinary secret now

@@ -90,44 +90,18 @@ fn check_timezone(text: &str) -> Result<(), Problem> {
     ))
 }
 
+/// The egress proxy's own parser decides, so that `validate` accepts exactly what the proxy
+/// enforces (ports included: `llm.example.com:8443`).
 fn check_host_pattern(text: &str) -> Result<(), Problem> {
-    let bad = |reason: &str| {
-        Err(problem(
+    match text.parse::<crate::sandbox::egress::HostPattern>() {
+        Ok(_) => Ok(()),
+        Err(error) => Err(problem(
             "invalid-host-pattern",
-            format!("invalid host pattern `{text}`: {reason}"),
-            "write a host name (`github.com`) or one leading wildcard label (`*.githubusercontent.com`)"
+            error.to_string(),
+            "write a host name (`github.com`), one leading wildcard label (`*.githubusercontent.com`), or either with a port (`llm.example.com:8443`)"
                 .to_owned(),
-        ))
-    };
-    if text.contains("://") || text.contains('/') {
-        return bad("give the host only, without scheme or path");
+        )),
     }
-    if text.contains(':') && text.parse::<std::net::Ipv6Addr>().is_err() {
-        return bad("ports are not part of a host pattern");
-    }
-    if text.parse::<std::net::IpAddr>().is_ok() {
-        return Ok(());
-    }
-    let host = text.strip_prefix("*.").unwrap_or(text);
-    if host.contains('*') {
-        return bad("`*` is only allowed as the whole first label, as in `*.example.com`");
-    }
-    let host = host.strip_suffix('.').unwrap_or(host);
-    let labels: Vec<&str> = host.split('.').collect();
-    if labels.len() < 2 && text.starts_with("*.") {
-        return bad("a wildcard needs at least two labels after it, as in `*.example.com`");
-    }
-    let label_ok = |l: &&str| {
-        !l.is_empty()
-            && l.len() <= 63
-            && !l.starts_with('-')
-            && !l.ends_with('-')
-            && l.chars().all(|c| c.is_ascii_alphanumeric() || c == '-')
-    };
-    if host.len() > 253 || !labels.iter().all(label_ok) {
-        return bad("not a valid host name");
-    }
-    Ok(())
 }
 
 fn check_identifier(text: &str) -> Result<(), Problem> {

@@ -686,6 +686,9 @@ impl BlueprintChecker<'_> {
         if let Some(agent) = tree.get("agent") {
             self.check_agent(agent);
             self.check_secrets(agent.get("secrets"));
+            if let Some(key) = agent.get("provider").and_then(|p| p.get("key")) {
+                self.check_secret(key);
+            }
         }
     }
 
@@ -815,6 +818,144 @@ impl BlueprintChecker<'_> {
             }
             _ => {}
         }
+        if let Some(kind @ ("pi" | "claude" | "codex")) = kind {
+            self.check_agent_reach(agent, kind);
+            self.check_agent_cost(agent, kind);
+        }
+    }
+
+    /// A real agent talks to its model provider: the sandbox's network must let it, and only
+    /// it (a provider host missing from `allow` is refused at run time).
+    fn check_agent_reach(&mut self, agent: &Node, kind: &str) {
+        let kind_node = agent.get("kind").expect("has a kind");
+        let sandbox = self.doc.tree.get("sandbox");
+        let network = sandbox.and_then(|s| s.get("network"));
+        let provider = agent.get("provider");
+        let base_url = provider.and_then(|p| p.get("base_url"));
+        let api = provider.and_then(|p| p.get("api"));
+        if let Some(api_node) = api
+            && let Some(api) = api_node.as_str()
+        {
+            let speaks = match kind {
+                "claude" => Some("anthropic-messages"),
+                "codex" => Some("openai-responses"),
+                _ => None,
+            };
+            if let Some(speaks) = speaks
+                && api != speaks
+            {
+                self.found.push(
+                    Diagnostic::error(
+                        "provider-api",
+                        format!("`kind: {kind}` speaks only `{speaks}`, not `{api}`"),
+                    )
+                    .at(api_node.pos)
+                    .width(api.len())
+                    .hint(format!("use `api: {speaks}` or leave `api` out")),
+                );
+            }
+        }
+        // The host the agent calls: the blueprint's provider, or the agent's default one.
+        let (host, at) = match base_url {
+            Some(node) => {
+                let Some(url) = node.as_str() else { return };
+                match provider_host(url) {
+                    Some(host) => (host, node),
+                    None => {
+                        self.found.push(
+                            Diagnostic::error(
+                                "invalid-url",
+                                format!("`{url}` is not an http:// or https:// URL with a host"),
+                            )
+                            .at(node.pos)
+                            .width(token_width(&self.doc.text, node.pos))
+                            .hint("e.g. `base_url: https://llm.example.com/v1`"),
+                        );
+                        return;
+                    }
+                }
+            }
+            None => {
+                let model = agent.get("model").and_then(Node::as_str).unwrap_or("");
+                let host = match kind {
+                    "claude" => "api.anthropic.com",
+                    "codex" => "api.openai.com",
+                    _ if model.starts_with("github-copilot/") => "api.githubcopilot.com",
+                    _ if model.starts_with("anthropic/") => "api.anthropic.com",
+                    _ if model.starts_with("openai/") => "api.openai.com",
+                    _ => return,
+                };
+                (host.to_owned(), kind_node)
+            }
+        };
+        match network.and_then(Node::as_str) {
+            None | Some("none") => {
+                let at = network.unwrap_or(kind_node);
+                self.found.push(
+                    Diagnostic::error(
+                        "agent-network",
+                        format!("`kind: {kind}` must reach its model provider (`{host}`), but the sandbox has no network"),
+                    )
+                    .at(at.pos)
+                    .width(token_width(&self.doc.text, at.pos))
+                    .hint(format!("set `sandbox.network: allowlist` with `allow: [{host}]`")),
+                );
+            }
+            Some("allowlist") => {
+                let Ok(parsed) = crate::sandbox::egress::Host::parse(&host) else {
+                    return;
+                };
+                let allowed = match sandbox.and_then(|s| s.get("allow")).map(|a| &a.value) {
+                    Some(Value::Seq(items)) => items.iter().filter_map(Node::as_str).any(|p| {
+                        p.parse::<crate::sandbox::egress::HostPattern>()
+                            .is_ok_and(|p| p.matches_host(&parsed))
+                    }),
+                    _ => false,
+                };
+                if !allowed {
+                    self.found.push(
+                        Diagnostic::warning(
+                            "provider-not-allowed",
+                            format!("the agent's model provider `{host}` is not on `sandbox.allow`: the proxy will refuse it"),
+                        )
+                        .at(at.pos)
+                        .width(token_width(&self.doc.text, at.pos))
+                        .hint(format!("add `{host}` (with its port, if not 443 or 80) to `sandbox.allow`")),
+                    );
+                }
+            }
+            _ => {}
+        }
+    }
+
+    /// `max_cost_usd` needs a cost: Codex reports none, so it needs `prices`.
+    fn check_agent_cost(&mut self, agent: &Node, kind: &str) {
+        let Some(max_cost) = agent.get("budget").and_then(|b| b.key("max_cost_usd")) else {
+            return;
+        };
+        if agent.get("prices").is_some() {
+            return;
+        }
+        let (severity, why) = match kind {
+            "codex" => (
+                Diagnostic::error as fn(_, _) -> Diagnostic,
+                "Codex reports no cost",
+            ),
+            _ if agent.get("provider").is_some() => (
+                Diagnostic::warning as fn(_, _) -> Diagnostic,
+                "a provider of your own has no known prices",
+            ),
+            _ => return,
+        };
+        self.found.push(
+            severity(
+                "budget-without-prices",
+                format!("`max_cost_usd` cannot be enforced: {why}"),
+            )
+            .at(max_cost.pos)
+            .width(max_cost.name.len())
+            .hint("add `prices: { input: 1.25, output: 10 }` (US dollars per million tokens) to `agent`"),
+        );
     }
 
     fn check_step_kind(&mut self, step: &Node, entries: &[(Key, Node)], name: &str) {
@@ -897,7 +1038,14 @@ impl BlueprintChecker<'_> {
             return;
         };
         for item in items {
-            let Some(name) = item.as_str() else { continue };
+            self.check_secret(item);
+        }
+    }
+
+    /// One secret name: defined in maxions.yaml, and not the old git credential.
+    fn check_secret(&mut self, item: &Node) {
+        {
+            let Some(name) = item.as_str() else { return };
             let width = token_width(&self.doc.text, item.pos);
             if name == crate::config::blueprint::GIT_TOKEN {
                 self.found.push(
@@ -924,10 +1072,10 @@ impl BlueprintChecker<'_> {
                          maxions.yaml"
                     )),
                 );
-                continue;
+                return;
             };
             if config.secrets.keys().any(|k| k.0 == name) {
-                continue;
+                return;
             }
             let known: Vec<&str> = config.secrets.keys().map(|k| k.0.as_str()).collect();
             let hint = match did_you_mean(name, known.iter().copied()) {
@@ -1336,6 +1484,21 @@ fn check_config(doc: &Document, found: &mut Vec<Diagnostic>) {
             .width(3),
         );
     }
+}
+
+/// The host of an `http://` or `https://` URL.
+fn provider_host(url: &str) -> Option<String> {
+    let rest = url
+        .strip_prefix("https://")
+        .or_else(|| url.strip_prefix("http://"))?;
+    let authority = rest.split(['/', '?', '#']).next()?;
+    let authority = authority.rsplit('@').next()?;
+    let host = if let Some(v6) = authority.strip_prefix('[') {
+        v6.split(']').next()?
+    } else {
+        authority.split(':').next()?
+    };
+    (!host.is_empty()).then(|| host.to_ascii_lowercase())
 }
 
 /// The `secrets:` entries of a blueprint's steps and agent.

@@ -1223,6 +1223,7 @@ fn already_ran(task: &Path, hash: &str) -> bool {
                     | RunStatus::NoChanges
                     | RunStatus::Failed
                     | RunStatus::TimedOut
+                    | RunStatus::BudgetExceeded
             )
     })
 }

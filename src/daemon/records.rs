@@ -124,6 +124,7 @@ impl<'a> Ended<'a> {
             exec_ms: 0,
             log: log.display().to_string(),
             kept_container: None,
+            usage: None,
             diagnostics: Vec::new(),
             task_hash: None,
         };
@@ -222,6 +223,7 @@ pub fn write_invalid(task: &Path, validation: &Validation) -> io::Result<PathBuf
         exec_ms: 0,
         log: String::new(),
         kept_container: None,
+        usage: None,
         diagnostics,
         task_hash: None,
     };

@@ -10,6 +10,7 @@ use std::sync::Mutex;
 use schemars::JsonSchema;
 use serde::{Deserialize, Serialize};
 
+use crate::agent::{Activity, Usage};
 use crate::sandbox::OutputStream;
 use crate::sandbox::egress::EgressEvent;
 
@@ -97,6 +98,36 @@ pub enum Event {
         draft: bool,
         reason: String,
     },
+    /// Something the agent did: said, called a tool, got a tool's result, reported an error.
+    Agent {
+        step: String,
+        #[serde(flatten)]
+        #[schemars(with = "serde_json::Value")]
+        activity: Activity,
+    },
+    /// What the agent has spent: this exec so far (`usage`) and the run's agents in all
+    /// (`run_usage`). Written as the agent reports it, and once more when its exec ends.
+    Usage {
+        step: String,
+        usage: Usage,
+        run_usage: Usage,
+    },
+    /// A budget stopped the agent: its processes were killed.
+    BudgetExceeded {
+        step: String,
+        /// `max_tokens`, `max_cost_usd`, `max_duration` or `idle_timeout`.
+        limit: String,
+        reason: String,
+    },
+    /// The agent's model provider failed before the agent changed anything; maxions runs it
+    /// again after `delay_ms`.
+    AgentRetry {
+        step: String,
+        attempt: u32,
+        max_attempts: u32,
+        delay_ms: u64,
+        reason: String,
+    },
     /// A decision of the egress proxy.
     Egress {
         #[serde(flatten)]
@@ -125,6 +156,8 @@ pub enum StepStatus {
     Cancelled,
     /// `commit` found nothing to commit.
     NoChanges,
+    /// A budget (`agent.budget`) stopped the agent.
+    BudgetExceeded,
 }
 
 /// How a run ended.
@@ -141,6 +174,9 @@ pub enum RunStatus {
     Interrupted,
     /// The task file is not valid: nothing ran (the result lists the problems).
     Invalid,
+    /// A budget (`agent.budget`) stopped the agent; with `on_exceeded: draft_pr` the result
+    /// holds the draft pull request that reports it.
+    BudgetExceeded,
 }
 
 /// One line of a run's log: `{"ts","run","seq","type",...}`.
@@ -393,6 +429,56 @@ mod tests {
                 body: "b\nc".into(),
                 draft: true,
                 reason: "no forge".into(),
+            },
+            Event::Agent {
+                step: "implement".into(),
+                activity: Activity::ToolCall {
+                    tool: "bash".into(),
+                    input: "{\"command\":\"ls\"}".into(),
+                },
+            },
+            Event::Agent {
+                step: "implement".into(),
+                activity: Activity::ToolResult {
+                    tool: None,
+                    output: "a.txt".into(),
+                    error: true,
+                },
+            },
+            Event::Agent {
+                step: "implement".into(),
+                activity: Activity::Text {
+                    text: "done".into(),
+                },
+            },
+            Event::Agent {
+                step: "implement".into(),
+                activity: Activity::Error {
+                    message: "429".into(),
+                },
+            },
+            Event::Usage {
+                step: "implement".into(),
+                usage: Usage {
+                    input_tokens: 10,
+                    output_tokens: 2,
+                    cache_read_tokens: 1,
+                    cache_write_tokens: 0,
+                    cost_usd: Some(0.5),
+                },
+                run_usage: Usage::default(),
+            },
+            Event::BudgetExceeded {
+                step: "implement".into(),
+                limit: "max_tokens".into(),
+                reason: "spent".into(),
+            },
+            Event::AgentRetry {
+                step: "implement".into(),
+                attempt: 2,
+                max_attempts: 3,
+                delay_ms: 2000,
+                reason: "500".into(),
             },
             Event::Egress { decision: egress },
             Event::Egress { decision: refused },

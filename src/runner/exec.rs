@@ -18,12 +18,12 @@ pub(super) const MAX_EXEC_OUTPUT: u64 = 8 << 20;
 /// How much output one run logs in all; the rest is counted.
 pub(super) const MAX_RUN_OUTPUT: u64 = 64 << 20;
 /// Output waits at most this long before it becomes an event.
-const FLUSH_EVERY: Duration = Duration::from_millis(50);
+pub(super) const FLUSH_EVERY: Duration = Duration::from_millis(50);
 /// ... or until this much of it waits.
 const FLUSH_BYTES: usize = 16 << 10;
 
 /// Output on its way to the log.
-struct Batch<'a> {
+pub(super) struct Batch<'a> {
     step: &'a str,
     text: [Utf8Chunks; 2],
     pending: [String; 2],
@@ -33,8 +33,28 @@ struct Batch<'a> {
     truncated: bool,
 }
 
-impl Batch<'_> {
-    fn push(&mut self, stream: OutputStream, bytes: &[u8], emit: &dyn Fn(Event)) {
+impl<'a> Batch<'a> {
+    pub(super) fn new(step: &'a str, run_logged: u64) -> Self {
+        Batch {
+            step,
+            text: [Utf8Chunks::default(), Utf8Chunks::default()],
+            pending: [String::new(), String::new()],
+            logged: 0,
+            run_logged,
+            truncated: false,
+        }
+    }
+
+    pub(super) fn step(&self) -> &str {
+        self.step
+    }
+
+    /// Bytes of output this command logged.
+    pub(super) fn logged(&self) -> u64 {
+        self.logged
+    }
+
+    pub(super) fn push(&mut self, stream: OutputStream, bytes: &[u8], emit: &dyn Fn(Event)) {
         if self.truncated {
             return;
         }
@@ -67,12 +87,12 @@ impl Batch<'_> {
         }
     }
 
-    fn flush(&mut self, emit: &dyn Fn(Event)) {
+    pub(super) fn flush(&mut self, emit: &dyn Fn(Event)) {
         self.flush_stream(OutputStream::Stdout, emit);
         self.flush_stream(OutputStream::Stderr, emit);
     }
 
-    fn finish(&mut self, emit: &dyn Fn(Event)) {
+    pub(super) fn finish(&mut self, emit: &dyn Fn(Event)) {
         if !self.truncated {
             for stream in [OutputStream::Stdout, OutputStream::Stderr] {
                 let rest = self.text[stream as usize].finish();
@@ -92,14 +112,7 @@ impl Runner<'_> {
         request: &ExecRequest,
         cancel: &CancellationToken,
     ) -> Result<ExecOutcome, StepError> {
-        let batch = Mutex::new(Batch {
-            step,
-            text: [Utf8Chunks::default(), Utf8Chunks::default()],
-            pending: [String::new(), String::new()],
-            logged: 0,
-            run_logged: self.logged_output,
-            truncated: false,
-        });
+        let batch = Mutex::new(Batch::new(step, self.logged_output));
         let lock = || {
             batch
                 .lock()

@@ -165,6 +165,7 @@ pub async fn run(
     let (status, reason) = match outcome {
         Ok(status) => (status, runner.failure.take()),
         Err(Stop::Failed(reason)) => (RunStatus::Failed, Some(reason)),
+        Err(Stop::Budget(reason)) => (RunStatus::BudgetExceeded, Some(reason)),
         Err(Stop::Cancelled) if cancel.is_cancelled() => (
             RunStatus::Cancelled,
             Some(
@@ -212,6 +213,7 @@ pub async fn run(
         exec_ms: millis(runner.exec_time),
         log: String::new(),
         kept_container: kept,
+        usage: (!runner.agent_usage.is_empty()).then_some(runner.agent_usage),
         diagnostics: Vec::new(),
         task_hash: None,
     }
@@ -221,6 +223,8 @@ pub async fn run(
 enum Stop {
     Failed(String),
     Cancelled,
+    /// A budget stopped the agent and the blueprint says to fail.
+    Budget(String),
 }
 
 /// What the `checkout` step left for `commit` and `push`.
@@ -275,6 +279,15 @@ struct Runner<'a> {
     extra_logged: Vec<crate::logging::Guard>,
     /// A command of the sandbox's user ran since the last sweep (see [`Runner::end_step`]).
     dirty: std::sync::atomic::AtomicBool,
+    /// What the run's agents have spent, and for how long they ran.
+    agent_usage: crate::agent::Usage,
+    agent_time: Duration,
+    /// Usage per step id, for the step summaries.
+    step_usage: BTreeMap<String, crate::agent::Usage>,
+    /// The budget stop, once a budget stopped the agent.
+    budget_stop: Option<steps::agent::BudgetStop>,
+    /// The checks that failed the last time checks ran.
+    failed_checks: Vec<String>,
 }
 
 impl<'a> Runner<'a> {
@@ -323,7 +336,22 @@ impl<'a> Runner<'a> {
             logged: None,
             extra_logged: Vec::new(),
             dirty: std::sync::atomic::AtomicBool::new(false),
+            agent_usage: crate::agent::Usage::default(),
+            agent_time: Duration::ZERO,
+            step_usage: BTreeMap::new(),
+            budget_stop: None,
+            failed_checks: Vec::new(),
         }
+    }
+
+    /// Whether a budget stop leads to a draft pull request rather than a failed run.
+    fn draft_after_budget(&self) -> bool {
+        self.task
+            .blueprint
+            .agent
+            .as_ref()
+            .and_then(|a| a.budget.as_ref())
+            .is_some_and(|b| b.on_exceeded == crate::config::blueprint::OnExceeded::DraftPr)
     }
 
     fn emit(&self, event: Event) {
@@ -537,6 +565,9 @@ impl<'a> Runner<'a> {
                 Err(steps::StepError::Fatal(reason)) => {
                     (StepStatus::Failed, None, Some(reason.clone()))
                 }
+                Err(steps::StepError::Budget(reason)) => {
+                    (StepStatus::BudgetExceeded, None, Some(reason.clone()))
+                }
             };
             let reason = reason.map(|r| self.redactor.redact_str(&r).into_owned());
             self.emit(Event::StepFinished {
@@ -553,10 +584,23 @@ impl<'a> Runner<'a> {
                 exit_code,
                 duration_ms,
                 reason: reason.clone(),
+                usage: self.step_usage.remove(&id),
             });
             match result {
+                Ok(done) if done.status == StepStatus::Skipped => self.empty_outputs(step, &id),
                 Ok(_) => {
                     self.read_outputs(step, &id).await?;
+                }
+                Err(steps::StepError::Budget(reason)) => {
+                    if !self.draft_after_budget() {
+                        return Err(Stop::Budget(reason));
+                    }
+                    self.emit(Event::Warning {
+                        message: format!(
+                            "step `{id}`: {reason}; going on to a draft pull request (`on_exceeded: draft_pr`)"
+                        ),
+                    });
+                    self.empty_outputs(step, &id);
                 }
                 Err(steps::StepError::Cancelled) => return Err(Stop::Cancelled),
                 Err(steps::StepError::Fatal(_)) => {
@@ -575,6 +619,9 @@ impl<'a> Runner<'a> {
                     }
                 }
             }
+        }
+        if let Some(stop) = &self.budget_stop {
+            return Err(Stop::Budget(stop.reason.clone()));
         }
         if self.no_changes {
             return Ok(RunStatus::NoChanges);
@@ -632,6 +679,7 @@ impl<'a> Runner<'a> {
             exit_code: None,
             duration_ms: 0,
             reason: Some(reason.to_owned()),
+            usage: None,
         });
     }
 
@@ -682,6 +730,20 @@ impl<'a> Runner<'a> {
         }
         self.context.steps.insert(id.to_owned(), values);
         Ok(())
+    }
+
+    /// The outputs of a step that did not run, as empty text: templates that read them still
+    /// render (a pull request after a budget stop falls back to its own title).
+    fn empty_outputs(&mut self, step: &Step, id: &str) {
+        if step.outputs.is_empty() {
+            return;
+        }
+        let values = step
+            .outputs
+            .keys()
+            .map(|name| (name.clone(), String::new()))
+            .collect();
+        self.context.steps.insert(id.to_owned(), values);
     }
 
     /// Removes the sandbox (or keeps it, saying which); returns the kept container's id.

@@ -37,6 +37,9 @@ pub struct RunResult {
     pub exec_ms: u64,
     /// The run's event log.
     pub log: String,
+    /// What the run's agents spent, summed over every agent step and fix round.
+    #[serde(default, skip_serializing_if = "Option::is_none")]
+    pub usage: Option<crate::agent::Usage>,
     /// The sandbox kept for debugging (`--keep`), if any.
     #[serde(default, skip_serializing_if = "Option::is_none")]
     pub kept_container: Option<String>,
@@ -81,6 +84,9 @@ pub struct StepSummary {
     pub duration_ms: u64,
     #[serde(default, skip_serializing_if = "Option::is_none")]
     pub reason: Option<String>,
+    /// What the agent spent in this step (agent steps and check steps with fix rounds).
+    #[serde(default, skip_serializing_if = "Option::is_none")]
+    pub usage: Option<crate::agent::Usage>,
 }
 
 /// The content hash a task is known by: sha-256 of its bytes, hex.

@@ -1,5 +1,5 @@
-//! The secrets a run may hand out: exactly those the blueprint names (its steps' and its
-//! agent's), read now through `maxions.yaml`'s sources, so that a missing one fails the run
+//! The secrets a run may hand out: exactly those the blueprint names (its steps', its
+//! agent's and its provider's key), read now through `maxions.yaml`'s sources, so that a missing one fails the run
 //! before anything starts. A name `maxions.yaml` does not define is an error, never a fallback
 //! to an environment variable of that name.
 
@@ -22,6 +22,7 @@ pub(super) fn resolve(
         .collect();
     if let Some(agent) = &blueprint.agent {
         names.extend(agent.secrets.iter().cloned());
+        names.extend(agent.provider.iter().filter_map(|p| p.key.clone()));
     }
     names.sort_unstable();
     names.dedup();

@@ -1,5 +1,6 @@
 //! maxions' integration tests: one test binary, shared helpers in `support`.
 
+mod agents;
 mod cli_run;
 mod daemon;
 mod daemon_process;

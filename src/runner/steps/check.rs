@@ -25,6 +25,8 @@ impl Runner<'_> {
     ) -> Result<Done, StepError> {
         let mut failed = self.run_checks(step, id, checks, 0, cancel).await?;
         let mut round = 0;
+        // Once a budget stopped the agent (`on_exceeded: draft_pr`), checks run without fixes.
+        let fix = fix.filter(|_| self.budget_stop.is_none());
         if let Some(fix) = fix {
             while !failed.is_empty() && round < fix.max_rounds {
                 round += 1;
@@ -34,14 +36,22 @@ impl Runner<'_> {
                 self.context.failed = None;
                 let prompt = prompt?;
                 let fixing: Vec<String> = failed.iter().map(|f| f.id.clone()).collect();
-                let agent_status = self.agent(None, id, &prompt, cancel).await?.status;
+                let verdict = match self.agent(None, id, &prompt, cancel).await {
+                    Ok(outcome) => outcome.verdict,
+                    Err(StepError::Budget(reason)) => {
+                        return self
+                            .after_budget(step, id, checks, round, reason, cancel)
+                            .await;
+                    }
+                    Err(other) => return Err(other),
+                };
                 // The checks judge what the agent left in the tree, not a process of its that is
                 // still editing it.
                 self.end_step().await?;
-                if !agent_status.success() {
+                if let crate::agent::Verdict::Failed { reason, .. } = &verdict {
                     self.emit(Event::Warning {
                         message: format!(
-                            "step `{id}`: the agent {agent_status} in fix round {round}; running the checks anyway"
+                            "step `{id}`: the agent failed in fix round {round} ({reason}); running the checks anyway"
                         ),
                     });
                 }
@@ -55,12 +65,7 @@ impl Runner<'_> {
                 });
             }
         }
-        self.context.run.failed_checks = u32::try_from(failed.len()).unwrap_or(u32::MAX);
-        if self.checkout.is_some() {
-            self.end_step().await?;
-            let tree = self.snapshot_tree(id, cancel).await?;
-            self.checked_tree = Some((id.to_owned(), tree));
-        }
+        self.record_checks(id, &failed, cancel).await?;
         if failed.is_empty() {
             return Ok(Done::ok());
         }
@@ -73,6 +78,14 @@ impl Runner<'_> {
         } else {
             format!("checks failed: {}", names.join(", "))
         };
+        if self.budget_stop.is_some() {
+            // The draft pull request reports them; the run goes on to it.
+            return Ok(Done {
+                status: StepStatus::Failed,
+                exit_code: failed.first().map(|f| f.exit_code),
+                reason: Some(reason),
+            });
+        }
         if fix.is_some_and(|f| f.on_failure == OnFailure::Continue) {
             self.emit(Event::Warning {
                 message: format!("step `{id}`: {reason}; going on (`on_failure: continue`)"),
@@ -86,6 +99,49 @@ impl Runner<'_> {
         Err(StepError::Failed {
             code: failed.first().map(|f| f.exit_code),
             reason,
+        })
+    }
+
+    /// Records what the last run of the checks found, and the tree they ran on (the only tree
+    /// `commit` may commit).
+    async fn record_checks(
+        &mut self,
+        id: &str,
+        failed: &[FailedCheck],
+        cancel: &CancellationToken,
+    ) -> Result<(), StepError> {
+        self.context.run.failed_checks = u32::try_from(failed.len()).unwrap_or(u32::MAX);
+        self.failed_checks = failed.iter().map(|f| f.id.clone()).collect();
+        if self.checkout.is_some() {
+            self.end_step().await?;
+            let tree = self.snapshot_tree(id, cancel).await?;
+            self.checked_tree = Some((id.to_owned(), tree));
+        }
+        Ok(())
+    }
+
+    /// A budget stopped the agent in fix round `round`. With `on_exceeded: draft_pr` the checks
+    /// run once more on what the agent left, so that it can be committed and reported in the
+    /// draft pull request; otherwise the stop ends the step.
+    async fn after_budget(
+        &mut self,
+        step: &Step,
+        id: &str,
+        checks: &[Check],
+        round: u32,
+        reason: String,
+        cancel: &CancellationToken,
+    ) -> Result<Done, StepError> {
+        if !self.draft_after_budget() {
+            return Err(StepError::Budget(reason));
+        }
+        self.end_step().await?;
+        let failed = self.run_checks(step, id, checks, round, cancel).await?;
+        self.record_checks(id, &failed, cancel).await?;
+        Ok(Done {
+            status: StepStatus::BudgetExceeded,
+            exit_code: None,
+            reason: Some(reason),
         })
     }
 

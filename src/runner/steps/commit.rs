@@ -120,7 +120,7 @@ impl Runner<'_> {
     }
 }
 
-fn first_line(text: &str) -> &str {
+pub(super) fn first_line(text: &str) -> &str {
     text.lines()
         .find(|l| !l.trim().is_empty())
         .unwrap_or("update")

@@ -1,7 +1,7 @@
 //! One module per step kind; this file dispatches to them and holds what they share: how a step
 //! reports its end, and how an exec request gets a step's environment and secrets.
 
-mod agent;
+pub(super) mod agent;
 mod check;
 mod checkout;
 mod commit;
@@ -44,6 +44,8 @@ pub(super) enum StepError {
     Cancelled,
     /// The sandbox or maxions itself failed: the run cannot go on.
     Fatal(String),
+    /// A budget stopped the agent (`agent.budget`); the run goes on as `on_exceeded` says.
+    Budget(String),
 }
 
 impl Runner<'_> {
@@ -69,9 +71,29 @@ impl Runner<'_> {
                 finish(&outcome)
             }
             StepKind::Agent(prompt) => {
+                if let Some(stop) = &self.budget_stop {
+                    return Ok(Done {
+                        status: super::StepStatus::Skipped,
+                        exit_code: None,
+                        reason: Some(format!(
+                            "the agent's budget is spent (step `{}`)",
+                            stop.step
+                        )),
+                    });
+                }
                 let prompt = self.render(prompt, Mode::Text, id)?;
                 let outcome = self.agent(Some(step), id, &prompt, cancel).await?;
-                finish(&outcome)
+                match outcome.verdict {
+                    crate::agent::Verdict::Succeeded => Ok(Done::ok()),
+                    // A program's own words say best what went wrong: its last line.
+                    crate::agent::Verdict::Failed { .. } if !outcome.structured => {
+                        finish(&outcome.exec)
+                    }
+                    crate::agent::Verdict::Failed { reason, .. } => Err(StepError::Failed {
+                        code: outcome.exec.status.code(),
+                        reason,
+                    }),
+                }
             }
             StepKind::Check(checks, fix) => self.check(step, id, checks, fix, cancel).await,
             StepKind::Commit(commit) => self.commit_step(id, commit, cancel).await,

@@ -8,6 +8,34 @@ use crate::runner::{Event, PullRequestRecord, RunOptions, Runner, StepStatus};
 use crate::template::Mode;
 
 impl Runner<'_> {
+    /// What the pull request reports after a budget stopped the agent, if one did.
+    fn budget_report(&self) -> Option<String> {
+        let stop = self.budget_stop.as_ref()?;
+        let usage = &self.agent_usage;
+        let cost = usage
+            .cost_usd
+            .map_or_else(String::new, |c| format!(", ${c:.4}"));
+        let checks = if self.failed_checks.is_empty() {
+            "The checks passed on the code as the agent left it.".to_owned()
+        } else {
+            format!(
+                "These checks still fail: {}.",
+                self.failed_checks
+                    .iter()
+                    .map(|c| format!("`{c}`"))
+                    .collect::<Vec<_>>()
+                    .join(", ")
+            )
+        };
+        Some(format!(
+            "---\n**maxions stopped the agent before it finished** (step `{step}`, `budget.{limit}`): {reason}.\n\nThe run's agents used {tokens} tokens{cost}. {checks}\n\nThis is a draft: review what the agent left before relying on it.\n",
+            step = stop.step,
+            limit = stop.limit,
+            reason = stop.reason,
+            tokens = usage.total_tokens(),
+        ))
+    }
+
     pub(in crate::runner) async fn pull_request(
         &mut self,
         id: &str,
@@ -25,6 +53,27 @@ impl Runner<'_> {
                     "true" | "yes" | "1"
                 )
             }
+        };
+        let (title, body, draft) = match self.budget_report() {
+            // The agent did not finish: the pull request is a draft that says so, and its title
+            // stands even when the step that was to write it did not run.
+            Some(report) => (
+                if title.is_empty() {
+                    format!(
+                        "maxions (unfinished): {}",
+                        super::commit::first_line(&self.context.task)
+                    )
+                } else {
+                    title
+                },
+                if body.trim().is_empty() {
+                    report
+                } else {
+                    format!("{}\n\n{report}", body.trim_end())
+                },
+                true,
+            ),
+            None => (title, body, draft),
         };
         let title = self.redactor.redact_str(&title).into_owned();
         let body = self.redactor.redact_str(&body).into_owned();
