@@ -71,6 +71,8 @@ pub struct DockerEngine {
     local: bool,
     instance: String,
     resolver: Option<Arc<dyn Resolver>>,
+    /// Tests only: the proxies may dial loopback (where the tests' servers listen).
+    loopback: bool,
 }
 
 impl DockerEngine {
@@ -111,6 +113,7 @@ impl DockerEngine {
             local: host.is_empty() || host.starts_with("unix://"),
             instance: "default".to_owned(),
             resolver: None,
+            loopback: false,
         })
     }
 
@@ -126,6 +129,16 @@ impl DockerEngine {
     #[must_use]
     pub fn with_egress_resolver(mut self, resolver: impl Resolver) -> Self {
         self.resolver = Some(Arc::new(resolver));
+        self
+    }
+
+    /// For tests: proxies resolve names with `resolver` (which maps them to 127.0.0.1) and may
+    /// dial loopback, where the tests' servers listen. Never for real use: loopback is this
+    /// machine's own services.
+    #[must_use]
+    pub fn with_egress_to_loopback_for_tests(mut self, resolver: impl Resolver) -> Self {
+        self.resolver = Some(Arc::new(resolver));
+        self.loopback = true;
         self
     }
 
@@ -201,7 +214,12 @@ impl DockerEngine {
                 })?;
                 let cancel = CancellationToken::new();
                 let sink = spec.on_egress.clone();
-                let mut proxy = EgressProxy::new(policy.clone());
+                let policy = if self.loopback {
+                    policy.clone().allow_loopback_for_tests()
+                } else {
+                    policy.clone()
+                };
+                let mut proxy = EgressProxy::new(policy);
                 if let Some(resolver) = &self.resolver {
                     proxy = proxy.with_shared_resolver(Arc::clone(resolver));
                 }

@@ -1,5 +1,6 @@
 //! maxions' integration tests: one test binary, shared helpers in `support`.
 
+mod agent_limits;
 mod agents;
 mod cli_run;
 mod daemon;

@@ -127,7 +127,7 @@ impl Runner<'_> {
                 spec,
                 prompt,
                 home: &home,
-                workdir: REPO_DIR,
+                workdir: self.agent_workdir(),
                 instructions: &instructions,
                 secrets: &secrets,
             })
@@ -144,7 +144,7 @@ impl Runner<'_> {
             Some(step) => self.step_request(step, id, invocation.request)?,
             None => invocation.request,
         };
-        request.workdir = Some(REPO_DIR.to_owned());
+        request.workdir = Some(self.agent_workdir().to_owned());
         for secret in secrets.into_values() {
             if !request.secrets.iter().any(|s| s.name() == secret.name()) {
                 request.secrets.push(secret);
@@ -167,6 +167,16 @@ impl Runner<'_> {
         run
     }
 
+    /// Where the agent works: the repository once a `checkout` step put it there, else the
+    /// workspace.
+    fn agent_workdir(&self) -> &'static str {
+        if self.uses_checkout() {
+            REPO_DIR
+        } else {
+            crate::sandbox::WORKSPACE
+        }
+    }
+
     /// maxions' system prompt, then the blueprint's instructions.
     fn instructions(&self, spec: &AgentSpec) -> String {
         let sandbox = &self.task.blueprint.sandbox;
@@ -177,7 +187,7 @@ impl Runner<'_> {
                 NetworkNote::Allowlist(sandbox.allow.iter().map(|p| p.0.clone()).collect())
             }
         };
-        let mut text = agent::system_prompt(REPO_DIR, &network);
+        let mut text = agent::system_prompt(self.agent_workdir(), &network);
         if let Some(extra) = &spec.instructions {
             text.push('\n');
             text.push_str(extra);
