@@ -138,6 +138,18 @@ pub fn for_kind(kind: AgentKind) -> Box<dyn Agent> {
     }
 }
 
+/// The image a blueprint with this agent runs in when it names none: the agent's own, which
+/// `maxions image build` makes (and a run builds on first use).
+#[must_use]
+pub fn image_for(kind: AgentKind) -> Option<&'static str> {
+    match kind {
+        AgentKind::Pi => Some("maxions/agent-pi:latest"),
+        AgentKind::Claude => Some("maxions/agent-claude:latest"),
+        AgentKind::Codex => Some("maxions/agent-codex:latest"),
+        AgentKind::Command => None,
+    }
+}
+
 /// The network an agent step has, in words, for the system prompt.
 #[derive(Debug, Clone)]
 pub enum NetworkNote {

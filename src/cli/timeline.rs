@@ -13,6 +13,7 @@ use indicatif::{ProgressBar, ProgressDrawTarget, ProgressStyle};
 
 use super::Output;
 use super::terminal::{printable, short};
+use crate::agent::Activity;
 use crate::runner::{Event, EventLine, EventSink, RunResult, StepStatus};
 use crate::sandbox::{OutputStream, Tail};
 
@@ -186,6 +187,9 @@ impl Printer {
                 "sandbox kept: {id} (docker exec -it {id_short} bash; docker rm -f {id_short} when done)"
             ));
         }
+        if let Some(usage) = &result.usage {
+            lines.push(format!("agents:  {}", usage_text(usage)));
+        }
         lines.push(format!(
             "took {:.1}s ({:.1}s inside step commands)",
             result.duration_ms as f64 / 1000.0,
@@ -325,9 +329,66 @@ impl EventSink for Printer {
                 self.line(&format!("  {verb} {url}"));
             }
             Event::Warning { message } => self.line(&format!("warning: {message}")),
+            Event::Agent { activity, .. } if self.output.verbose > 0 => {
+                let text = match activity {
+                    Activity::Text { text } => format!("  » {}", first_lines(text, 3)),
+                    Activity::ToolCall { tool, input } => {
+                        format!("  ⚙ {tool} {}", first_lines(input, 1))
+                    }
+                    Activity::ToolResult { output, error, .. } => format!(
+                        "  {} {}",
+                        if *error { "✗" } else { "←" },
+                        first_lines(output, 2)
+                    ),
+                    Activity::Error { message } => format!("  ! {}", first_lines(message, 2)),
+                };
+                for l in text.lines() {
+                    self.line(l);
+                }
+            }
+            Event::BudgetExceeded { reason, .. } => self.line(&format!("  ■ {reason}")),
+            Event::AgentRetry {
+                attempt,
+                max_attempts,
+                delay_ms,
+                reason,
+                ..
+            } if !self.output.quiet => self.line(&format!(
+                "  ↻ the model provider failed ({}); attempt {attempt}/{max_attempts} in {:.0}s",
+                first_lines(reason, 1),
+                *delay_ms as f64 / 1000.0
+            )),
+            Event::Usage { usage, .. } if self.output.verbose > 1 => {
+                self.line(&format!("  $ {}", usage_text(usage)));
+            }
             // Not on the timeline (egress decisions, …) but worth seeing with `-vv`; the log
             // writer masks registered secrets in it.
             other => tracing::debug!(event = ?other, "run event"),
         }
     }
+}
+
+/// Tokens and cost, as a person reads them.
+fn usage_text(usage: &crate::agent::Usage) -> String {
+    let cost = usage
+        .cost_usd
+        .map_or_else(String::new, |c| format!(", ${c:.4}"));
+    format!(
+        "{} tokens ({} in, {} out, {} cached){cost}",
+        usage.total_tokens(),
+        usage.input_tokens,
+        usage.output_tokens,
+        usage.cache_read_tokens
+    )
+}
+
+/// The first `n` lines of `text`, with an ellipsis when there is more.
+fn first_lines(text: &str, n: usize) -> String {
+    let mut lines = text.lines();
+    let kept: Vec<&str> = lines.by_ref().take(n).collect();
+    let mut out = kept.join("\n");
+    if lines.next().is_some() {
+        out.push_str(" …");
+    }
+    out
 }

@@ -473,7 +473,7 @@ impl<'a> Runner<'a> {
         let mut spec = ContainerSpec::from_blueprint(
             &self.run_id,
             &self.task.blueprint.sandbox,
-            &self.task.config.default_image,
+            self.default_image(),
         )
         .map_err(|e| Stop::Failed(e.to_string()))?;
         // The proxy decides on its own tasks; its decisions reach the log between steps, through
@@ -631,6 +631,17 @@ impl<'a> Runner<'a> {
         } else {
             RunStatus::Succeeded
         })
+    }
+
+    /// The image when the blueprint names none: its real agent's own image (which has the
+    /// agent installed), else the config's default.
+    fn default_image(&self) -> &str {
+        self.task
+            .blueprint
+            .agent
+            .as_ref()
+            .and_then(|a| crate::agent::image_for(a.kind))
+            .unwrap_or(&self.task.config.default_image)
     }
 
     fn uses_checkout(&self) -> bool {
