@@ -8,6 +8,7 @@ mod daemon_process;
 mod egress;
 mod forge;
 mod git_host;
+mod llm;
 mod logs_cli;
 mod redact;
 mod runner;

@@ -5,6 +5,7 @@ pub mod cli;
 pub mod docker;
 pub mod git_http;
 pub mod github;
+pub mod llm;
 pub mod scripted;
 pub mod server;
 
