@@ -98,12 +98,7 @@ fn build(names: &[String], force: bool, output: Output) -> u8 {
 /// spinner with the current step on a terminal). Returns whether the run can go ahead; when not,
 /// the reason has been printed.
 pub(super) async fn prepare(loaded: &LoadedTask, output: Output) -> bool {
-    let image = loaded
-        .blueprint
-        .sandbox
-        .image
-        .as_deref()
-        .unwrap_or(&loaded.config.default_image);
+    let image = crate::runner::sandbox_image(loaded);
     let (progress, spinner) = progress(output);
     let ready = match bootstrap::ensure_engine(&progress).await {
         Ok(engine) => bootstrap::ensure_images(&engine, &[image], &progress).await,

@@ -633,15 +633,9 @@ impl<'a> Runner<'a> {
         })
     }
 
-    /// The image when the blueprint names none: its real agent's own image (which has the
-    /// agent installed), else the config's default.
+    /// The image when the blueprint names none (see [`default_image`]).
     fn default_image(&self) -> &str {
-        self.task
-            .blueprint
-            .agent
-            .as_ref()
-            .and_then(|a| crate::agent::image_for(a.kind))
-            .unwrap_or(&self.task.config.default_image)
+        default_image(self.task)
     }
 
     fn uses_checkout(&self) -> bool {
@@ -840,6 +834,27 @@ impl<'a> Runner<'a> {
             let _ = std::fs::remove_dir_all(dir);
         }
     }
+}
+
+/// The image a task's sandbox runs when its blueprint names none: its real agent's own image
+/// (which has the agent installed), else the config's default.
+#[must_use]
+pub fn default_image(task: &LoadedTask) -> &str {
+    task.blueprint
+        .agent
+        .as_ref()
+        .and_then(|a| crate::agent::image_for(a.kind))
+        .unwrap_or(&task.config.default_image)
+}
+
+/// The image a task's sandbox runs.
+#[must_use]
+pub fn sandbox_image(task: &LoadedTask) -> &str {
+    task.blueprint
+        .sandbox
+        .image
+        .as_deref()
+        .unwrap_or_else(|| default_image(task))
 }
 
 fn step_id(step: &Step, index: usize) -> String {

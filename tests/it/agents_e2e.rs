@@ -48,7 +48,10 @@ impl Events {
     }
 
     fn of(&self, kind: &str) -> Vec<serde_json::Value> {
-        self.all().into_iter().filter(|v| v["type"] == kind).collect()
+        self.all()
+            .into_iter()
+            .filter(|v| v["type"] == kind)
+            .collect()
     }
 }
 
@@ -158,7 +161,10 @@ impl World {
             serde_json::to_string(&events.all()).unwrap(),
             serde_json::to_string(result).unwrap()
         );
-        assert!(!text.contains(LLM_KEY), "the provider key leaked into the records");
+        assert!(
+            !text.contains(LLM_KEY),
+            "the provider key leaked into the records"
+        );
         for pull in self.fake.pulls() {
             assert!(!pull.body.contains(LLM_KEY));
         }
@@ -179,7 +185,9 @@ async fn agent_engine(name: &str, kind: Kind) -> Option<DockerEngine> {
 async fn implement_fix_and_open_a_pull_request(kind: Kind) {
     let llm = ScriptedLlm::builder()
         .turn(Turn::shell("echo hi > greeting.txt"))
-        .turn(Turn::shell("curl -sS --max-time 10 http://evil.test/ || echo refused"))
+        .turn(Turn::shell(
+            "curl -sS --max-time 10 http://evil.test/ || echo refused",
+        ))
         .turn(Turn::text("I wrote greeting.txt."))
         .turn(Turn::shell("echo hello > greeting.txt"))
         .turn(Turn::text("Fixed."))
@@ -191,10 +199,19 @@ async fn implement_fix_and_open_a_pull_request(kind: Kind) {
     let blueprint = world.blueprint(kind, "{ idle_timeout: 2m }", true);
     let (result, events) = world.go(&engine, kind, &blueprint).await;
 
-    assert_eq!(result.status, RunStatus::Succeeded, "{:?}\n{:#?}", result.reason, events.all());
+    assert_eq!(
+        result.status,
+        RunStatus::Succeeded,
+        "{:?}\n{:#?}",
+        result.reason,
+        events.all()
+    );
     assert_eq!(result.fix_rounds, 1);
     assert_eq!(
-        world.git.file("octo", "hello", "maxions/greet", "greeting.txt").as_deref(),
+        world
+            .git
+            .file("octo", "hello", "maxions/greet", "greeting.txt")
+            .as_deref(),
         Some("hello\n")
     );
     let pulls = world.fake.pulls();
@@ -206,8 +223,14 @@ async fn implement_fix_and_open_a_pull_request(kind: Kind) {
     assert!(requests.len() >= 5, "{} model requests", requests.len());
     assert!(requests.iter().all(|r| r.api_key() == Some(LLM_KEY)));
     let first = serde_json::to_string(&requests[0].body).unwrap();
-    assert!(first.contains("running unattended inside maxions"), "no system prompt");
-    assert!(first.contains("MAXIONS-E2E-INSTRUCTIONS"), "no instructions");
+    assert!(
+        first.contains("running unattended inside maxions"),
+        "no system prompt"
+    );
+    assert!(
+        first.contains("MAXIONS-E2E-INSTRUCTIONS"),
+        "no instructions"
+    );
     let egress = events.of("egress");
     assert!(
         egress
@@ -215,12 +238,13 @@ async fn implement_fix_and_open_a_pull_request(kind: Kind) {
             .any(|e| e["host"] == LLM_HOST && e["decision"] == "allowed"),
         "{egress:#?}"
     );
-    let refused: Vec<_> = egress
-        .iter()
-        .filter(|e| e["host"] == "evil.test")
-        .collect();
+    let refused: Vec<_> = egress.iter().filter(|e| e["host"] == "evil.test").collect();
     assert!(!refused.is_empty(), "{egress:#?}");
-    assert!(refused.iter().all(|e| e["decision"] == "denied" && e["dialed"] == false));
+    assert!(
+        refused
+            .iter()
+            .all(|e| e["decision"] == "denied" && e["dialed"] == false)
+    );
 
     // What it did and spent is in the log and the result.
     let activities: Vec<String> = events
@@ -228,12 +252,26 @@ async fn implement_fix_and_open_a_pull_request(kind: Kind) {
         .iter()
         .map(|a| a["activity"].as_str().unwrap().to_owned())
         .collect();
-    assert!(activities.iter().any(|a| a == "tool_call"), "{activities:?}");
-    assert!(activities.iter().any(|a| a == "tool_result"), "{activities:?}");
+    assert!(
+        activities.iter().any(|a| a == "tool_call"),
+        "{activities:?}"
+    );
+    assert!(
+        activities.iter().any(|a| a == "tool_result"),
+        "{activities:?}"
+    );
     let usage = result.usage.expect("usage");
     assert!(usage.total_tokens() >= 5 * 120, "{usage:?}");
     assert!(usage.cost_usd.is_some_and(|c| c > 0.0), "{usage:?}");
-    assert!(result.steps.iter().find(|s| s.id == "implement").unwrap().usage.is_some());
+    assert!(
+        result
+            .steps
+            .iter()
+            .find(|s| s.id == "implement")
+            .unwrap()
+            .usage
+            .is_some()
+    );
     world.assert_no_key_in(&events, &result);
 }
 
@@ -272,21 +310,46 @@ async fn a_spent_token_budget_ends_in_a_draft_pull_request_that_says_so() {
     );
     let (result, events) = world.go(&engine, Kind::Pi, &blueprint).await;
 
-    assert_eq!(result.status, RunStatus::BudgetExceeded, "{:?}", result.reason);
+    assert_eq!(
+        result.status,
+        RunStatus::BudgetExceeded,
+        "{:?}",
+        result.reason
+    );
     let implement = result.steps.iter().find(|s| s.id == "implement").unwrap();
     assert_eq!(implement.status, StepStatus::BudgetExceeded);
-    assert_eq!(result.fix_rounds, 0, "no fix round after the budget is spent");
+    assert_eq!(
+        result.fix_rounds, 0,
+        "no fix round after the budget is spent"
+    );
     let stop = events.of("budget_exceeded");
     assert_eq!(stop.len(), 1);
     assert_eq!(stop[0]["limit"], "max_tokens");
     let pulls = world.fake.pulls();
     assert_eq!(pulls.len(), 1, "the draft is opened");
     assert!(pulls[0].draft);
-    assert!(pulls[0].body.contains("maxions stopped the agent"), "{}", pulls[0].body);
-    assert!(pulls[0].body.contains("`budget.max_tokens`"), "{}", pulls[0].body);
-    assert!(pulls[0].body.contains("These checks still fail: `greeting`"), "{}", pulls[0].body);
+    assert!(
+        pulls[0].body.contains("maxions stopped the agent"),
+        "{}",
+        pulls[0].body
+    );
+    assert!(
+        pulls[0].body.contains("`budget.max_tokens`"),
+        "{}",
+        pulls[0].body
+    );
+    assert!(
+        pulls[0]
+            .body
+            .contains("These checks still fail: `greeting`"),
+        "{}",
+        pulls[0].body
+    );
     assert_eq!(
-        world.git.file("octo", "hello", "maxions/greet", "greeting.txt").as_deref(),
+        world
+            .git
+            .file("octo", "hello", "maxions/greet", "greeting.txt")
+            .as_deref(),
         Some("hi\n"),
         "what the agent left is what the draft holds"
     );
@@ -303,7 +366,12 @@ async fn a_stalled_provider_is_killed_by_the_idle_timeout() {
     let blueprint = world.blueprint(Kind::Pi, "{ idle_timeout: 5s }", false);
     let started = std::time::Instant::now();
     let (result, events) = world.go(&engine, Kind::Pi, &blueprint).await;
-    assert_eq!(result.status, RunStatus::BudgetExceeded, "{:?}", result.reason);
+    assert_eq!(
+        result.status,
+        RunStatus::BudgetExceeded,
+        "{:?}",
+        result.reason
+    );
     let stop = events.of("budget_exceeded");
     assert_eq!(stop[0]["limit"], "idle_timeout");
     assert!(started.elapsed() < Duration::from_secs(120));

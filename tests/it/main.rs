@@ -2,6 +2,7 @@
 
 mod agent_limits;
 mod agents;
+mod agents_e2e;
 mod cli_run;
 mod daemon;
 mod daemon_process;

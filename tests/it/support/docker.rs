@@ -44,6 +44,27 @@ async fn set_up() -> Result<(), String> {
         .map_err(|e| e.to_string())
 }
 
+/// Makes sure the image of agent `kind` (`pi`, `claude`, `codex`) is present and current,
+/// building it (once per test process) if not.
+pub async fn agent_image(kind: &str) {
+    static BUILT: tokio::sync::Mutex<Vec<String>> = tokio::sync::Mutex::const_new(Vec::new());
+    let mut built = BUILT.lock().await;
+    if built.iter().any(|k| k == kind) {
+        return;
+    }
+    let kind_value: maxions::config::blueprint::AgentKind =
+        serde_json::from_value(serde_json::json!(kind)).expect("an agent kind");
+    let tag = maxions::agent::image_for(kind_value).expect("a real agent");
+    let progress = Progress::new(|line| eprintln!("test setup: {line}"));
+    let engine = bootstrap::ensure_engine(&progress)
+        .await
+        .expect("a Docker engine");
+    bootstrap::ensure_images(&engine, &[tag], &progress)
+        .await
+        .unwrap_or_else(|e| panic!("cannot build {tag}: {e}"));
+    built.push(kind.to_owned());
+}
+
 /// A spec for the default image with a unique run id.
 pub fn spec(name: &str) -> ContainerSpec {
     ContainerSpec::new(&unique(name), SANDBOX_IMAGE)
