@@ -112,6 +112,21 @@ pub enum Event {
         usage: Usage,
         run_usage: Usage,
     },
+    /// One exec of the agent ended (an agent step or fix round may run it more than once).
+    AgentFinished {
+        step: String,
+        /// `pi`, `claude`, `codex`, `command`.
+        agent: String,
+        duration_ms: u64,
+        /// From the exec's start to the agent's first line of output: its start-up time.
+        #[serde(default, skip_serializing_if = "Option::is_none")]
+        first_output_ms: Option<u64>,
+        /// Whether the agent did its job (from its stream and exit status).
+        succeeded: bool,
+        #[serde(default, skip_serializing_if = "Option::is_none")]
+        reason: Option<String>,
+        usage: Usage,
+    },
     /// A budget stopped the agent: its processes were killed.
     BudgetExceeded {
         step: String,
@@ -467,6 +482,15 @@ mod tests {
                     cost_usd: Some(0.5),
                 },
                 run_usage: Usage::default(),
+            },
+            Event::AgentFinished {
+                step: "implement".into(),
+                agent: "pi".into(),
+                duration_ms: 1500,
+                first_output_ms: Some(300),
+                succeeded: false,
+                reason: Some("pi stopped: 500".into()),
+                usage: Usage::default(),
             },
             Event::BudgetExceeded {
                 step: "implement".into(),

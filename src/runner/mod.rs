@@ -211,6 +211,7 @@ pub async fn run(
         finished_at: now_rfc3339(),
         duration_ms: millis(started.elapsed()),
         exec_ms: millis(runner.exec_time),
+        agent_ms: millis(runner.agent_time),
         log: String::new(),
         kept_container: kept,
         usage: (!runner.agent_usage.is_empty()).then_some(runner.agent_usage),

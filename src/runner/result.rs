@@ -35,6 +35,9 @@ pub struct RunResult {
     pub duration_ms: u64,
     /// Time spent inside step commands (the rest is maxions' own overhead and the sandbox's).
     pub exec_ms: u64,
+    /// Time spent inside agent execs (part of `exec_ms`).
+    #[serde(default, skip_serializing_if = "is_zero")]
+    pub agent_ms: u64,
     /// The run's event log.
     pub log: String,
     /// What the run's agents spent, summed over every agent step and fix round.
@@ -87,6 +90,10 @@ pub struct StepSummary {
     /// What the agent spent in this step (agent steps and check steps with fix rounds).
     #[serde(default, skip_serializing_if = "Option::is_none")]
     pub usage: Option<crate::agent::Usage>,
+}
+
+fn is_zero(n: &u64) -> bool {
+    *n == 0
 }
 
 /// The content hash a task is known by: sha-256 of its bytes, hex.

@@ -273,6 +273,21 @@ async fn implement_fix_and_open_a_pull_request(kind: Kind) {
             .is_some()
     );
     world.assert_no_key_in(&events, &result);
+
+    // Figures for the record (`cargo test agents_e2e -- --nocapture`).
+    let starts: Vec<u64> = events
+        .of("agent_finished")
+        .iter()
+        .filter_map(|e| e["first_output_ms"].as_u64())
+        .collect();
+    assert_eq!(starts.len(), 2, "implement and one fix round");
+    eprintln!(
+        "FIGURES {}: run {} ms, inside the agent {} ms ({:.0}% outside), exec to first output {starts:?} ms",
+        kind.name(),
+        result.duration_ms,
+        result.agent_ms,
+        100.0 * (1.0 - result.agent_ms as f64 / result.duration_ms as f64),
+    );
 }
 
 #[tokio::test]

@@ -246,6 +246,7 @@ impl Runner<'_> {
             cut_line: false,
             acted: false,
             last_output: Instant::now(),
+            first_output: None,
             base: self.agent_usage,
             usage: Usage::default(),
             usage_sent: None,
@@ -317,6 +318,7 @@ impl Runner<'_> {
         state.send_usage(id, &emit, true);
         let logged = state.batch.logged();
         let (stop, usage, acted) = (state.stop.take(), state.usage, state.acted);
+        let first_output = state.first_output;
         let parser = state.parser;
         self.logged_output += logged;
         self.agent_usage = self.agent_usage.plus(&usage);
@@ -348,6 +350,18 @@ impl Runner<'_> {
             _ => {}
         }
         let verdict = parser.verdict(&outcome.status);
+        self.emit(Event::AgentFinished {
+            step: id.to_owned(),
+            agent: spec.kind.as_str().to_owned(),
+            duration_ms: super::super::millis(outcome.duration),
+            first_output_ms: first_output.map(|at| super::super::millis(at - started)),
+            succeeded: verdict == Verdict::Succeeded,
+            reason: match &verdict {
+                Verdict::Failed { reason, .. } => Some(reason.clone()),
+                Verdict::Succeeded => None,
+            },
+            usage,
+        });
         Ok((
             AgentOutcome {
                 exec: outcome,
@@ -397,6 +411,8 @@ struct Stream<'a> {
     /// The agent called a tool (so it may have changed something).
     acted: bool,
     last_output: Instant,
+    /// When the first byte of output came.
+    first_output: Option<Instant>,
     /// What the run's agents had spent before this exec.
     base: Usage,
     usage: Usage,
@@ -412,6 +428,7 @@ impl Stream<'_> {
 
     fn push(&mut self, stream: OutputStream, bytes: &[u8], emit: &dyn Fn(Event)) {
         self.last_output = Instant::now();
+        self.first_output.get_or_insert(self.last_output);
         if stream == OutputStream::Stderr {
             self.batch.push(stream, bytes, emit);
             return;
