@@ -586,6 +586,36 @@ fn text_reply_ends_the_turn_in_each_protocol() {
 }
 
 #[test]
+fn a_request_without_stream_gets_a_whole_answer_or_a_broken_one() {
+    // Claude Code retries a broken stream once without streaming: both shapes must work.
+    let llm = ScriptedLlm::start([
+        Turn::shell("ls").with_text("ok").tokens(5, 6),
+        Turn::garbage(),
+    ]);
+    let mut request = claude_request();
+    request["stream"] = json!(false);
+    let answer = post(llm.addr(), MESSAGES, &[], &request);
+    assert_eq!(answer.header("content-type"), Some("application/json"));
+    let body = answer.json();
+    assert_eq!(body["type"], "message");
+    assert_eq!(body["stop_reason"], "tool_use");
+    assert_eq!(body["content"][0], json!({ "type": "text", "text": "ok" }));
+    assert_eq!(body["content"][1]["name"], "Bash");
+    assert_eq!(body["content"][1]["input"], json!({ "command": "ls" }));
+    assert_eq!(body["usage"]["input_tokens"], 5);
+    assert_eq!(body["usage"]["output_tokens"], 6);
+
+    let answer = post(llm.addr(), MESSAGES, &[], &request);
+    assert_eq!(answer.status, 200);
+    assert_eq!(answer.header("content-type"), Some("application/json"));
+    assert!(
+        serde_json::from_str::<Value>(&answer.body).is_err(),
+        "{}",
+        answer.body
+    );
+}
+
+#[test]
 fn rate_limit_answers_429_with_retry_after_in_the_protocols_error_shape() {
     let llm = ScriptedLlm::start([
         Turn::rate_limited(1),
@@ -777,8 +807,9 @@ fn every_request_is_recorded_with_headers_key_and_body() {
 ///
 /// Turns, separated by `;;`: `shell:CMD`, `write:PATH:CONTENT`, `text:TEXT`, `error:STATUS`,
 /// `rate:SECONDS`, `overloaded`, `garbage`, `cut`, `stall`, `stall-headers`, `stall-request`;
-/// `LLM_FALLBACK` is one turn. A turn ending in ` @@input,output[,cached]` reports that usage;
-/// `LLM_TOKENS=input,output[,cached]` sets it for every other reply.
+/// `text:T++shell:CMD` is one reply with both; `LLM_FALLBACK` is one turn. A turn ending in
+/// ` @@input,output[,cached]` reports that usage; `LLM_TOKENS=input,output[,cached]` sets it for
+/// every other reply.
 #[test]
 #[ignore = "a manual harness for the real agent CLIs"]
 fn serve_script_from_env() {
@@ -793,6 +824,11 @@ fn serve_script_from_env() {
             None => (spec, None),
         };
         let usage = tokens.map(parse_usage).or(usage);
+        // `text:T++shell:C`: one reply with text and a tool call.
+        let (said, spec) = match spec.split_once("++") {
+            Some((said, spec)) => (said.strip_prefix("text:"), spec),
+            None => (None, spec),
+        };
         let (kind, rest) = spec.split_once(':').unwrap_or((spec, ""));
         let turn = match kind {
             "shell" => Turn::shell(rest),
@@ -810,6 +846,10 @@ fn serve_script_from_env() {
             "stall-headers" => Turn::stall_at(StallAt::Headers),
             "stall-request" => Turn::stall_at(StallAt::Request),
             other => panic!("unknown turn `{other}`"),
+        };
+        let turn = match said {
+            Some(said) => turn.with_text(said),
+            None => turn,
         };
         match usage {
             Some(usage) => turn.usage(usage),
