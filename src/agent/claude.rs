@@ -18,7 +18,7 @@ use crate::sandbox::{ExecRequest, ExecStatus};
 pub struct Claude;
 
 /// How often Claude Code itself retries a failed API request (its default is 10, with backoff
-/// that can take many minutes); maxions retries the whole agent a few times on top.
+/// that took three minutes against a provider answering 500); maxions may run it once more.
 const MAX_RETRIES: &str = "3";
 
 impl Agent for Claude {
@@ -57,6 +57,8 @@ impl Agent for Claude {
             ("DISABLE_TELEMETRY", "1"),
             ("DISABLE_ERROR_REPORTING", "1"),
             ("CLAUDE_CODE_MAX_RETRIES", MAX_RETRIES),
+            // Time to an answer's headers (its default is ten minutes).
+            ("API_TIMEOUT_MS", "120000"),
         ] {
             request.env.push((name.to_owned(), value.to_owned()));
         }
@@ -329,6 +331,57 @@ mod tests {
         assert_eq!(usage.total_tokens(), 350);
         assert_eq!(usage.cost_usd, Some(0.02));
         assert_eq!(parser.verdict(&ExecStatus::Exited(0)), Verdict::Succeeded);
+    }
+
+    #[test]
+    fn a_real_claude_run_takes_its_totals_from_the_result_line() {
+        let mut parser = ClaudeParser::default();
+        let out = super::super::replay(
+            &mut parser,
+            include_str!("../../tests/fixtures/agents/claude-success.jsonl"),
+        );
+        assert_eq!(parser.verdict(&ExecStatus::Exited(0)), Verdict::Succeeded);
+        let usage = parser.usage();
+        assert_eq!(
+            (
+                usage.input_tokens,
+                usage.output_tokens,
+                usage.cache_read_tokens
+            ),
+            (2500, 52, 1100)
+        );
+        assert!(
+            usage.cost_usd.is_some_and(|c| (c - 0.00861).abs() < 1e-6),
+            "{usage:?}"
+        );
+        assert!(out.contains(&Activity::ToolResult {
+            tool: Some("Bash".into()),
+            output: "hi".into(),
+            error: false
+        }));
+    }
+
+    #[test]
+    fn a_real_claude_run_whose_provider_failed_fails_with_its_error() {
+        let mut parser = ClaudeParser::default();
+        let out = super::super::replay(
+            &mut parser,
+            include_str!("../../tests/fixtures/agents/claude-error.jsonl"),
+        );
+        match parser.verdict(&ExecStatus::Exited(1)) {
+            Verdict::Failed { reason, provider } => {
+                assert!(reason.contains("API Error: 500"), "{reason}");
+                assert!(provider);
+            }
+            other => panic!("{other:?}"),
+        }
+        let retries = out
+            .iter()
+            .filter(
+                |a| matches!(a, Activity::Error { message } if message.starts_with("api_retry")),
+            )
+            .count();
+        assert_eq!(retries, 10);
     }
 
     #[test]

@@ -49,7 +49,7 @@ impl Agent for Codex {
             config.push_str("\n[analytics]\nenabled = false\n");
             let _ = write!(
                 config,
-                "\n[model_providers.{PROVIDER}]\nname = {}\nbase_url = {}\nwire_api = \"responses\"\nrequest_max_retries = 2\nstream_max_retries = 2\n",
+                "\n[model_providers.{PROVIDER}]\nname = {}\nbase_url = {}\nwire_api = \"responses\"\nrequest_max_retries = 2\nstream_max_retries = 2\nstream_idle_timeout_ms = 120000\n",
                 toml_string(PROVIDER),
                 toml_string(provider.base_url.trim_end_matches('/')),
             );
@@ -332,6 +332,53 @@ mod tests {
         match parser.verdict(&ExecStatus::Exited(1)) {
             Verdict::Failed { reason, provider } => {
                 assert!(reason.contains("500"), "{reason}");
+                assert!(provider);
+            }
+            other => panic!("{other:?}"),
+        }
+    }
+
+    #[test]
+    fn a_real_codex_run_reads_as_it_went() {
+        let mut parser = CodexParser::default();
+        let out = super::super::replay(
+            &mut parser,
+            include_str!("../../tests/fixtures/agents/codex-success.jsonl"),
+        );
+        assert_eq!(parser.verdict(&ExecStatus::Exited(0)), Verdict::Succeeded);
+        let usage = parser.usage();
+        assert_eq!(
+            (
+                usage.input_tokens,
+                usage.output_tokens,
+                usage.cache_read_tokens
+            ),
+            (2500, 52, 1100)
+        );
+        assert!(out.contains(&Activity::ToolResult {
+            tool: Some("shell".into()),
+            output: "hi\n".into(),
+            error: false
+        }));
+        assert_eq!(
+            out.iter()
+                .filter(|a| matches!(a, Activity::ToolCall { .. }))
+                .count(),
+            1,
+            "a command's start and end are one call"
+        );
+    }
+
+    #[test]
+    fn a_real_codex_run_whose_provider_failed_fails_as_a_provider_failure() {
+        let mut parser = CodexParser::default();
+        super::super::replay(
+            &mut parser,
+            include_str!("../../tests/fixtures/agents/codex-error.jsonl"),
+        );
+        match parser.verdict(&ExecStatus::Exited(1)) {
+            Verdict::Failed { reason, provider } => {
+                assert!(reason.contains("high demand"), "{reason}");
                 assert!(provider);
             }
             other => panic!("{other:?}"),

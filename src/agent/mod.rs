@@ -234,6 +234,10 @@ pub fn provider_failure(message: &str) -> bool {
         "stream error",
         "terminated",
         "fetch failed",
+        "high demand",
+        "temporarily",
+        "try again",
+        "reconnecting",
     ]
     .iter()
     .any(|needle| lower.contains(needle))
@@ -268,6 +272,17 @@ fn tokens(value: Option<&serde_json::Value>) -> u64 {
     value
         .and_then(|v| v.as_u64().or_else(|| v.as_f64().map(|f| f.max(0.0) as u64)))
         .unwrap_or(0)
+}
+
+/// Feeds a recorded stdout (one of `tests/fixtures/agents/`) to a parser, for the adapters'
+/// tests.
+#[cfg(test)]
+fn replay(parser: &mut dyn Parser, transcript: &str) -> Vec<Activity> {
+    let mut out = Vec::new();
+    for line in transcript.lines() {
+        assert!(parser.line(line, &mut out), "not understood: {line:.200}");
+    }
+    out
 }
 
 #[cfg(test)]

@@ -38,7 +38,19 @@ impl Agent for Pi {
         .map(|s| (*s).to_owned())
         .collect();
         argv.push(instructions.clone());
-        let mut files = vec![(instructions, call.instructions.as_bytes().to_vec())];
+        // pi retries a failed model call itself, three times over 14 s by default, each with
+        // two SDK retries, and waits up to ten minutes for an answer's headers: bounded here,
+        // maxions' own retries and idle timeout do the rest.
+        let settings = json!({
+            "retry": {"maxRetries": 2, "baseDelayMs": 2000, "provider": {"timeoutMs": 120_000, "maxRetries": 1}}
+        });
+        let mut files = vec![
+            (instructions, call.instructions.as_bytes().to_vec()),
+            (
+                format!("{dir}/settings.json"),
+                serde_json::to_vec_pretty(&settings).unwrap_or_default(),
+            ),
+        ];
         let mut request = ExecRequest::default();
         if let Some(provider) = &spec.provider {
             let Some(model) = &spec.model else {
@@ -181,6 +193,18 @@ impl Parser for PiParser {
                 });
             }
             "agent_end" => self.ended = true,
+            // pi retries a failed model call itself (its settings bound how often).
+            "auto_retry_start" => out.push(Activity::Error {
+                message: clip(&format!(
+                    "retrying (attempt {} of {}) after: {}",
+                    event.get("attempt").and_then(Value::as_u64).unwrap_or(0),
+                    event
+                        .get("maxAttempts")
+                        .and_then(Value::as_u64)
+                        .unwrap_or(0),
+                    str_field(&event, "errorMessage")
+                )),
+            }),
             _ => {}
         }
         true
@@ -317,6 +341,59 @@ mod tests {
                 },
             ]
         );
+    }
+
+    #[test]
+    fn a_real_pi_run_reads_as_it_went() {
+        let mut parser = PiParser::default();
+        let out = super::super::replay(
+            &mut parser,
+            include_str!("../../tests/fixtures/agents/pi-success.jsonl"),
+        );
+        assert_eq!(parser.verdict(&ExecStatus::Exited(0)), Verdict::Succeeded);
+        let usage = parser.usage();
+        assert_eq!(
+            (
+                usage.input_tokens,
+                usage.output_tokens,
+                usage.cache_read_tokens
+            ),
+            (2500, 52, 1100)
+        );
+        assert!(usage.cost_usd.is_some_and(|c| c > 0.0));
+        assert!(out.contains(&Activity::ToolCall {
+            tool: "bash".into(),
+            input: r#"{"command":"echo hi > f.txt && cat f.txt"}"#.into()
+        }));
+        assert!(out.contains(&Activity::ToolResult {
+            tool: Some("bash".into()),
+            output: "hi\n".into(),
+            error: false
+        }));
+        assert!(out.contains(&Activity::Text {
+            text: "I wrote hi to f.txt.".into()
+        }));
+    }
+
+    #[test]
+    fn a_real_pi_run_whose_provider_failed_fails_though_pi_exited_0() {
+        let mut parser = PiParser::default();
+        let out = super::super::replay(
+            &mut parser,
+            include_str!("../../tests/fixtures/agents/pi-error.jsonl"),
+        );
+        match parser.verdict(&ExecStatus::Exited(0)) {
+            Verdict::Failed { reason, provider } => {
+                assert!(reason.contains("500 scripted: provider error"), "{reason}");
+                assert!(provider);
+            }
+            other => panic!("{other:?}"),
+        }
+        let retries = out
+            .iter()
+            .filter(|a| matches!(a, Activity::Error { message } if message.starts_with("retrying")))
+            .count();
+        assert_eq!(retries, 3);
     }
 
     #[test]

@@ -117,7 +117,8 @@ pub struct AgentSpec {
     #[serde(default, skip_serializing_if = "Option::is_none")]
     pub instructions: Option<String>,
     /// How often maxions runs the agent again when the model provider failed (HTTP 429, 5xx,
-    /// overloaded, a broken stream) before it changed anything. Default: 2.
+    /// overloaded, a broken stream) before it changed anything. Default: 1 (each agent also retries
+    /// a failed model call itself, a bounded number of times).
     #[serde(default, skip_serializing_if = "Option::is_none")]
     #[schemars(range(max = 10))]
     pub retries: Option<u32>,

@@ -392,3 +392,55 @@ async fn a_stalled_provider_is_killed_by_the_idle_timeout() {
     assert!(started.elapsed() < Duration::from_secs(120));
     assert!(world.llm.wait_for_requests(1, Duration::from_secs(1)));
 }
+
+#[tokio::test]
+async fn a_rate_limited_provider_is_waited_for_and_the_run_goes_on() {
+    let llm = ScriptedLlm::builder()
+        .turn(Turn::rate_limited(1))
+        .turn(Turn::shell("echo hello > greeting.txt"))
+        .turn(Turn::text("Done."))
+        .start();
+    let world = World::new(llm);
+    let Some(engine) = agent_engine("e2e-429", Kind::Pi).await else {
+        return;
+    };
+    let blueprint = world.blueprint(Kind::Pi, "{ idle_timeout: 2m }", false);
+    let (result, events) = world.go(&engine, Kind::Pi, &blueprint).await;
+    assert_eq!(result.status, RunStatus::Succeeded, "{:?}", result.reason);
+    let requests = world.llm.model_requests();
+    assert!(requests.len() >= 3, "{}", requests.len());
+    // The retry honoured `Retry-After: 1`.
+    assert!(requests[1].at - requests[0].at >= Duration::from_millis(900));
+    assert!(
+        events.of("agent_retry").is_empty(),
+        "the agent's own retry was enough"
+    );
+}
+
+#[tokio::test]
+async fn a_failing_provider_is_retried_a_bounded_number_of_times_then_fails_clearly() {
+    let llm = ScriptedLlm::builder().fallback(Turn::error(500)).start();
+    let world = World::new(llm);
+    let Some(engine) = agent_engine("e2e-500", Kind::Codex).await else {
+        return;
+    };
+    let blueprint = world.blueprint(Kind::Codex, "{ idle_timeout: 2m }", false);
+    let (result, events) = world.go(&engine, Kind::Codex, &blueprint).await;
+    assert_eq!(result.status, RunStatus::Failed);
+    let reason = result.reason.unwrap_or_default();
+    assert!(
+        reason.contains("step `implement` failed: Codex stopped:"),
+        "{reason}"
+    );
+    let retries = events.of("agent_retry");
+    assert_eq!(retries.len(), 1, "maxions runs the agent once more");
+    // Codex retries each request twice and each stream twice: 9 calls per run of it.
+    let requests = world.llm.model_requests().len();
+    assert!(
+        (2..=18).contains(&requests),
+        "{requests} requests: the retries are not bounded"
+    );
+    let finished = events.of("agent_finished");
+    assert_eq!(finished.len(), 2);
+    assert!(finished.iter().all(|f| f["succeeded"] == false));
+}

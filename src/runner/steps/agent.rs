@@ -25,7 +25,8 @@ use crate::secret::Secret;
 /// An agent silent this long is killed unless the blueprint says otherwise.
 pub(in crate::runner) const DEFAULT_IDLE_TIMEOUT: Duration = Duration::from_secs(10 * 60);
 /// How many more times an agent runs when its model provider failed, unless the blueprint says.
-const DEFAULT_RETRIES: u32 = 2;
+/// Every agent already retries a failed call itself (bounded by its adapter), so once is enough.
+const DEFAULT_RETRIES: u32 = 1;
 /// The wait before the first retry; each next one waits five times longer, at most a minute.
 const RETRY_BACKOFF: Duration = Duration::from_secs(2);
 /// The longest line of an agent's event stream that is parsed; longer ones are logged as cut.
