@@ -487,6 +487,22 @@ impl<'a> Runner<'a> {
             }
         }));
         self.egress = Some(egress_rx);
+        // One of maxions' images (an agent's) may be missing on its first use: built here, so
+        // that a daemon's run does not fail for it.
+        let started = Instant::now();
+        let prepared = tokio::select! {
+            () = cancel.cancelled() => return Err(Stop::Cancelled),
+            prepared = options.engine.prepare_image(&spec.image) => prepared,
+        };
+        if prepared.map_err(|e| Stop::Failed(e.to_string()))? {
+            self.emit(Event::Warning {
+                message: format!(
+                    "image `{}` was missing and has been built ({:.0}s; first use)",
+                    spec.image,
+                    started.elapsed().as_secs_f64()
+                ),
+            });
+        }
         let create = options.engine.create(&spec);
         tokio::pin!(create);
         let sandbox = tokio::select! {

@@ -374,6 +374,12 @@ pub trait Engine: Send + Sync {
         spec: &'a ContainerSpec,
     ) -> BoxFuture<'a, Result<Box<dyn Sandbox>, SandboxError>>;
 
+    /// Makes sure `image` can run: builds it when it is one of maxions' own images and missing
+    /// (its first use). Returns whether it was built. Default: nothing to do.
+    fn prepare_image<'a>(&'a self, _image: &'a str) -> BoxFuture<'a, Result<bool, SandboxError>> {
+        Box::pin(async { Ok(false) })
+    }
+
     /// Removes the containers (and their volumes) of runs that are not in `live`: left behind by
     /// a process that died. Returns how many were removed.
     fn remove_orphans<'a>(
