@@ -880,7 +880,7 @@ impl BlueprintChecker<'_> {
                 let host = match kind {
                     "claude" => "api.anthropic.com",
                     "codex" => "api.openai.com",
-                    _ if model.starts_with("github-copilot/") => "api.githubcopilot.com",
+                    _ if model.starts_with("github-copilot/") => "api.individual.githubcopilot.com",
                     _ if model.starts_with("anthropic/") => "api.anthropic.com",
                     _ if model.starts_with("openai/") => "api.openai.com",
                     _ => return,

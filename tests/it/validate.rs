@@ -59,7 +59,7 @@ fn shipped_examples_are_valid() {
         .args(["validate", "maxions.yaml", "blueprints", "tasks"])
         .run();
     assert_eq!(out.code, 0, "{}", out.stderr);
-    assert!(out.stderr.contains("6 files valid"), "{}", out.stderr);
+    assert!(out.stderr.contains("7 files valid"), "{}", out.stderr);
     assert!(!out.stderr.contains("warning"), "{}", out.stderr);
 }
 
