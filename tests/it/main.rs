@@ -6,6 +6,7 @@ mod daemon_process;
 mod egress;
 mod forge;
 mod git_host;
+mod images;
 mod logs_cli;
 mod redact;
 mod runner;
