@@ -2,35 +2,14 @@
 //! keeps working past its time. Each is stopped while it runs (not when it ends on its own),
 //! with every process it started killed and the reason recorded.
 
-use std::sync::Mutex;
 use std::time::{Duration, Instant};
 
 use maxions::config::load::load_task;
-use maxions::runner::{EventLine, EventSink, RunOptions, RunResult, RunStatus, StepStatus, run};
+use maxions::runner::{RunOptions, RunResult, RunStatus, StepStatus, run};
 use tokio_util::sync::CancellationToken;
 
 use crate::support::docker::engine;
-
-#[derive(Default)]
-struct Events(Mutex<Vec<EventLine>>);
-
-impl EventSink for Events {
-    fn emit(&self, line: &EventLine) {
-        self.0.lock().unwrap().push(line.clone());
-    }
-}
-
-impl Events {
-    fn of(&self, kind: &str) -> Vec<serde_json::Value> {
-        self.0
-            .lock()
-            .unwrap()
-            .iter()
-            .map(|e| serde_json::to_value(e).unwrap())
-            .filter(|v| v["type"] == kind)
-            .collect()
-    }
-}
+use crate::support::events::Events;
 
 /// Runs a task whose command agent is `script` (sh), with `budget`, then a step that lists the
 /// sandbox user's processes (none of the agent's may be left).

@@ -3,40 +3,20 @@
 //! how budgets stop it and what the run does then, and when a provider failure is retried.
 //! The real CLIs in their real containers are in `agents_e2e`.
 
+use std::sync::Arc;
 use std::sync::atomic::{AtomicUsize, Ordering};
-use std::sync::{Arc, Mutex};
 
 use maxions::agent::AGENT_HOME;
 use maxions::config::load::load_task;
-use maxions::runner::{EventLine, EventSink, RunOptions, RunResult, RunStatus, StepStatus, run};
+use maxions::runner::{RunOptions, RunResult, RunStatus, StepStatus, run};
 use maxions::sandbox::ExecRequest;
 use tokio_util::sync::CancellationToken;
 
+use crate::support::events::Events;
 use crate::support::scripted::{Call, Reply, Scripted};
 
 const LLM_KEY: &str = "llm-key-value-5e1a9c";
 const OTHER_KEY: &str = "other-secret-value-0b7d2";
-
-#[derive(Default)]
-struct Events(Mutex<Vec<EventLine>>);
-
-impl EventSink for Events {
-    fn emit(&self, line: &EventLine) {
-        self.0.lock().unwrap().push(line.clone());
-    }
-}
-
-impl Events {
-    fn of(&self, kind: &str) -> Vec<serde_json::Value> {
-        self.0
-            .lock()
-            .unwrap()
-            .iter()
-            .map(|e| serde_json::to_value(e).unwrap())
-            .filter(|v| v["type"] == kind)
-            .collect()
-    }
-}
 
 /// A project whose blueprint has `agent` (YAML, indented two spaces) and `steps`.
 fn project(agent: &str, steps: &str) -> tempfile::TempDir {

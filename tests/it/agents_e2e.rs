@@ -6,17 +6,18 @@
 //! killed by the idle timeout, and a host not on the list is refused and logged.
 
 use std::net::{IpAddr, Ipv4Addr};
-use std::sync::{Arc, Mutex};
+use std::sync::Arc;
 use std::time::Duration;
 
 use maxions::config::load::load_task;
 use maxions::forge::GitHub;
-use maxions::runner::{EventLine, EventSink, RunOptions, RunResult, RunStatus, StepStatus, run};
+use maxions::runner::{RunOptions, RunResult, RunStatus, StepStatus, run};
 use maxions::sandbox::DockerEngine;
 use maxions::sandbox::egress::StaticResolver;
 use tokio_util::sync::CancellationToken;
 
 use crate::support::docker::{engine, unique};
+use crate::support::events::Events;
 use crate::support::git_http::GitServer;
 use crate::support::github::{APP_ID, FakeGitHub, INSTALLATION, app_key};
 use crate::support::llm::{ScriptedLlm, Turn};
@@ -27,33 +28,6 @@ const PAT: &str = "github_pat_11AGENTS0000123456789abcdefghij";
 const LLM_HOST: &str = "llm.test";
 /// What the check wants, and what the scripted agent writes only in its fix round.
 const CHECK: &str = "cd /workspace/repo && grep -q hello greeting.txt";
-
-#[derive(Default)]
-struct Events(Mutex<Vec<EventLine>>);
-
-impl EventSink for Events {
-    fn emit(&self, line: &EventLine) {
-        self.0.lock().unwrap().push(line.clone());
-    }
-}
-
-impl Events {
-    fn all(&self) -> Vec<serde_json::Value> {
-        self.0
-            .lock()
-            .unwrap()
-            .iter()
-            .map(|e| serde_json::to_value(e).unwrap())
-            .collect()
-    }
-
-    fn of(&self, kind: &str) -> Vec<serde_json::Value> {
-        self.all()
-            .into_iter()
-            .filter(|v| v["type"] == kind)
-            .collect()
-    }
-}
 
 #[derive(Clone, Copy)]
 enum Kind {

@@ -15,13 +15,14 @@ use maxions::config::load::load_task;
 use maxions::forge::GitHub;
 use maxions::runner::result::{log_path, result_path, write_result};
 use maxions::runner::{
-    Event, EventLine, EventSink, JsonlLog, RunOptions, RunResult, RunStatus, StepStatus, Tee, run,
+    Event, EventLine, JsonlLog, RunOptions, RunResult, RunStatus, StepStatus, Tee, run,
 };
 use maxions::sandbox::DockerEngine;
 use maxions::secret::Secret;
 use tokio_util::sync::CancellationToken;
 
 use crate::support::docker::{engine, unique};
+use crate::support::events::Events;
 use crate::support::git_http::GitServer;
 use crate::support::github::{APP_ID, FakeGitHub, INSTALLATION, PULLS, app_key, other_key};
 
@@ -291,21 +292,6 @@ steps:
 
 // ---------------------------------------------------------------------------------------------
 // Running a task and reading back what it wrote.
-
-#[derive(Default)]
-struct Events(Mutex<Vec<EventLine>>);
-
-impl EventSink for Events {
-    fn emit(&self, line: &EventLine) {
-        self.0.lock().unwrap().push(line.clone());
-    }
-}
-
-impl Events {
-    fn snapshot(&self) -> Vec<EventLine> {
-        self.0.lock().unwrap().clone()
-    }
-}
 
 struct Outcome {
     run_id: String,

@@ -3,6 +3,7 @@
 
 pub mod cli;
 pub mod docker;
+pub mod events;
 pub mod git_http;
 pub mod github;
 pub mod llm;
