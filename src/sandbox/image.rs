@@ -582,7 +582,7 @@ fn build_agent(
         .map(|v| format!(" and Node {v}"))
         .unwrap_or_default();
     say(&format!(
-        "{}: npm ci {}@{}{node} (pinned by package-lock.json; ~1 GB on a cold npm cache)",
+        "{}: npm ci {}@{}{node} (pinned by package-lock.json; downloaded once, then from npm's cache)",
         recipe.tag, agent.package, agent.version
     ));
     run(Command::new(npm)
