@@ -137,7 +137,13 @@ struct CodexParser {
     started: BTreeSet<String>,
     completed_turn: bool,
     failure: Option<String>,
+    /// How many times in a row it said it was reconnecting.
+    reconnects: u32,
 }
+
+/// Codex never gives up on a provider it cannot connect to ("Reconnecting... waiting for
+/// network", with growing waits): after this many reconnects in a row maxions stops it.
+const MAX_RECONNECTS: u32 = 8;
 
 impl CodexParser {
     fn item(&mut self, item: &Value, completed: bool, out: &mut Vec<Activity>) {
@@ -207,6 +213,8 @@ impl Parser for CodexParser {
         };
         match kind {
             "item.started" | "item.updated" | "item.completed" => {
+                // It reached the provider again: only reconnects in a row count.
+                self.reconnects = 0;
                 if let Some(item) = event.get("item") {
                     self.item(item, kind == "item.completed", out);
                 }
@@ -230,6 +238,9 @@ impl Parser for CodexParser {
             }
             "error" => {
                 let message = text_or_json(event.get("message"));
+                if message.starts_with("Reconnecting") {
+                    self.reconnects += 1;
+                }
                 out.push(Activity::Error {
                     message: clip(&message),
                 });
@@ -242,6 +253,16 @@ impl Parser for CodexParser {
 
     fn usage(&self) -> Usage {
         self.usage.priced(self.prices.as_ref())
+    }
+
+    fn give_up(&self) -> Option<String> {
+        (self.reconnects >= MAX_RECONNECTS && !self.completed_turn).then(|| {
+            format!(
+                "Codex stopped: it reconnected {} times without reaching its model provider ({})",
+                self.reconnects,
+                self.failure.as_deref().map_or("", |f| f)
+            )
+        })
     }
 
     fn verdict(&self, status: &ExecStatus) -> Verdict {
@@ -383,6 +404,23 @@ mod tests {
             }
             other => panic!("{other:?}"),
         }
+    }
+
+    #[test]
+    fn an_unreachable_provider_makes_codex_give_up_after_some_reconnects() {
+        let mut parser = CodexParser::default();
+        let mut out = Vec::new();
+        for n in 1..=MAX_RECONNECTS {
+            assert!(parser.give_up().is_none());
+            parser.line(
+                &format!(
+                    r#"{{"type":"error","message":"Reconnecting... {n}/5 (waiting for network)"}}"#
+                ),
+                &mut out,
+            );
+        }
+        let reason = parser.give_up().expect("gives up");
+        assert!(reason.contains("reconnected 8 times"), "{reason}");
     }
 
     #[test]

@@ -93,6 +93,13 @@ pub trait Parser: Send {
 
     /// Whether the agent did its job, from what it printed and how it exited.
     fn verdict(&self, status: &ExecStatus) -> Verdict;
+
+    /// Why the agent should be stopped now although it still runs and prints (an agent that
+    /// retries an unreachable provider for ever), if it should. The verdict is then a provider
+    /// failure with this reason.
+    fn give_up(&self) -> Option<String> {
+        None
+    }
 }
 
 /// Something an agent did, as logged (`agent` events). Text is cut to [`ACTIVITY_CHARS`].

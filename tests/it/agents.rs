@@ -399,3 +399,28 @@ async fn claude_gets_the_provider_key_as_anthropic_api_key_and_nothing_else() {
     let usage = result.usage.unwrap();
     assert_eq!((usage.total_tokens(), usage.cost_usd), (10, Some(0.01)));
 }
+
+#[tokio::test]
+async fn codex_reconnecting_for_ever_is_stopped_as_a_provider_failure() {
+    let dir = project(
+        "  kind: codex\n  model: gpt-test\n  provider: { base_url: \"http://llm.test:8080/v1\", key: LLM_KEY }\n  retries: 0\n",
+        "  - { id: implement, agent: \"go\" }\n",
+    );
+    let engine = Scripted::new(|request| {
+        if request.argv[0] != "codex" {
+            return Reply::ok();
+        }
+        (1..=20).fold(Reply::ok(), |reply, n| {
+            reply.stdout(&format!(
+                "{{\"type\":\"error\",\"message\":\"Reconnecting... {n}/5 (waiting for network)\"}}\n"
+            ))
+        })
+    });
+    let (result, events) = go(&dir, &engine).await;
+    assert_eq!(result.status, RunStatus::Failed);
+    let reason = result.reason.unwrap();
+    assert!(reason.contains("reconnected 8 times"), "{reason}");
+    let finished = events.of("agent_finished");
+    assert_eq!(finished.len(), 1);
+    assert_eq!(finished[0]["succeeded"], false);
+}

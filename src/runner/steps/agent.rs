@@ -248,6 +248,7 @@ impl Runner<'_> {
             acted: false,
             last_output: Instant::now(),
             first_output: None,
+            gave_up: None,
             base: self.agent_usage,
             usage: Usage::default(),
             usage_sent: None,
@@ -271,6 +272,12 @@ impl Runner<'_> {
                 && let Some((limit, reason)) = over_budget(&budget, &state.total())
             {
                 state.stop = Some((limit, reason));
+                stop_token.cancel();
+            }
+            if state.gave_up.is_none()
+                && let Some(reason) = state.parser.give_up()
+            {
+                state.gave_up = Some(reason);
                 stop_token.cancel();
             }
         };
@@ -320,6 +327,7 @@ impl Runner<'_> {
         let logged = state.batch.logged();
         let (stop, usage, acted) = (state.stop.take(), state.usage, state.acted);
         let first_output = state.first_output;
+        let gave_up = state.gave_up.take();
         let parser = state.parser;
         self.logged_output += logged;
         self.agent_usage = self.agent_usage.plus(&usage);
@@ -344,13 +352,20 @@ impl Runner<'_> {
             return Err(StepError::Budget(reason));
         }
         match &outcome.status {
+            ExecStatus::Cancelled if gave_up.is_some() && !cancel.is_cancelled() => {}
             ExecStatus::Cancelled => return Err(StepError::Cancelled),
             ExecStatus::TimedOut(_) => {
                 return Err(StepError::TimedOut(outcome.status.to_string()));
             }
             _ => {}
         }
-        let verdict = parser.verdict(&outcome.status);
+        let verdict = match gave_up {
+            Some(reason) => Verdict::Failed {
+                reason,
+                provider: true,
+            },
+            None => parser.verdict(&outcome.status),
+        };
         self.emit(Event::AgentFinished {
             step: id.to_owned(),
             agent: spec.kind.as_str().to_owned(),
@@ -414,6 +429,8 @@ struct Stream<'a> {
     last_output: Instant,
     /// When the first byte of output came.
     first_output: Option<Instant>,
+    /// Why the agent was stopped although it still worked (see [`Parser::give_up`]).
+    gave_up: Option<String>,
     /// What the run's agents had spent before this exec.
     base: Usage,
     usage: Usage,
