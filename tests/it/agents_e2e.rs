@@ -158,6 +158,9 @@ async fn agent_engine(name: &str, kind: Kind) -> Option<DockerEngine> {
 /// one tries a host not on the list), a fix round that writes the right one, then the PR.
 async fn implement_fix_and_open_a_pull_request(kind: Kind) {
     let llm = ScriptedLlm::builder()
+        .turn(Turn::shell(
+            "echo MARK-ENV; env | sort; git remote -v; cat .git/config",
+        ))
         .turn(Turn::shell("echo hi > greeting.txt"))
         .turn(Turn::shell(
             "curl -sS --max-time 10 http://evil.test/ || echo refused",
@@ -194,7 +197,48 @@ async fn implement_fix_and_open_a_pull_request(kind: Kind) {
 
     // The agent really went through maxions' proxy, with its key, and was told where it runs.
     let requests = world.llm.model_requests();
-    assert!(requests.len() >= 5, "{} model requests", requests.len());
+    assert!(
+        requests.len() >= 6,
+        "{} model requests: {:#?}",
+        requests.len(),
+        requests
+            .iter()
+            .map(|r| (
+                r.answer.clone(),
+                r.last_message_text().chars().take(300).collect::<String>()
+            ))
+            .collect::<Vec<_>>()
+    );
+    // What the agent saw of its environment went back to the model: its own key is there, no
+    // forge credential is (not in its environment, not in the repository's git config).
+    let env = requests
+        .iter()
+        .map(|r| r.last_message_text())
+        .find(|t| t.contains("MARK-ENV") && t.contains("PATH="))
+        .expect("the env listing reached the model");
+    assert!(
+        env.contains(&format!("={LLM_KEY}")),
+        "the agent lacks its own key"
+    );
+    let mut forge_tokens: Vec<String> = world
+        .fake
+        .minted_tokens()
+        .into_iter()
+        .map(|t| t.token)
+        .collect();
+    forge_tokens.push(PAT.to_owned());
+    for token in &forge_tokens {
+        assert!(
+            !env.contains(token.as_str()),
+            "a forge credential reached the agent"
+        );
+    }
+    assert!(
+        !env.contains("extraheader")
+            && !env.contains("x-access-token")
+            && !env.contains("@127.0.0.1"),
+        "{env}"
+    );
     assert!(requests.iter().all(|r| r.api_key() == Some(LLM_KEY)));
     let first = serde_json::to_string(&requests[0].body).unwrap();
     assert!(
@@ -235,7 +279,7 @@ async fn implement_fix_and_open_a_pull_request(kind: Kind) {
         "{activities:?}"
     );
     let usage = result.usage.expect("usage");
-    assert!(usage.total_tokens() >= 5 * 120, "{usage:?}");
+    assert!(usage.total_tokens() >= 6 * 120, "{usage:?}");
     assert!(usage.cost_usd.is_some_and(|c| c > 0.0), "{usage:?}");
     assert!(
         result
