@@ -287,6 +287,25 @@ fn replay(parser: &mut dyn Parser, transcript: &str) -> Vec<Activity> {
     out
 }
 
+/// Replays one of the `*-success.jsonl` fixtures, all made from the same script (two model
+/// calls: 1200 in and 40 out, then 1300 in, 12 out and 1100 read from the cache), and checks
+/// what every parser must read off it: success, and those tokens.
+#[cfg(test)]
+fn replay_success(parser: &mut dyn Parser, transcript: &str) -> (Vec<Activity>, Usage) {
+    let out = replay(parser, transcript);
+    assert_eq!(parser.verdict(&ExecStatus::Exited(0)), Verdict::Succeeded);
+    let usage = parser.usage();
+    assert_eq!(
+        (
+            usage.input_tokens,
+            usage.output_tokens,
+            usage.cache_read_tokens
+        ),
+        (2500, 52, 1100)
+    );
+    (out, usage)
+}
+
 #[cfg(test)]
 mod tests {
     use super::*;
