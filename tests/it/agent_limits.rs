@@ -67,8 +67,8 @@ async fn an_agent_over_its_token_budget_is_killed_while_it_streams() {
     assert_stopped(&result, &events, "max_tokens", elapsed);
     let usage = result.usage.expect("usage recorded");
     assert!(
-        (500..800).contains(&usage.total_tokens()),
-        "{usage:?}: stopped at the line that went over, not long after"
+        (500..1200).contains(&usage.total_tokens()),
+        "{usage:?}: stopped within a second of the line that went over (a line every 0.2 s)"
     );
 }
 
