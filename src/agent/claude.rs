@@ -104,13 +104,10 @@ struct ClaudeParser {
 
 impl Parser for ClaudeParser {
     fn line(&mut self, line: &str, out: &mut Vec<Activity>) -> bool {
-        let Ok(event) = serde_json::from_str::<Value>(line) else {
+        let Some((event, kind)) = super::json_event(line) else {
             return false;
         };
-        let Some(kind) = event.get("type").and_then(Value::as_str) else {
-            return false;
-        };
-        match kind {
+        match kind.as_str() {
             "assistant" => {
                 let Some(message) = event.get("message") else {
                     return true;

@@ -205,13 +205,10 @@ impl CodexParser {
 
 impl Parser for CodexParser {
     fn line(&mut self, line: &str, out: &mut Vec<Activity>) -> bool {
-        let Ok(event) = serde_json::from_str::<Value>(line) else {
+        let Some((event, kind)) = super::json_event(line) else {
             return false;
         };
-        let Some(kind) = event.get("type").and_then(Value::as_str) else {
-            return false;
-        };
-        match kind {
+        match kind.as_str() {
             "item.started" | "item.updated" | "item.completed" => {
                 // It reached the provider again: only reconnects in a row count.
                 self.reconnects = 0;

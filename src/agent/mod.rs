@@ -269,6 +269,13 @@ fn renamed(secrets: &BTreeMap<String, Secret>, name: &str, env: &str) -> Option<
     Secret::new(env, secret.expose()).ok()
 }
 
+/// A line of an agent's event stream: a JSON object with a string `type`, and that type.
+fn json_event(line: &str) -> Option<(serde_json::Value, String)> {
+    let event = serde_json::from_str::<serde_json::Value>(line).ok()?;
+    let kind = event.get("type")?.as_str()?.to_owned();
+    Some((event, kind))
+}
+
 /// A JSON number as a token count, tolerating floats and absent fields.
 fn tokens(value: Option<&serde_json::Value>) -> u64 {
     value

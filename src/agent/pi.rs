@@ -128,18 +128,14 @@ struct PiParser {
     usage: Usage,
     /// The last assistant message's `stopReason` and `errorMessage`.
     last_stop: Option<(String, Option<String>)>,
-    ended: bool,
 }
 
 impl Parser for PiParser {
     fn line(&mut self, line: &str, out: &mut Vec<Activity>) -> bool {
-        let Ok(event) = serde_json::from_str::<Value>(line) else {
+        let Some((event, kind)) = super::json_event(line) else {
             return false;
         };
-        let Some(kind) = event.get("type").and_then(Value::as_str) else {
-            return false;
-        };
-        match kind {
+        match kind.as_str() {
             "message_end" => {
                 let Some(message) = event.get("message") else {
                     return true;
@@ -192,7 +188,6 @@ impl Parser for PiParser {
                         .unwrap_or(false),
                 });
             }
-            "agent_end" => self.ended = true,
             // pi retries a failed model call itself (its settings bound how often).
             "auto_retry_start" => out.push(Activity::Error {
                 message: clip(&format!(

@@ -18,7 +18,7 @@ pub(super) const MAX_EXEC_OUTPUT: u64 = 8 << 20;
 /// How much output one run logs in all; the rest is counted.
 pub(super) const MAX_RUN_OUTPUT: u64 = 64 << 20;
 /// Output waits at most this long before it becomes an event.
-pub(super) const FLUSH_EVERY: Duration = Duration::from_millis(50);
+const FLUSH_EVERY: Duration = Duration::from_millis(50);
 /// ... or until this much of it waits.
 const FLUSH_BYTES: usize = 16 << 10;
 
@@ -103,6 +103,20 @@ impl<'a> Batch<'a> {
     }
 }
 
+/// Awaits `work`, calling `tick` every [`FLUSH_EVERY`] while it runs (to flush batched output,
+/// to check limits).
+pub(super) async fn ticking<T>(work: impl Future<Output = T>, mut tick: impl FnMut()) -> T {
+    tokio::pin!(work);
+    let mut every = tokio::time::interval(FLUSH_EVERY);
+    every.set_missed_tick_behavior(tokio::time::MissedTickBehavior::Delay);
+    loop {
+        tokio::select! {
+            result = &mut work => return result,
+            _ = every.tick() => tick(),
+        }
+    }
+}
+
 impl Runner<'_> {
     /// Runs one command, logging its output as it comes. A timeout or cancellation is an error;
     /// any exit status is an outcome.
@@ -123,18 +137,10 @@ impl Runner<'_> {
         let sandbox = this.sandbox()?;
         this.mark_dirty(request);
         let mut sink = |stream: OutputStream, bytes: &[u8]| lock().push(stream, bytes, &emit);
-        let result = {
-            let exec = sandbox.exec(request, &mut sink, cancel);
-            tokio::pin!(exec);
-            let mut tick = tokio::time::interval(FLUSH_EVERY);
-            tick.set_missed_tick_behavior(tokio::time::MissedTickBehavior::Delay);
-            loop {
-                tokio::select! {
-                    result = &mut exec => break result,
-                    _ = tick.tick() => lock().flush(&emit),
-                }
-            }
-        };
+        let result = ticking(sandbox.exec(request, &mut sink, cancel), || {
+            lock().flush(&emit);
+        })
+        .await;
         let logged = {
             let mut batch = lock();
             batch.finish(&emit);

@@ -17,7 +17,7 @@ use super::StepError;
 use crate::agent::{self, Activity, Call, NetworkNote, Parser, Usage, Verdict};
 use crate::config::Step;
 use crate::config::blueprint::{AgentSpec, Budget, Network};
-use crate::runner::exec::{Batch, FLUSH_EVERY};
+use crate::runner::exec::{Batch, ticking};
 use crate::runner::{Event, REPO_DIR, Runner};
 use crate::sandbox::{ExecOutcome, ExecRequest, ExecStatus, OutputStream};
 use crate::secret::Secret;
@@ -281,44 +281,34 @@ impl Runner<'_> {
                 stop_token.cancel();
             }
         };
-        let result = {
-            let exec = sandbox.exec(request, &mut sink, &stop_token);
-            tokio::pin!(exec);
-            let mut tick = tokio::time::interval(FLUSH_EVERY);
-            tick.set_missed_tick_behavior(tokio::time::MissedTickBehavior::Delay);
-            loop {
-                tokio::select! {
-                    result = &mut exec => break result,
-                    _ = tick.tick() => {
-                        let mut state = lock();
-                        state.batch.flush(&emit);
-                        state.send_usage(id, &emit, false);
-                        if state.stop.is_none() {
-                            let silent = state.last_output.elapsed();
-                            let spent = used_time + started.elapsed();
-                            let stop = if silent >= idle_limit {
-                                Some(("idle_timeout", format!(
-                                    "the agent printed nothing for {} (`budget.idle_timeout`); it was killed",
-                                    crate::config::units::HumanDuration(idle_limit)
-                                )))
-                            } else {
-                                budget.max_duration.filter(|max| spent >= max.0).map(|max| (
-                                    "max_duration",
-                                    format!(
-                                        "the run's agents have worked for {} (`budget.max_duration`); the agent was stopped",
-                                        crate::config::units::HumanDuration(max.0)
-                                    ),
-                                ))
-                            };
-                            if let Some(stop) = stop {
-                                state.stop = Some(stop);
-                                stop_token.cancel();
-                            }
-                        }
-                    }
+        let result = ticking(sandbox.exec(request, &mut sink, &stop_token), || {
+            let mut state = lock();
+            state.batch.flush(&emit);
+            state.send_usage(id, &emit, false);
+            if state.stop.is_none() {
+                let silent = state.last_output.elapsed();
+                let spent = used_time + started.elapsed();
+                let stop = if silent >= idle_limit {
+                    Some(("idle_timeout", format!(
+                        "the agent printed nothing for {} (`budget.idle_timeout`); it was killed",
+                        crate::config::units::HumanDuration(idle_limit)
+                    )))
+                } else {
+                    budget.max_duration.filter(|max| spent >= max.0).map(|max| (
+                        "max_duration",
+                        format!(
+                            "the run's agents have worked for {} (`budget.max_duration`); the agent was stopped",
+                            crate::config::units::HumanDuration(max.0)
+                        ),
+                    ))
+                };
+                if let Some(stop) = stop {
+                    state.stop = Some(stop);
+                    stop_token.cancel();
                 }
             }
-        };
+        })
+        .await;
         let mut state = state
             .into_inner()
             .unwrap_or_else(std::sync::PoisonError::into_inner);
