@@ -227,13 +227,24 @@ impl Parser for ClaudeParser {
     }
 
     fn usage(&self) -> Usage {
-        if let Some((usage, _, _)) = &self.result {
-            return usage.priced(self.prices.as_ref());
-        }
-        self.messages
+        let estimate = self
+            .messages
             .values()
-            .fold(Usage::default(), |sum, u| sum.plus(u))
-            .priced(self.prices.as_ref())
+            .fold(Usage::default(), |sum, u| sum.plus(u));
+        let Some((total, _, _)) = &self.result else {
+            return estimate.priced(self.prices.as_ref());
+        };
+        // The final totals only ever raise the estimate: a `result` line that said less than
+        // the messages already did (one a tool of the agent wrote into its stdout, say) cannot
+        // take spent tokens back from the budget.
+        Usage {
+            input_tokens: total.input_tokens.max(estimate.input_tokens),
+            output_tokens: total.output_tokens.max(estimate.output_tokens),
+            cache_read_tokens: total.cache_read_tokens.max(estimate.cache_read_tokens),
+            cache_write_tokens: total.cache_write_tokens.max(estimate.cache_write_tokens),
+            cost_usd: total.cost_usd,
+        }
+        .priced(self.prices.as_ref())
     }
 
     fn verdict(&self, status: &ExecStatus) -> Verdict {
@@ -369,6 +380,18 @@ mod tests {
             )
             .count();
         assert_eq!(retries, 10);
+    }
+
+    #[test]
+    fn a_result_line_cannot_lower_what_the_messages_spent() {
+        let (mut parser, _) = parse(&[
+            r#"{"type":"assistant","message":{"id":"m1","content":[],"usage":{"input_tokens":5000,"output_tokens":10}}}"#,
+        ]);
+        parser.line(
+            r#"{"type":"result","subtype":"success","is_error":false,"result":"done","total_cost_usd":0.0,"usage":{"input_tokens":1,"output_tokens":1}}"#,
+            &mut Vec::new(),
+        );
+        assert_eq!(parser.usage().total_tokens(), 5010);
     }
 
     #[test]
