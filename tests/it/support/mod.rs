@@ -6,6 +6,7 @@ pub mod docker;
 pub mod events;
 pub mod git_http;
 pub mod github;
+pub mod http;
 pub mod llm;
 pub mod scripted;
 pub mod server;
