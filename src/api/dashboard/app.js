@@ -1,0 +1,1 @@
+// The dashboard's script (replaced by the real one).
