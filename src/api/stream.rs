@@ -29,11 +29,25 @@ const POLL: Duration = Duration::from_secs(1);
 /// The most a client reads from a log at once.
 const CHUNK: u64 = 1 << 20;
 
+/// One event of a run's stream as a client's `EventSource` reads it. The schema of a
+/// `text/event-stream` response describes one event (as OpenAPI 3.2's `itemSchema` does, and as
+/// schemathesis checks it), not the stream as a string.
+#[derive(utoipa::ToSchema)]
+#[allow(dead_code)]
+pub struct StreamEvent {
+    /// The line's `seq`: what a reconnecting client sends back as `Last-Event-ID`.
+    id: Option<String>,
+    /// `message` for a line of the run's log; `end` once the run has ended.
+    event: String,
+    /// The log line (one JSON object); for `end`, `{"status": "<the run's status>"}`.
+    data: String,
+}
+
 /// Follows a run's events live.
 #[utoipa::path(get, path = "/maxions/{id}/stream", tag = "runs",
     params(("id" = String, Path, description = "The run's id"), LogsQuery,
            ("Last-Event-ID" = Option<String>, Header, description = "Resume after this `seq` (what a reconnecting EventSource sends)")),
-    responses((status = 200, description = "Server-Sent Events: `id: <seq>` and `data: <event JSON line>` per event, a comment every 15 s, and `event: end` with `{\"status\"}` once the run has ended", content_type = "text/event-stream", body = String),
+    responses((status = 200, description = "Server-Sent Events: `id: <seq>` and `data: <event JSON line>` per event, a comment every 15 s, and `event: end` with `{\"status\"}` once the run has ended", content_type = "text/event-stream", body = StreamEvent),
               (status = 400, body = super::error::ErrorBody), (status = 401, body = super::error::ErrorBody),
               (status = 404, body = super::error::ErrorBody)))]
 pub async fn stream(
@@ -222,6 +236,12 @@ impl Follower {
                 continue;
             };
             if seen.seq <= self.last {
+                if seen.kind == "run_finished" {
+                    // The client has had every line (it resumed after the last one, having
+                    // lost the connection before `end`): only the end is left to send.
+                    let _ = tx.send(end(seen.status.as_deref().unwrap_or(""))).await;
+                    return Step::Done;
+                }
                 continue;
             }
             self.last = seen.seq;
