@@ -4,6 +4,7 @@ mod agent_limits;
 mod agents;
 mod agents_e2e;
 mod api;
+mod api_http;
 mod cli_run;
 mod daemon;
 mod daemon_process;
