@@ -27,8 +27,8 @@ mod http;
 
 use std::path::{Path, PathBuf};
 use std::process::{Child, Command, ExitCode, Stdio};
-use std::sync::atomic::{AtomicBool, AtomicU64, Ordering};
-use std::sync::{Arc, Barrier};
+use std::sync::Arc;
+use std::sync::atomic::{AtomicBool, AtomicU64, AtomicUsize, Ordering};
 use std::time::{Duration, Instant, SystemTime, UNIX_EPOCH};
 
 use serde_json::{Value, json};
@@ -96,7 +96,7 @@ fn round(client: &Client, daemon: &Daemon, origin: &Path, clients: usize) -> Res
         .ok_or_else(|| format!("POST /maxions gave no run id: {submitted}"))?
         .to_owned();
 
-    let connected = Arc::new(Barrier::new(clients + 1));
+    let connected = Arc::new(AtomicUsize::new(0));
     let connected_at = Arc::new(AtomicU64::new(0));
     let mut threads = Vec::new();
     for _ in 0..clients {
@@ -108,7 +108,8 @@ fn round(client: &Client, daemon: &Daemon, origin: &Path, clients: usize) -> Res
             let mut stream = client.get(&path).stream();
             assert_eq!(stream.head.status, 200, "GET {path}");
             connected_at.fetch_max(now_ns(), Ordering::SeqCst);
-            connected.wait();
+            connected.fetch_add(1, Ordering::SeqCst);
+            stream.deadline(PATIENCE);
             let mut received: Vec<(u64, Event)> = Vec::new();
             while let Some(event) = stream.next_event() {
                 received.push((now_ns(), event));
@@ -116,7 +117,16 @@ fn round(client: &Client, daemon: &Daemon, origin: &Path, clients: usize) -> Res
             received
         }));
     }
-    connected.wait();
+    let started = Instant::now();
+    while connected.load(Ordering::SeqCst) < clients {
+        if threads.iter().any(std::thread::JoinHandle::is_finished) {
+            return Err("a client ended before all had connected".into());
+        }
+        if started.elapsed() > PATIENCE {
+            return Err("the clients did not all connect".into());
+        }
+        std::thread::sleep(Duration::from_millis(5));
+    }
     let all_connected = connected_at.load(Ordering::SeqCst);
 
     let sampling = Arc::new(AtomicBool::new(true));

@@ -181,6 +181,106 @@ fn every_route_but_the_public_ones_needs_the_token_and_none_echoes_it() {
     );
 }
 
+/// Without `MAXIONS_API_TOKEN` the daemon makes a token, keeps it in `api-token` readable by
+/// its owner only, logs where it is but never what it is, and requires it.
+#[test]
+fn a_generated_token_is_kept_private_and_never_logged() {
+    let project = Project::new("");
+    let daemon = ApiDaemon::start_with(&project, &[]);
+    let file = project.root().join(".maxions/api-token");
+    let mode = std::os::unix::fs::PermissionsExt::mode(
+        &std::fs::metadata(&file)
+            .expect("the token file")
+            .permissions(),
+    );
+    assert_eq!(mode & 0o777, 0o600, "the token file's mode");
+    let token = daemon.token.clone();
+    assert!(
+        token.len() >= 32,
+        "a token long enough not to guess: {} chars",
+        token.len()
+    );
+    let anonymous = Client::from_url(&daemon.url);
+    anonymous
+        .get("/maxions")
+        .send()
+        .expect_error(401, "unauthorized");
+    anonymous
+        .clone()
+        .token(&token)
+        .get("/maxions")
+        .send()
+        .expect(200);
+    let log = daemon.output();
+    assert!(
+        log.contains("api-token"),
+        "the log says where the token is:\n{log}"
+    );
+    assert!(!log.contains(&token), "the log holds the token:\n{log}");
+}
+
+/// `api.open: true` on loopback needs no token, and says so; but it answers only requests
+/// naming a loopback host, so a page that rebinds its own name to 127.0.0.1 gets nothing.
+#[test]
+fn an_open_api_needs_no_token_but_answers_only_loopback_hosts() {
+    let project = Project::new("api:\n  listen: 127.0.0.1:0\n  open: true\n");
+    let daemon = ApiDaemon::start_with(&project, &[]);
+    let anonymous = Client::from_url(&daemon.url);
+    assert_eq!(
+        anonymous.get("/api/config").send().expect(200).json()["auth"],
+        "open"
+    );
+    anonymous.get("/maxions").send().expect(200);
+    anonymous
+        .get("/maxions")
+        .header("Host", "localhost")
+        .send()
+        .expect(200);
+    anonymous
+        .get("/maxions")
+        .header("Host", "rebound.example:7878")
+        .send()
+        .expect_error(403, "forbidden");
+    assert!(
+        !project.root().join(".maxions/api-token").exists(),
+        "an open API makes no token"
+    );
+}
+
+/// A browser page of another site cannot use the API, even where the browser would add the
+/// token (CORS is off): a foreign `Origin` or `Sec-Fetch-Site: cross-site` is 403; the
+/// dashboard's own origin is served.
+#[test]
+fn requests_from_another_site_are_refused_even_with_the_token() {
+    let project = Project::new("");
+    let (daemon, client) = start(&project);
+    for (name, value) in [
+        ("Origin", "http://evil.example"),
+        ("Origin", "null"),
+        ("Sec-Fetch-Site", "cross-site"),
+    ] {
+        client
+            .get("/maxions")
+            .header(name, value)
+            .send()
+            .expect_error(403, "forbidden");
+        client
+            .post("/maxions")
+            .header(name, value)
+            .json(&json!({"name": "x", "yaml": project.task_yaml("quick", "x")}))
+            .send()
+            .expect_error(403, "forbidden");
+    }
+    client
+        .get("/maxions")
+        .header("Origin", &format!("http://{}", client.addr()))
+        .header("Sec-Fetch-Site", "same-origin")
+        .send()
+        .expect(200);
+    assert_tasks_folder_empty(&project);
+    drop(daemon);
+}
+
 // ---------------------------------------------------------------------------------------------
 // Bad input.
 

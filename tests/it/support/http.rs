@@ -121,9 +121,17 @@ impl Request {
 
     fn head(&self, content_length: bool) -> Vec<u8> {
         let mut head = format!(
-            "{} {} HTTP/1.1\r\nHost: {}\r\nConnection: close\r\n",
-            self.method, self.path, self.addr
+            "{} {} HTTP/1.1\r\nConnection: close\r\n",
+            self.method, self.path
         );
+        // A `Host` of the caller's (a DNS-rebinding page's name) replaces the address.
+        if !self
+            .headers
+            .iter()
+            .any(|(n, _)| n.eq_ignore_ascii_case("host"))
+        {
+            head.push_str(&format!("Host: {}\r\n", self.addr));
+        }
         for (name, value) in &self.headers {
             head.push_str(&format!("{name}: {value}\r\n"));
         }
