@@ -6,6 +6,7 @@ mod agents_e2e;
 mod cli_run;
 mod daemon;
 mod daemon_process;
+mod dashboard;
 mod egress;
 mod forge;
 mod git_host;
