@@ -593,8 +593,12 @@
       else {
         const described = describe(line);
         if (!described) return;
-        for (const key of this.open.keys()) {
-          if (!line.step || key.startsWith(`${line.step}/`)) this.open.delete(key);
+        // A step's unfinished line ends with the step; other events leave it open, so that
+        // the rest of the line still joins it.
+        if (line.type === "step_started" || line.type === "step_finished") {
+          for (const key of this.open.keys()) {
+            if (key.startsWith(`${line.step}/`)) this.open.delete(key);
+          }
         }
         const el = this.row(line, "ev", described.tone);
         if (line.type === "step_started") el.dataset.stepStart = line.step;
@@ -1051,7 +1055,7 @@
     const fit = () => {
       if (!logEl.isConnected) return;
       const top = logEl.getBoundingClientRect().top + window.scrollY;
-      logEl.style.height = `${Math.max(320, Math.floor(window.innerHeight - top - 24))}px`;
+      logEl.style.height = `${Math.max(320, Math.floor(window.innerHeight - top - 28))}px`;
     };
     window.addEventListener("resize", fit);
     view.signal.addEventListener("abort", () => window.removeEventListener("resize", fit), { once: true });
@@ -1100,7 +1104,10 @@
       };
       followStream(id, 0, view.signal, {
         state(s) {
-          if (s === "live") setState("live", detail && detail.status === "queued" ? "waiting for the run to start" : "live");
+          if (s === "live") {
+            if (detail && detail.status === "queued") setState("waiting", "waiting for the run to start");
+            else setState("live", "live");
+          }
           else if (s === "reconnecting") setState("reconnecting", "reconnecting…");
           else if (s === "gone") setState("ended", "run deleted");
           else setState("connecting", "connecting…");
@@ -1421,10 +1428,10 @@
         showDiagnostics([]);
         draft = { name: "", yaml: EXAMPLE_TASK };
         if (data && data.run && data.run.id) {
-          toast(`Submitted ${data.task}: run ${data.run.id} is queued.`);
+          toast(`Wrote tasks/${data.task_file || data.task + ".yaml"}; its run is queued.`);
           location.hash = `#/runs/${encodeURIComponent(data.run.id)}`;
         } else {
-          toast(`Submitted ${data && data.task}: it runs on its schedule.`);
+          toast(`Wrote tasks/${(data && data.task_file) || "the task file"}; it runs on its schedule.`);
           location.hash = "#/schedules";
         }
       } catch (err) {
