@@ -75,6 +75,8 @@ make_project() {
 concurrency: $concurrency
 shutdown_grace: 2s
 keep_runs: 1000
+api:
+  listen: 127.0.0.1:0
 YAML
     cat >"$dir/blueprints/clock.yaml" <<YAML
 name: clock

@@ -6,6 +6,7 @@
 //! edge that shows results to a person).
 
 pub mod agent;
+pub mod api;
 pub mod cli;
 pub mod config;
 pub mod daemon;

@@ -6,7 +6,9 @@ use serde::{Deserialize, Serialize};
 use crate::config::blueprint::Prices;
 
 /// Tokens and money spent on model calls.
-#[derive(Debug, Clone, Copy, Default, PartialEq, Serialize, Deserialize, JsonSchema)]
+#[derive(
+    Debug, Clone, Copy, Default, PartialEq, Serialize, Deserialize, JsonSchema, utoipa::ToSchema,
+)]
 pub struct Usage {
     /// Input tokens not read from a cache.
     pub input_tokens: u64,

@@ -5,12 +5,16 @@ use std::io::{IsTerminal, Write};
 use std::path::PathBuf;
 use std::sync::Arc;
 
+use tokio_util::sync::CancellationToken;
+
 use super::Output;
 use super::terminal::printable;
+use crate::api::{self, ApiState, Auth, Hub};
+use crate::config::daemon::ApiConfig;
 use crate::daemon::schedule::Schedule;
 use crate::daemon::state::{self, State};
 use crate::daemon::{Daemon, Setup, Shutdown, control};
-use crate::runner::{EventLine, EventSink, RunStatus};
+use crate::runner::{EventSink, RunStatus};
 use crate::sandbox::DockerEngine;
 
 /// Exit statuses of `maxions daemon`.
@@ -49,14 +53,6 @@ pub struct CancelArgs {
     pub config: Option<PathBuf>,
 }
 
-/// Runs events of the daemon's runs are in their logs; the daemon's own log says when runs
-/// start and end.
-struct Quiet;
-
-impl EventSink for Quiet {
-    fn emit(&self, _line: &EventLine) {}
-}
-
 pub fn daemon(args: &DaemonArgs, _output: Output) -> u8 {
     let Some(runtime) = super::runtime() else {
         return code::CRITICAL;
@@ -70,17 +66,39 @@ pub fn daemon(args: &DaemonArgs, _output: Output) -> u8 {
                 return code::CRITICAL;
             }
         };
-        let daemon = match Daemon::start(setup, engine, Arc::new(Quiet)).await {
-            Ok(daemon) => daemon,
-            Err(error) => {
-                tracing::error!("cannot start the daemon: {error}");
-                return code::CRITICAL;
+        // The runs' events are in their logs; the hub passes them on to live API streams.
+        let hub = Arc::new(Hub::default());
+        let daemon =
+            match Daemon::start(setup, engine, Arc::clone(&hub) as Arc<dyn EventSink>).await {
+                Ok(daemon) => daemon,
+                Err(error) => {
+                    tracing::error!("cannot start the daemon: {error}");
+                    return code::CRITICAL;
+                }
+            };
+        let api_config = daemon.config().api.clone().unwrap_or_default();
+        let api_stop = CancellationToken::new();
+        let server = if api_config.enabled {
+            match start_api(&api_config, &daemon, hub, api_stop.clone()).await {
+                Ok(server) => Some(server),
+                Err(error) => {
+                    tracing::error!("cannot start the HTTP API: {error}");
+                    return code::CRITICAL;
+                }
             }
+        } else {
+            None
         };
+        let state_dir = daemon.state_dir().to_path_buf();
         let shutdown = Shutdown::default();
         let signals = tokio::spawn(signals(shutdown.clone()));
         let outcome = daemon.run(shutdown).await;
         signals.abort();
+        api_stop.cancel();
+        if let Some(server) = server {
+            let _ = server.await;
+            let _ = std::fs::remove_file(state_dir.join(api::ADDRESS_FILE));
+        }
         match outcome {
             Ok(()) => code::OK,
             Err(error) => {
@@ -89,6 +107,70 @@ pub fn daemon(args: &DaemonArgs, _output: Output) -> u8 {
             }
         }
     })
+}
+
+/// Binds the API's address, resolves its token, says where the dashboard is, and serves it
+/// until `stop`.
+async fn start_api(
+    config: &ApiConfig,
+    daemon: &Daemon,
+    hub: Arc<Hub>,
+    stop: CancellationToken,
+) -> Result<tokio::task::JoinHandle<()>, String> {
+    let listener = tokio::net::TcpListener::bind(&config.listen)
+        .await
+        .map_err(|e| {
+            format!(
+                "cannot listen on `{}`: {e}; choose another `api.listen` in maxions.yaml (`127.0.0.1:0` picks a free port), or set `api.enabled: false`",
+                config.listen
+            )
+        })?;
+    let addr = listener
+        .local_addr()
+        .map_err(|e| format!("cannot read the API's address: {e}"))?;
+    let auth = if config.open {
+        if !addr.ip().is_loopback() {
+            return Err(format!(
+                "`api.open: true` needs a loopback `api.listen` (127.0.0.1), not `{}`: without a token anyone on the network could drive the daemon",
+                config.listen
+            ));
+        }
+        tracing::warn!(
+            "the API is open: any local process (and user) may drive the daemon without a token"
+        );
+        Auth::Open
+    } else {
+        let (auth, source) = Auth::resolve(&config.token_env, daemon.state_dir()).map_err(|e| {
+            format!(
+                "cannot read or make the API token in {}: {e}",
+                daemon.state_dir().display()
+            )
+        })?;
+        match source {
+            api::auth::TokenSource::Env(var) => tracing::info!("API token: from ${var}"),
+            api::auth::TokenSource::File(path, made) => tracing::info!(
+                "API token: {} {} (set ${} to choose one)",
+                if made { "generated into" } else { "read from" },
+                path.display(),
+                config.token_env
+            ),
+        }
+        auth
+    };
+    if !addr.ip().is_loopback() {
+        tracing::warn!(%addr, "the API listens beyond this machine over plain HTTP: put a TLS proxy in front");
+    }
+    match api::write_address(daemon.state_dir(), addr) {
+        Ok(_) => {}
+        Err(e) => tracing::warn!("cannot write {}: {e}", api::ADDRESS_FILE),
+    }
+    tracing::info!("dashboard and API: http://{addr}/");
+    let state = ApiState::new(daemon.handle(), hub, auth);
+    Ok(tokio::spawn(async move {
+        if let Err(error) = api::serve(listener, state, stop).await {
+            tracing::error!(%error, "the HTTP API stopped");
+        }
+    }))
 }
 
 /// SIGTERM or SIGINT: stop taking work and let running steps finish; a second one: cancel now.

@@ -19,6 +19,7 @@ pub struct Args {
 pub fn run(args: &Args, output: Output) -> u8 {
     let mut files = schema::all();
     files.extend(crate::runner::schemas());
+    files.push(crate::api::openapi::schema_file());
     let Some(dir) = &args.out else {
         for file in &files {
             println!("// {}", file.file_name);

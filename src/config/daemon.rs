@@ -257,13 +257,40 @@ pub struct GitConfig {
 #[derive(Debug, Clone, PartialEq, Eq, Serialize, Deserialize, JsonSchema)]
 #[serde(deny_unknown_fields)]
 pub struct ApiConfig {
-    /// Address to listen on. Default: `127.0.0.1:7878`.
+    /// Whether `maxions daemon` serves the API and dashboard. Default: `true`.
+    #[serde(default = "yes")]
+    pub enabled: bool,
+    /// Address to listen on (`127.0.0.1:0` picks a free port; the daemon writes the address it
+    /// got to `api.json` in its state dir). Default: `127.0.0.1:7878`. Anything but a loopback
+    /// address serves plain HTTP to the network: put a TLS proxy in front.
     #[serde(default = "default_listen")]
     pub listen: String,
-    /// The environment variable holding the API's bearer token.
+    /// The environment variable holding the API's bearer token. When it is unset, the daemon
+    /// generates a token and keeps it in `api-token` in its state dir (mode 0600). Default:
+    /// `MAXIONS_API_TOKEN`.
     #[serde(default = "default_api_token_env")]
     #[schemars(extend("format" = "maxions-env-name"))]
     pub token_env: String,
+    /// No token at all: anyone who can reach the port may drive the daemon. Allowed only on a
+    /// loopback address (and then only requests naming a loopback host are answered). Default:
+    /// `false`.
+    #[serde(default)]
+    pub open: bool,
+}
+
+impl Default for ApiConfig {
+    fn default() -> Self {
+        Self {
+            enabled: true,
+            listen: default_listen(),
+            token_env: default_api_token_env(),
+            open: false,
+        }
+    }
+}
+
+fn yes() -> bool {
+    true
 }
 
 fn default_listen() -> String {

@@ -32,6 +32,7 @@ pub struct LoadedTask {
 pub fn load_task(path: &Path, blueprint: Option<&Path>) -> Result<LoadedTask, Validation> {
     load_with(
         path,
+        path,
         Validator::new().with_blueprint(blueprint.map(Path::to_path_buf)),
     )
 }
@@ -43,10 +44,26 @@ pub fn load_task_with_config(
     dir: &Path,
     config: DaemonConfig,
 ) -> Result<LoadedTask, Validation> {
-    load_with(path, Validator::new().with_config(dir, config))
+    load_with(path, path, Validator::new().with_config(dir, config))
 }
 
-fn load_with(path: &Path, mut validator: Validator) -> Result<LoadedTask, Validation> {
+/// Like [`load_task_with_config`] for the text at `path` that will be the task file `final_path`
+/// (in the same directory): what derives from the file's name (the default branch) derives
+/// from `final_path`'s. The API validates a submitted file this way before it writes it.
+pub fn load_task_as(
+    path: &Path,
+    final_path: &Path,
+    dir: &Path,
+    config: DaemonConfig,
+) -> Result<LoadedTask, Validation> {
+    load_with(path, final_path, Validator::new().with_config(dir, config))
+}
+
+fn load_with(
+    path: &Path,
+    named: &Path,
+    mut validator: Validator,
+) -> Result<LoadedTask, Validation> {
     let doc = validator.validate_file(path, Some(FileKind::Task));
     let fail = |validator: Validator, message: String| {
         let mut result = validator.result;
@@ -105,7 +122,7 @@ fn load_with(path: &Path, mut validator: Validator) -> Result<LoadedTask, Valida
     let branch = task
         .branch
         .clone()
-        .unwrap_or_else(|| prefixed_branch(path, &config.branch_prefix));
+        .unwrap_or_else(|| prefixed_branch(named, &config.branch_prefix));
     if let Err(e) = check_push_branch(&branch, task.base.as_deref(), &config.branch_prefix) {
         return Err(fail(validator, e));
     }

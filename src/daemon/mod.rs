@@ -8,6 +8,7 @@
 //! broken `maxions.yaml` edit) is reported and the daemon carries on.
 
 pub mod control;
+pub mod handle;
 pub mod queue;
 pub mod records;
 pub mod schedule;
@@ -33,6 +34,7 @@ use crate::runner::{
     self, CancelReason, EventSink, Launch, LaunchError, RunResult, RunStatus, forge_for,
 };
 use crate::sandbox::Engine;
+use handle::{Command, Handle, Refusal, Submitted, View};
 use schedule::Schedule;
 use state::{Active, Entry, State, Store, StoreError, content_hash};
 
@@ -196,6 +198,12 @@ pub struct Daemon {
     watching: bool,
     /// When to look for orphaned sandboxes again.
     next_sweep: Instant,
+    /// What [`Handle`]s see, republished at every change.
+    view: tokio::sync::watch::Sender<Arc<View>>,
+    commands: mpsc::Sender<Command>,
+    commands_rx: Option<mpsc::Receiver<Command>>,
+    /// No new runs: the daemon is stopping.
+    draining: bool,
 }
 
 impl Daemon {
@@ -218,6 +226,7 @@ impl Daemon {
         })?;
         let tasks_dir = std::fs::canonicalize(&tasks_dir).unwrap_or(tasks_dir);
         let (store, state) = Store::open(&setup.state_dir(&config))?;
+        let (commands, commands_rx) = mpsc::channel(64);
         let mut daemon = Self {
             setup,
             config,
@@ -239,10 +248,37 @@ impl Daemon {
             last_scan: Instant::now(),
             watching: false,
             next_sweep: Instant::now() + FIRST_SWEEP,
+            view: tokio::sync::watch::Sender::new(Arc::default()),
+            commands,
+            commands_rx: Some(commands_rx),
+            draining: false,
         };
         daemon.recover().await;
+        daemon.dirty = true;
         daemon.persist();
         Ok(daemon)
+    }
+
+    /// A handle on this daemon for others (the HTTP API): its view and its commands. The
+    /// commands are answered once [`Daemon::run`] runs.
+    #[must_use]
+    pub fn handle(&self) -> Handle {
+        Handle {
+            view: self.view.subscribe(),
+            commands: self.commands.clone(),
+        }
+    }
+
+    /// The config in force at start.
+    #[must_use]
+    pub fn config(&self) -> &DaemonConfig {
+        &self.config
+    }
+
+    /// Where the state (and the control socket) lives.
+    #[must_use]
+    pub fn state_dir(&self) -> &Path {
+        self.store.dir()
     }
 
     /// Runs until `shutdown`, then waits for the runs to end. Returns early only if the state
@@ -257,6 +293,7 @@ impl Daemon {
             source,
         })?;
         let (calls_tx, mut calls) = mpsc::channel(16);
+        let mut commands = self.commands_rx.take();
         let server = tokio::spawn(control::serve(listener, calls_tx));
         let (mut watcher, mut hints) = self.start_watching();
         tracing::info!(
@@ -321,8 +358,10 @@ impl Daemon {
                     self.finish(joined);
                 }
                 Some(call) = calls.recv() => self.control(call),
+                Some(command) = recv_command(&mut commands) => self.command(command),
                 () = shutdown.graceful.cancelled(), if !draining => {
                     draining = true;
+                    self.draining = true;
                     let grace = self.config.shutdown_grace.0;
                     grace_over = Some(Instant::now() + grace);
                     tracing::info!(
@@ -333,6 +372,7 @@ impl Daemon {
                 }
                 () = shutdown.now.cancelled(), if !cancelled_all => {
                     draining = true;
+                    self.draining = true;
                     cancelled_all = true;
                     self.cancel_all("the daemon was stopped");
                 }
@@ -442,6 +482,7 @@ impl Daemon {
             tracing::warn!(run = %active.run, task = %active.entry.task.display(), "{reason}");
             if again {
                 let mut entry = active.entry.clone();
+                entry.id = runner::new_run_id();
                 entry.attempt += 1;
                 entry.trigger = format!(
                     "queued again after run {} was interrupted (attempt {} of {})",
@@ -664,6 +705,7 @@ impl Daemon {
             }
         }
         self.state.enqueue(Entry {
+            id: String::new(),
             seq: 0,
             task: path.to_path_buf(),
             hash,
@@ -923,6 +965,7 @@ impl Daemon {
             };
             tracing::info!(task = %path.display(), "{trigger}: queued");
             self.state.enqueue(Entry {
+                id: String::new(),
                 seq: 0,
                 task: path.clone(),
                 hash,
@@ -970,7 +1013,11 @@ impl Daemon {
                 return;
             }
         };
-        let run_id = runner::new_run_id();
+        let run_id = if entry.id.is_empty() {
+            runner::new_run_id()
+        } else {
+            entry.id.clone()
+        };
         let active = Active {
             log: runner::result::log_path(&entry.task, &run_id),
             run: run_id.clone(),
@@ -1073,6 +1120,7 @@ impl Daemon {
             && active.entry.task.is_file()
         {
             let mut entry = active.entry.clone();
+            entry.id = runner::new_run_id();
             entry.trigger = format!(
                 "queued again: the daemon stopped before run {} finished",
                 active.run
@@ -1129,48 +1177,10 @@ impl Daemon {
                 || task.file_stem().is_some_and(|s| s == target)
                 || task.file_name().is_some_and(|s| s == target)
         };
-        let mut lines = Vec::new();
-        for active in &self.state.running {
-            if (active.run == target || matches(&active.entry.task))
-                && let Some(handle) = self.handles.get(&active.run)
-            {
-                {
-                    handle.reason.set("cancelled by `maxions cancel`");
-                    handle.cancel.cancel();
-                    lines.push(format!(
-                        "cancelling run {} of {}",
-                        active.run,
-                        active.entry.task.display()
-                    ));
-                }
-            }
-        }
-        let (gone, kept): (Vec<Entry>, Vec<Entry>) = std::mem::take(&mut self.state.queue)
-            .into_iter()
-            .partition(|e| matches(&e.task));
-        self.state.queue = kept;
-        for entry in gone {
-            self.dirty = true;
-            let active = Active {
-                run: runner::new_run_id(),
-                log: PathBuf::new(),
-                branch: String::new(),
-                started_at: Utc::now(),
-                entry,
-            };
-            let mut active = active;
-            active.log = runner::result::log_path(&active.entry.task, &active.run);
-            self.record_ended(
-                &active,
-                RunStatus::Cancelled,
-                "cancelled by `maxions cancel` before it started",
-            );
-            self.mark_handled(&active.entry);
-            lines.push(format!(
-                "removed {} from the queue",
-                active.entry.task.display()
-            ));
-        }
+        let lines = self.cancel_where(
+            |run, task| run == target || matches(task),
+            "cancelled by `maxions cancel`",
+        );
         if lines.is_empty() {
             return control::Reply {
                 ok: false,
@@ -1182,16 +1192,213 @@ impl Daemon {
         control::Reply { ok: true, lines }
     }
 
+    /// Cancels the running runs and drops the queued ones that `matches` (run id, task file),
+    /// each with `why`; says what it did, a line each.
+    fn cancel_where(&mut self, matches: impl Fn(&str, &Path) -> bool, why: &str) -> Vec<String> {
+        let mut lines = Vec::new();
+        for active in &self.state.running {
+            if matches(&active.run, &active.entry.task)
+                && let Some(handle) = self.handles.get(&active.run)
+            {
+                handle.reason.set(why);
+                handle.cancel.cancel();
+                lines.push(format!(
+                    "cancelling run {} of {}",
+                    active.run,
+                    active.entry.task.display()
+                ));
+            }
+        }
+        let (gone, kept): (Vec<Entry>, Vec<Entry>) = std::mem::take(&mut self.state.queue)
+            .into_iter()
+            .partition(|e| matches(&e.id, &e.task));
+        self.state.queue = kept;
+        for entry in gone {
+            self.dirty = true;
+            let run = if entry.id.is_empty() {
+                runner::new_run_id()
+            } else {
+                entry.id.clone()
+            };
+            let active = Active {
+                log: runner::result::log_path(&entry.task, &run),
+                run,
+                branch: String::new(),
+                started_at: Utc::now(),
+                entry,
+            };
+            self.record_ended(
+                &active,
+                RunStatus::Cancelled,
+                &format!("{why} before it started"),
+            );
+            self.mark_handled(&active.entry);
+            lines.push(format!(
+                "removed {} from the queue",
+                active.entry.task.display()
+            ));
+        }
+        lines
+    }
+
+    // ---- commands (the HTTP API) -------------------------------------------------------------
+
+    fn command(&mut self, command: Command) {
+        match command {
+            Command::Submit { task, reply } => {
+                let _ = reply.send(self.submit(&task));
+            }
+            Command::Kill { run, why, reply } => {
+                let done = self.cancel_where(|id, _| id == run, &why);
+                let _ = reply.send(if done.is_empty() {
+                    Err(Refusal::NotActive(run))
+                } else {
+                    Ok(())
+                });
+            }
+            Command::Rerun { task, after, reply } => {
+                let _ = reply.send(self.rerun(&task, &after));
+            }
+            Command::Forget { run, reply } => {
+                let answer = if self.state.running.iter().any(|a| a.run == run) {
+                    Err(Refusal::Busy(run, "running"))
+                } else if self.state.queue.iter().any(|e| e.id == run) {
+                    Err(Refusal::Busy(run, "queued"))
+                } else {
+                    let before = self.state.recent.len();
+                    self.state.recent.retain(|d| d.run != run);
+                    self.dirty |= self.state.recent.len() != before;
+                    Ok(())
+                };
+                let _ = reply.send(answer);
+            }
+        }
+        self.persist();
+    }
+
+    /// A task file written through the API: read now, so that the caller learns its run id.
+    fn submit(&mut self, task: &Path) -> Result<Submitted, Refusal> {
+        if self.draining {
+            return Err(Refusal::Stopping);
+        }
+        self.changed(task, false);
+        if let Some(entry) = self.state.queue.iter_mut().find(|e| e.task == task) {
+            entry.trigger = "submitted through the API".to_owned();
+            return Ok(Submitted::Queued(entry.id.clone()));
+        }
+        if self.schedules.contains_key(task) {
+            return Ok(Submitted::Scheduled);
+        }
+        let invalid = self.state.tasks.get(task).is_some_and(|t| t.invalid);
+        Ok(Submitted::Ignored(if invalid {
+            "the daemon found the task file invalid (its result file says why)".to_owned()
+        } else {
+            "the daemon did not queue it (see its log)".to_owned()
+        }))
+    }
+
+    /// Queues `task` once more, whatever its history; a run of it already queued is the answer.
+    fn rerun(&mut self, task: &Path, after: &str) -> Result<String, Refusal> {
+        if self.draining {
+            return Err(Refusal::Stopping);
+        }
+        if let Some(entry) = self.state.queue.iter().find(|e| e.task == task) {
+            return Ok(entry.id.clone());
+        }
+        let bytes = std::fs::read(task).map_err(|_| Refusal::TaskGone(task.to_path_buf()))?;
+        if let Err(problem) = self.confined(task, &bytes) {
+            return Err(Refusal::Invalid(
+                task.to_path_buf(),
+                Box::new(outside_project(task, problem)),
+            ));
+        }
+        let loaded = self
+            .load(task)
+            .map_err(|v| Refusal::Invalid(task.to_path_buf(), Box::new(v)))?;
+        let hash = content_hash(&bytes);
+        let known = self.state.tasks.entry(task.to_path_buf()).or_default();
+        known.hash.clone_from(&hash);
+        known.invalid = false;
+        self.state.enqueue(Entry {
+            id: String::new(),
+            seq: 0,
+            task: task.to_path_buf(),
+            hash,
+            repo: loaded.repo.clone_url.clone(),
+            trigger: format!("re-run of run {after}, asked for through the API"),
+            queued_at: Utc::now(),
+            attempt: 1,
+        });
+        self.dirty = true;
+        tracing::info!(task = %task.display(), after, "re-run asked for through the API: queued");
+        Ok(self
+            .state
+            .queue
+            .last()
+            .map(|e| e.id.clone())
+            .unwrap_or_default())
+    }
+
+    /// Tells the [`Handle`]s what the daemon looks like now.
+    fn publish(&mut self) {
+        let now = Utc::now();
+        let scheduled = self
+            .schedules
+            .iter()
+            .map(|(path, schedule)| {
+                let from = self
+                    .state
+                    .tasks
+                    .get(path)
+                    .and_then(|t| t.last_slot)
+                    .map_or(now, |last| last.max(now));
+                let mut next = Vec::new();
+                let mut at = from;
+                while next.len() < 3 {
+                    let Some(slot) = schedule.next_after(at) else {
+                        break;
+                    };
+                    next.push(slot);
+                    at = slot;
+                }
+                handle::Scheduled {
+                    task: path.clone(),
+                    expr: schedule.expr().to_owned(),
+                    timezone: schedule.timezone(),
+                    next,
+                }
+            })
+            .collect();
+        let version = self.view.borrow().version + 1;
+        self.view.send_replace(Arc::new(View {
+            queue: self.state.queue.clone(),
+            running: self.state.running.clone(),
+            scheduled,
+            config: Arc::new(self.config.clone()),
+            project: self.setup.dir.clone(),
+            tasks_dir: self.tasks_dir.clone(),
+            version,
+        }));
+    }
+
     // ---- state -----------------------------------------------------------------------------
 
     fn persist(&mut self) {
         if !self.dirty {
             return;
         }
+        self.publish();
         match self.store.save(&self.state) {
             Ok(()) => self.dirty = false,
             Err(error) => tracing::error!("{error}; retrying at the next change"),
         }
+    }
+}
+
+async fn recv_command(commands: &mut Option<mpsc::Receiver<Command>>) -> Option<Command> {
+    match commands {
+        Some(commands) => commands.recv().await,
+        None => std::future::pending().await,
     }
 }
 

@@ -35,6 +35,7 @@ mod tests {
 
     fn entry(seq: u64, task: &str, repo: &str) -> Entry {
         Entry {
+            id: String::new(),
             seq,
             task: task.into(),
             hash: String::new(),

@@ -59,6 +59,11 @@ pub struct TaskState {
 /// A run waiting for a slot.
 #[derive(Debug, Clone, PartialEq, Eq, Serialize, Deserialize)]
 pub struct Entry {
+    /// The id its run will have: a queued run is already addressable (the API cancels it, a
+    /// client follows its stream before it starts). Assigned by [`State::enqueue`]; a state
+    /// file from before ids were assigned early gets a fresh one.
+    #[serde(default = "crate::runner::new_run_id")]
+    pub id: String,
     /// Order of arrival.
     pub seq: u64,
     pub task: PathBuf,
@@ -138,6 +143,9 @@ impl State {
     pub fn enqueue(&mut self, mut entry: Entry) {
         entry.seq = self.next_seq;
         self.next_seq += 1;
+        if entry.id.is_empty() {
+            entry.id = crate::runner::new_run_id();
+        }
         self.queue.push(entry);
     }
 }
@@ -373,6 +381,7 @@ mod tests {
         let dir = tempfile::tempdir().unwrap();
         let (store, mut state) = Store::open(dir.path()).unwrap();
         state.enqueue(Entry {
+            id: String::new(),
             seq: 0,
             task: "/t/a.yaml".into(),
             hash: content_hash(b"task: a"),

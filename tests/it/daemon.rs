@@ -470,6 +470,7 @@ async fn a_run_that_ended_just_before_a_crash_is_not_run_again() {
     .unwrap();
     // The daemon died after the run's last line, before it recorded the end.
     let entry = state::Entry {
+        id: String::new(),
         seq: 0,
         task: task.clone(),
         hash: hash.clone(),

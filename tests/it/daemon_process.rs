@@ -68,7 +68,13 @@ impl Project {
                 &origin.display().to_string(),
             ],
         );
-        write(&root, "maxions.yaml", config);
+        // Tests run side by side: each daemon's API takes a free port (see `api.json`).
+        let config = if config.contains("api:") {
+            config.to_owned()
+        } else {
+            format!("{config}api:\n  listen: 127.0.0.1:0\n")
+        };
+        write(&root, "maxions.yaml", &config);
         let sandbox = "sandbox:\n  network: none\n  timeout: 5m\n";
         write(
             &root,

@@ -3,6 +3,7 @@
 mod agent_limits;
 mod agents;
 mod agents_e2e;
+mod api;
 mod cli_run;
 mod daemon;
 mod daemon_process;

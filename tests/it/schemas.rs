@@ -73,6 +73,7 @@ fn checked_in_schemas_are_what_maxions_generates() {
     let mut all = schema::all();
     // What a run writes has its schemas too (the runner owns them).
     all.extend(maxions::runner::schemas());
+    let openapi = maxions::api::openapi::schema_file();
     let generated: BTreeSet<String> = all.iter().map(|f| f.file_name.to_owned()).collect();
     for file in all {
         let path = dir.join(file.file_name);
@@ -91,6 +92,13 @@ fn checked_in_schemas_are_what_maxions_generates() {
         // What editors fetch: it must be a draft-07 schema that an independent validator accepts.
         compile(&path);
     }
+    // The API's OpenAPI document (schemathesis in CI tests the server against it).
+    let on_disk = std::fs::read_to_string(dir.join(openapi.file_name)).unwrap_or_default();
+    assert_eq!(
+        on_disk,
+        rendered(openapi.schema),
+        "schemas/openapi.json is stale: run `maxions schema --out schemas`"
+    );
     let checked_in: BTreeSet<String> = std::fs::read_dir(&dir)
         .expect("read schemas/")
         .map(|e| {

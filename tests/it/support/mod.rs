@@ -1,6 +1,7 @@
 //! Helpers shared by the integration tests.
 #![allow(dead_code)]
 
+pub mod api;
 pub mod cli;
 pub mod docker;
 pub mod events;
