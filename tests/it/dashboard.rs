@@ -14,13 +14,11 @@ use std::time::{Duration, Instant};
 use fantoccini::{Client, ClientBuilder, Locator};
 use serde_json::{Value, json};
 
+use crate::support::api::{ApiDaemon, PATIENCE, Project};
 use crate::support::write;
 
 const CHROMIUM: &str = "/usr/bin/chromium";
 const CHROMEDRIVER: &str = "/usr/bin/chromedriver";
-
-/// How long any one condition may take: generous, since 2 cores serve several builds.
-const PATIENCE: Duration = Duration::from_secs(90);
 
 // ---------------------------------------------------------------------------------------------
 // The browser.
@@ -166,7 +164,7 @@ fn target_dir() -> PathBuf {
 /// The browser and what to show when something is not as expected.
 struct Page<'a> {
     client: Client,
-    daemon: &'a Daemon,
+    daemon: &'a ApiDaemon,
 }
 
 impl Page<'_> {
@@ -251,186 +249,23 @@ impl Page<'_> {
 }
 
 // ---------------------------------------------------------------------------------------------
-// The daemon with its API, on a project with a `file://` repository.
+// The project.
 
-/// A `maxions daemon` child serving the API on a free port with `token`; killed when dropped,
-/// with its containers.
-struct Daemon {
-    child: Child,
-    root: PathBuf,
-    output: PathBuf,
-    owner: String,
-    url: String,
-}
-
-impl Daemon {
-    fn start(root: &Path, token: &str) -> Self {
-        let output = root.join("daemon.out");
-        let file = std::fs::File::create(&output).expect("daemon output file");
-        let child = Command::new(env!("CARGO_BIN_EXE_maxions"))
-            .current_dir(root)
-            .args(["-v", "daemon"])
-            .env("NO_COLOR", "1")
-            .env("MAXIONS_API_TOKEN", token)
-            .env_remove("MAXIONS_LOG")
-            .stdin(Stdio::null())
-            .stdout(file.try_clone().expect("clone the output file"))
-            .stderr(file)
-            .spawn()
-            .expect("spawn maxions daemon");
-        let boot = std::fs::read_to_string("/proc/sys/kernel/random/boot_id").unwrap_or_default();
-        let owner = format!("{}/{}", boot.trim(), child.id());
-        let mut daemon = Self {
-            child,
-            root: root.to_path_buf(),
-            output,
-            owner,
-            url: String::new(),
-        };
-        daemon.url = daemon.wait_until("the API's address in .maxions/api.json", |d| {
-            let text = std::fs::read_to_string(d.root.join(".maxions/api.json")).ok()?;
-            let value: Value = serde_json::from_str(&text).ok()?;
-            value["url"].as_str().map(str::to_owned)
-        });
-        daemon
-    }
-
-    fn output(&self) -> String {
-        std::fs::read_to_string(&self.output).unwrap_or_default()
-    }
-
-    fn wait_until<T>(&mut self, what: &str, mut check: impl FnMut(&Self) -> Option<T>) -> T {
-        let started = Instant::now();
-        loop {
-            if let Some(value) = check(self) {
-                return value;
-            }
-            if let Ok(Some(status)) = self.child.try_wait() {
-                panic!(
-                    "waiting for {what}, the daemon exited ({status}); its output:\n{}",
-                    self.output()
-                );
-            }
-            assert!(
-                started.elapsed() < PATIENCE,
-                "timed out waiting for {what}; the daemon's output:\n{}",
-                self.output()
-            );
-            std::thread::sleep(Duration::from_millis(50));
-        }
-    }
-
-    /// The complete lines of a run's log.
-    fn log(&self, stem: &str, run: &str) -> Vec<Value> {
-        std::fs::read_to_string(self.root.join(format!("tasks/{stem}.runs/{run}.jsonl")))
-            .unwrap_or_default()
-            .lines()
-            .filter_map(|l| serde_json::from_str(l).ok())
-            .collect()
-    }
-}
-
-impl Drop for Daemon {
-    fn drop(&mut self) {
-        let _ = self.child.kill();
-        let _ = self.child.wait();
-        let output = Command::new("docker")
-            .args(["ps", "-aq", "--filter"])
-            .arg(format!("label=maxions.owner={}", self.owner))
-            .output();
-        if let Ok(output) = output {
-            for id in String::from_utf8_lossy(&output.stdout).split_whitespace() {
-                let _ = Command::new("docker")
-                    .args(["rm", "-f", "-v", id])
-                    .stdout(Stdio::null())
-                    .stderr(Stdio::null())
-                    .status();
-            }
-        }
-    }
-}
-
-fn git(dir: &Path, args: &[&str]) {
-    let output = Command::new("git")
-        .arg("-C")
-        .arg(dir)
-        .args(args)
-        .output()
-        .expect("run git");
-    assert!(
-        output.status.success(),
-        "git {args:?}: {}",
-        String::from_utf8_lossy(&output.stderr)
-    );
-}
-
-/// A project whose blueprint `slow` checks the repository out and then prints a numbered,
-/// coloured line every 0.2 s for two minutes (long enough to watch it and cancel it).
-fn project() -> (tempfile::TempDir, PathBuf) {
-    let dir = tempfile::tempdir().expect("temp dir");
-    let root = dir.path().canonicalize().expect("canonical temp dir");
-    let seed = root.join("seed");
-    write(&seed, "README.md", "# repo\n");
-    git(&seed, &["init", "-q", "-b", "main"]);
-    git(&seed, &["add", "-A"]);
-    git(
-        &seed,
-        &[
-            "-c",
-            "user.name=t",
-            "-c",
-            "user.email=t@localhost",
-            "commit",
-            "-q",
-            "-m",
-            "initial commit",
-        ],
-    );
-    let origin = root.join("origin/repo.git");
-    git(
-        &root,
-        &[
-            "clone",
-            "-q",
-            "--bare",
-            &seed.display().to_string(),
-            &origin.display().to_string(),
-        ],
-    );
-    write(
-        &root,
-        "maxions.yaml",
-        "concurrency: 1\napi:\n  listen: 127.0.0.1:0\n  token_env: MAXIONS_API_TOKEN\n",
-    );
-    write(
-        &root,
-        "blueprints/slow.yaml",
-        concat!(
-            "name: slow\n",
-            "sandbox:\n  network: none\n  timeout: 5m\n",
-            "steps:\n",
-            "  - id: checkout\n    checkout: {}\n",
-            "  - id: count\n",
-            "    run: |\n",
-            "      i=1\n",
-            "      while [ $i -le 600 ]; do\n",
-            "        printf '\\033[32mtick %d\\033[0m <i>not markup</i>\\n' $i\n",
-            "        i=$((i+1)); sleep 0.2\n",
-            "      done\n",
-        ),
-    );
-    std::fs::create_dir_all(root.join("tasks")).expect("tasks dir");
-    (dir, origin)
-}
-
-/// A token no other test shares (its value does not matter, only that the daemon wants it).
-fn token() -> String {
-    let nanos = std::time::SystemTime::now()
-        .duration_since(std::time::UNIX_EPOCH)
-        .map(|d| d.subsec_nanos())
-        .unwrap_or_default();
-    format!("dash-{:x}-{nanos:x}", std::process::id())
-}
+/// A blueprint that checks the repository out and then prints a numbered, green line with
+/// some markup in it every 0.2 s for two minutes (long enough to watch it and cancel it).
+const TICKER: &str = concat!(
+    "name: ticker\n",
+    "sandbox:\n  network: none\n  timeout: 5m\n",
+    "steps:\n",
+    "  - id: checkout\n    checkout: {}\n",
+    "  - id: count\n",
+    "    run: |\n",
+    "      i=1\n",
+    "      while [ $i -le 600 ]; do\n",
+    "        printf '\\033[32mtick %d\\033[0m <i>not markup</i>\\n' $i\n",
+    "        i=$((i+1)); sleep 0.2\n",
+    "      done\n",
+);
 
 // ---------------------------------------------------------------------------------------------
 // The test.
@@ -459,10 +294,13 @@ async fn the_dashboard_signs_in_shows_a_broken_task_at_its_line_follows_a_run_li
     if !browser("dashboard") || crate::support::docker::engine("dashboard").await.is_none() {
         return;
     }
-    let (project, origin) = project();
-    let root = project.path().canonicalize().expect("canonical temp dir");
-    let token = token();
-    let daemon = Daemon::start(&root, &token);
+    let project = Project::new("concurrency: 1\n");
+    let root = project.root();
+    write(&root, "blueprints/ticker.yaml", TICKER);
+    // A task already in the folder runs first, so the submitted one waits its turn in the queue.
+    project.task("hello", "quick", "say hello");
+    let daemon = ApiDaemon::start(&project);
+    let token = daemon.token.clone();
     let driver = Chromedriver::start();
     let profile = tempfile::tempdir().expect("a browser profile dir");
     let page = Page {
@@ -499,12 +337,9 @@ async fn the_dashboard_signs_in_shows_a_broken_task_at_its_line_follows_a_run_li
     page.click("[data-nav=submit]").await;
     page.css("#task-yaml").await;
     page.type_into("#task-name", "counter").await;
-    let repo = format!("file://{}", origin.display());
-    page.type_into(
-        "#task-yaml",
-        &format!("task: count slowly\nrepo: {repo}\nblueprint: slow\nbase: main\nbogus_field: 1\n"),
-    )
-    .await;
+    let good = project.task_yaml("ticker", "count slowly");
+    page.type_into("#task-yaml", &format!("{good}bogus_field: 1\n"))
+        .await;
     page.click("#submit").await;
     let marked = page
         .until(
@@ -535,11 +370,7 @@ async fn the_dashboard_signs_in_shows_a_broken_task_at_its_line_follows_a_run_li
     );
 
     // The fixed task is submitted and the page moves to its run.
-    page.type_into(
-        "#task-yaml",
-        &format!("task: count slowly\nrepo: {repo}\nblueprint: slow\nbase: main\n"),
-    )
-    .await;
+    page.type_into("#task-yaml", &good).await;
     page.click("#submit").await;
     let hash = page
         .until(
@@ -618,12 +449,15 @@ async fn the_dashboard_signs_in_shows_a_broken_task_at_its_line_follows_a_run_li
         "const s = document.getElementById('log-state'); return s.dataset.state === 'ended' && s.textContent;",
     )
     .await;
-    let log = daemon.log("counter", &run);
-    let end = log
-        .last()
-        .filter(|l| l["type"] == "run_finished")
-        .unwrap_or_else(|| panic!("the run finished: {log:#?}"));
-    assert_eq!(end["status"], "cancelled", "{end:#}");
+    let detail = daemon.get_json(&format!("/maxions/{run}"));
+    assert_eq!(detail["status"], "cancelled", "{detail:#}");
+    let logs = daemon.call("GET", &format!("/maxions/{run}/logs"), None);
+    assert_eq!(logs.status, 200, "{}", logs.text());
+    let log: Vec<Value> = logs
+        .text()
+        .lines()
+        .filter_map(|l| serde_json::from_str(l).ok())
+        .collect();
     let finished = page
         .until(
             "the last line of the run in the log",
@@ -648,6 +482,11 @@ async fn the_dashboard_signs_in_shows_a_broken_task_at_its_line_follows_a_run_li
         logged,
         "the page shows each logged line once ({finished} lines in all)"
     );
+    page.until(
+        "the last notice to go",
+        "return document.getElementById('toast').hidden;",
+    )
+    .await;
     page.screenshot(&target_dir().join("dashboard.png")).await;
 
     // The run list shows it cancelled too.
@@ -660,11 +499,37 @@ async fn the_dashboard_signs_in_shows_a_broken_task_at_its_line_follows_a_run_li
         ),
     )
     .await;
+    let rows = page
+        .until(
+            "both runs in the run list",
+            "const rows = [...document.querySelectorAll('#runs-body tr')];
+             return rows.length === 2 && rows.map(r => [r.querySelector('.task-link').textContent, r.dataset.status]);",
+        )
+        .await;
+    assert_eq!(
+        rows,
+        json!([["counter", "cancelled"], ["hello", "succeeded"]]),
+        "newest first"
+    );
+    page.until(
+        "the last notice to go",
+        "return document.getElementById('toast').hidden;",
+    )
+    .await;
     page.screenshot(&target_dir().join("dashboard-list.png"))
         .await;
-    page.client
-        .clone()
-        .close()
+    // Filtered by status, only the matching run is left.
+    let filter = page.css("#filter-status").await;
+    filter
+        .select_by_value("succeeded")
         .await
-        .expect("end the browser session");
+        .expect("choose a status");
+    page.until(
+        "the list filtered to succeeded runs",
+        "const rows = [...document.querySelectorAll('#runs-body tr')];
+         return location.hash === '#/?status=succeeded' && rows.length === 1 && rows[0].dataset.status === 'succeeded';",
+    )
+    .await;
+    // Ending the session is courtesy: dropping the driver ends the browser in any case.
+    let _ = tokio::time::timeout(Duration::from_secs(10), page.client.clone().close()).await;
 }

@@ -47,6 +47,8 @@
         if (key === "class") el.className = value;
         else if (key === "text") el.textContent = value;
         else if (key === "dataset") Object.assign(el.dataset, value);
+        // Through the CSSOM: the page's Content-Security-Policy refuses style attributes.
+        else if (key === "style") Object.assign(el.style, value);
         else if (key.startsWith("on") && typeof value === "function") {
           el.addEventListener(key.slice(2), value);
         } else if (key === "value") el.value = value;
@@ -692,7 +694,7 @@
     const s = (v) => (v === null || v === undefined ? "" : String(v));
     switch (line.type) {
       case "run_started":
-        return { icon: "●", tone: "info", parts: ["Run started: ", h("b", null, s(line.task)), ` on ${s(line.repo)} (blueprint ${s(line.blueprint)}, branch ${s(line.branch)} from ${s(line.base)})`, line.trigger ? ` · ${line.trigger}` : ""] };
+        return { icon: "●", tone: "info", parts: ["Run started: ", h("b", { title: s(line.task) }, s(line.task).split("/").pop()), ` on ${s(line.repo)} (blueprint ${s(line.blueprint)}, branch ${s(line.branch)} from ${s(line.base)})`, line.trigger ? ` · ${line.trigger}` : ""] };
       case "sandbox_ready":
         return { icon: "▣", tone: "muted", parts: [`Sandbox ready (${s(line.image)})`] };
       case "step_started":
@@ -1341,7 +1343,7 @@
       clear(bands);
       const lh = lineHeight();
       for (const [line, mark] of marks) {
-        bands.appendChild(h("div", { class: `band ${mark}`, dataset: { line }, style: `top:${(line - 1) * lh}px;height:${lh}px` }));
+        bands.appendChild(h("div", { class: `band ${mark}`, dataset: { line }, style: { top: `${(line - 1) * lh}px`, height: `${lh}px` } }));
       }
       sync();
     };
@@ -1427,12 +1429,22 @@
         const { data } = await api("/maxions", { method: "POST", json, signal: view.signal });
         showDiagnostics([]);
         draft = { name: "", yaml: EXAMPLE_TASK };
+        const file = `tasks/${(data && data.task_file) || "the task file"}`;
         if (data && data.run && data.run.id) {
-          toast(`Wrote tasks/${data.task_file || data.task + ".yaml"}; its run is queued.`);
+          toast(`Wrote ${file}; its run is queued.`);
           location.hash = `#/runs/${encodeURIComponent(data.run.id)}`;
-        } else {
-          toast(`Wrote tasks/${(data && data.task_file) || "the task file"}; it runs on its schedule.`);
+        } else if (data && data.schedule) {
+          toast(`Wrote ${file}; it runs on its schedule.`);
           location.hash = "#/schedules";
+        } else if (data && data.note) {
+          toast(`Wrote ${file}, but ${data.note}`, "error");
+          location.hash = `#/?task=${encodeURIComponent(data.task)}`;
+        } else {
+          // Written and queued, but the answer names no run (it may have started in between):
+          // its newest run is the one.
+          const id = data && data.task ? await newestRun(data.task, view.signal) : null;
+          toast(`Wrote ${file}; its run is queued.`);
+          location.hash = id ? `#/runs/${encodeURIComponent(id)}` : `#/?task=${encodeURIComponent((data && data.task) || "")}`;
         }
       } catch (err) {
         if (err instanceof Blocked || err.name === "AbortError") return;
@@ -1453,6 +1465,21 @@
 
     renderGutter();
     if (!draft.name) name.focus();
+  }
+
+  /** The id of `task`'s newest run, asked for a few times while the daemon records it. */
+  async function newestRun(task, signal) {
+    for (let i = 0; i < 20 && !signal.aborted; i++) {
+      try {
+        const { data } = await api(`/maxions?task=${encodeURIComponent(task)}&limit=1`, { signal });
+        const run = data && data.runs && data.runs[0];
+        if (run && run.id) return run.id;
+      } catch (error) {
+        if (error instanceof Blocked || error.name === "AbortError") return null;
+      }
+      await sleep(250, signal);
+    }
+    return null;
   }
 
   // ---------------------------------------------------------------------------------------
