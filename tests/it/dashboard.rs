@@ -2,7 +2,8 @@
 //! against a real `maxions daemon` with a token, real containers and the real stream. The test
 //! does what a person would: signs in, submits a broken task and sees the error at its line,
 //! submits a good one, watches its log arrive live, cancels it, and sees it cancelled. It saves
-//! screenshots of the run and the run list to `target/` for people to look at.
+//! screenshots for people to look at in `target/` (or `$CARGO_TARGET_DIR`): `dashboard.png` (the
+//! run), `dashboard-list.png` (the run list) and `dashboard-submit.png` (the located error).
 //!
 //! Without Chromium or chromedriver it fails and says how to install them, unless
 //! `MAXIONS_SKIP_BROWSER=1` asks to skip it (then it says so).
@@ -197,17 +198,32 @@ impl Page<'_> {
             .unwrap_or_else(|e| panic!("evaluate {script}: {e}"))
     }
 
+    /// The element `selector`, once the page has it (a view is drawn after its hash changes).
     async fn css(&self, selector: &str) -> fantoccini::elements::Element {
-        match self.client.find(Locator::Css(selector)).await {
-            Ok(element) => element,
-            Err(e) => self.fail(&format!("no element {selector}: {e}")).await,
+        let started = Instant::now();
+        loop {
+            match self.client.find(Locator::Css(selector)).await {
+                Ok(element) => return element,
+                Err(e) if started.elapsed() > PATIENCE => {
+                    self.fail(&format!("no element {selector}: {e}")).await
+                }
+                Err(_) => tokio::time::sleep(Duration::from_millis(100)).await,
+            }
         }
     }
 
+    /// Clicks `selector`, finding it again if the page redrew it in between (a stale element).
     async fn click(&self, selector: &str) {
-        let element = self.css(selector).await;
-        if let Err(e) = element.click().await {
-            self.fail(&format!("click {selector}: {e}")).await;
+        let started = Instant::now();
+        loop {
+            let element = self.css(selector).await;
+            match element.click().await {
+                Ok(()) => return,
+                Err(e) if started.elapsed() > PATIENCE => {
+                    self.fail(&format!("click {selector}: {e}")).await
+                }
+                Err(_) => tokio::time::sleep(Duration::from_millis(100)).await,
+            }
         }
     }
 
@@ -318,6 +334,13 @@ async fn the_dashboard_signs_in_shows_a_broken_task_at_its_line_follows_a_run_li
         "const f = document.getElementById('token-form'); return f && f.offsetParent !== null;",
     )
     .await;
+    // Every refusal of the page's Content-Security-Policy from here on is kept, to assert none.
+    page.js(
+        "window.cspViolations = [];
+         document.addEventListener('securitypolicyviolation', e => window.cspViolations.push(e.violatedDirective + ' ' + e.blockedURI));
+         return true;",
+    )
+    .await;
     page.type_into("#token-input", "not-the-token").await;
     page.click("#token-submit").await;
     page.until(
@@ -335,7 +358,6 @@ async fn the_dashboard_signs_in_shows_a_broken_task_at_its_line_follows_a_run_li
 
     // A broken task: the unknown key on line 5 is marked on line 5, and the list says 5:1.
     page.click("[data-nav=submit]").await;
-    page.css("#task-yaml").await;
     page.type_into("#task-name", "counter").await;
     let good = project.task_yaml("ticker", "count slowly");
     page.type_into("#task-yaml", &format!("{good}bogus_field: 1\n"))
@@ -357,6 +379,8 @@ async fn the_dashboard_signs_in_shows_a_broken_task_at_its_line_follows_a_run_li
         text.contains("5:1") && text.contains("bogus_field"),
         "the problem says where and what: {text}"
     );
+    page.screenshot(&target_dir().join("dashboard-submit.png"))
+        .await;
     // Clicking it selects that line in the editor.
     page.click("#diagnostics .diag[data-line='5'] button").await;
     let selected = page
@@ -530,6 +554,8 @@ async fn the_dashboard_signs_in_shows_a_broken_task_at_its_line_follows_a_run_li
          return location.hash === '#/?status=succeeded' && rows.length === 1 && rows[0].dataset.status === 'succeeded';",
     )
     .await;
+    let violations = page.js("return window.cspViolations;").await;
+    assert_eq!(violations, json!([]), "the page keeps to its own policy");
     // Ending the session is courtesy: dropping the driver ends the browser in any case.
     let _ = tokio::time::timeout(Duration::from_secs(10), page.client.clone().close()).await;
 }

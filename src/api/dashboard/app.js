@@ -824,6 +824,15 @@
     return h("div", { class: "page-head" }, h("h1", null, title), h("div", { class: "page-head-end" }, rest));
   }
 
+  /** Updates the clocks below `root`: `data-started` (time since) and `data-rel` ("3 min ago"). */
+  function tickTimes(root) {
+    for (const el of root.querySelectorAll("[data-started]")) {
+      const t = parseTime(el.dataset.started);
+      if (t !== null) el.textContent = fmtDuration(Date.now() - t);
+    }
+    for (const el of root.querySelectorAll("[data-rel]")) el.textContent = fmtRelative(el.dataset.rel);
+  }
+
   // --- Run list ------------------------------------------------------------------------------
 
   const knownTasks = new Set();
@@ -879,6 +888,7 @@
 
     let first = [];
     let older = [];
+    let drawn = null;
     let next = null;
     let loaded = false;
     const streams = new Map(); // run id -> AbortController of a stream followed for changes
@@ -973,8 +983,14 @@
         if (r.task && !knownTasks.has(r.task)) { knownTasks.add(r.task); added = true; }
       }
       if (added) fillTasks();
-      clear(tbody);
-      for (const r of runs) tbody.appendChild(runRow(r));
+      // Rows are rebuilt only when a run changed (keeping the keyboard focus on a row);
+      // the clocks tick on their own.
+      const key = JSON.stringify(runs);
+      if (key !== drawn) {
+        drawn = key;
+        clear(tbody);
+        for (const r of runs) tbody.appendChild(runRow(r));
+      }
       const byStatus = {};
       for (const r of first) byStatus[r.status] = (byStatus[r.status] || 0) + 1;
       clear(counts);
@@ -997,6 +1013,7 @@
     empty.appendChild(loading);
     refresh();
     view.every(POLL_MS, refresh);
+    view.every(1000, () => tickTimes(app));
   }
 
   function runRow(r) {
@@ -1010,9 +1027,9 @@
         h("a", { class: "task-link", href }, r.task || r.task_file || "(unnamed)"),
         h("div", { class: "sub mono" }, r.id, r.attempt > 1 ? h("span", { class: "attempt" }, `attempt ${r.attempt}`) : null)),
       h("td", { class: "col-trigger" }, h("span", { class: "trigger", title: r.reason || r.trigger || "" }, r.trigger || "—")),
-      h("td", { class: "col-time", title: fmtFull(started) }, started ? fmtRelative(started) : "—",
+      h("td", { class: "col-time", title: fmtFull(started) }, started ? h("span", { dataset: { rel: started } }, fmtRelative(started)) : "—",
         h("div", { class: "sub" }, r.started_at ? fmtClock(r.started_at) : r.queued_at ? "queued" : "")),
-      h("td", { class: "num mono" }, fmtDuration(liveDuration(r))),
+      h("td", { class: "num mono" }, h("span", { dataset: r.status === "running" && r.started_at ? { started: r.started_at } : {} }, fmtDuration(liveDuration(r)))),
       h("td", { class: "num mono", title: usage ? usage.title : "" }, usage && usage.cost ? usage.cost : usage ? usage.tokens.split(" · ")[0] : "—"),
       h("td", { class: "col-pr" }, pr ? h("a", { href: pr, target: "_blank", rel: "noopener noreferrer", class: "pr-link", onclick: (e) => e.stopPropagation() }, icon("pr"), prLabel(pr)) : h("span", { class: "muted" }, "—")));
     const go = (e) => {
@@ -1068,7 +1085,16 @@
     wrapToggle.querySelector("input").addEventListener("change", (e) => logEl.classList.toggle("wrap", e.target.checked));
 
     let detail = null;
+    let drawn = "";
     let streamStarted = false;
+
+    /** A duration that grows while its run or step runs: `data-started` says since when. */
+    const clock = (item) => {
+      const running = item.duration_ms === null || item.duration_ms === undefined;
+      return h("span", { class: "mono", dataset: running && item.started_at ? { started: item.started_at } : {} },
+        fmtDuration(liveDuration(item)));
+    };
+    const tick = () => tickTimes(app);
 
     const load = async () => {
       try {
@@ -1076,9 +1102,16 @@
         if (!view.alive) return;
         detail = data;
         banner.hidden = true;
-        renderHead();
-        renderSteps();
-        fit();
+        // Redrawn only when something changed, so that a button is not replaced under the
+        // pointer (or the keyboard focus) every poll; the clocks tick on their own.
+        const key = JSON.stringify(data);
+        if (key !== drawn) {
+          drawn = key;
+          renderHead();
+          renderSteps();
+          fit();
+        }
+        tick();
         if (!streamStarted) startStream();
       } catch (error) {
         if (!view.alive || error instanceof Blocked || error.name === "AbortError") return;
@@ -1175,7 +1208,7 @@
         ["Trigger", d.trigger || "—"],
         ["Branch", d.branch ? h("code", null, d.branch) : "—"],
         ["Started", d.started_at ? h("span", { title: fmtFull(d.started_at) }, fmtClock(d.started_at)) : d.queued_at ? h("span", { title: fmtFull(d.queued_at) }, `queued ${fmtRelative(d.queued_at)}`) : "—"],
-        ["Duration", h("span", { id: "run-duration" }, fmtDuration(liveDuration(d)))],
+        ["Duration", d.status === "running" ? clock(d) : fmtDuration(liveDuration(d))],
         ["Commit", d.commit ? h("code", { title: d.commit }, shortSha(d.commit)) : "—"],
         ["Usage", usage ? h("span", { title: usage.title }, usage.tokens) : "—"],
         ["Cost", usage && usage.cost ? usage.cost : "—"],
@@ -1197,8 +1230,7 @@
         const usage = fmtUsage(s.usage);
         const meta = [];
         if (s.kind) meta.push(h("span", { class: "chip" }, s.kind));
-        const dur = liveDuration(s);
-        if (dur !== null) meta.push(h("span", { class: "mono" }, fmtDuration(dur)));
+        if (liveDuration(s) !== null) meta.push(s.status === "running" ? clock(s) : h("span", { class: "mono" }, fmtDuration(liveDuration(s))));
         if (s.exit_code !== null && s.exit_code !== undefined) meta.push(h("span", { class: `mono ${s.exit_code === 0 ? "" : "exit-bad"}` }, `exit ${s.exit_code}`));
         if (s.fix_rounds) meta.push(h("span", { class: "fix" }, `${s.fix_rounds} fix round${s.fix_rounds === 1 ? "" : "s"}`));
         if (usage) meta.push(h("span", { title: usage.title }, usage.tokens));
@@ -1224,14 +1256,9 @@
     };
 
     load();
-    view.every(POLL_MS, () => {
-      if (!detail || ACTIVE.has(detail.status)) load();
-      else {
-        // Finished: only the clock-free parts can still change (a PR after the fact): rarely.
-        const el = document.getElementById("run-duration");
-        if (el) el.textContent = fmtDuration(liveDuration(detail));
-      }
-    });
+    // A finished run changes no more; until then its summary is asked for every poll.
+    view.every(POLL_MS, () => { if (!detail || ACTIVE.has(detail.status)) load(); });
+    view.every(1000, tick);
   }
 
   function prBlock(d) {
