@@ -513,27 +513,66 @@ async fn the_dashboard_signs_in_shows_a_broken_task_at_its_line_follows_a_run_li
     .await;
     page.screenshot(&target_dir().join("dashboard.png")).await;
 
-    // The run list shows it cancelled too.
-    page.click("[data-nav=runs]").await;
+    // Re-run: a new run of the same task, whose page follows its own log from the start.
+    page.click("#rerun").await;
+    let again = page
+        .until(
+            "the page of the new run",
+            &format!(
+                "const s = (() => {{ {RUN_STATE} }})();
+                 return location.hash !== '#/runs/{run}' && s.lines.filter(l => l.startsWith('tick ')).length >= 3
+                     && document.getElementById('cancel') !== null && location.hash.slice('#/runs/'.length);"
+            ),
+        )
+        .await;
+    let again = again.as_str().unwrap_or_default().to_owned();
+    let fresh = ticks(
+        &page
+            .js(&format!("return (() => {{ {RUN_STATE} }})();"))
+            .await,
+    );
+    assert!(
+        fresh[0].starts_with("tick 1 "),
+        "the new run's log starts at its own first line: {fresh:?}"
+    );
+    page.click("#cancel").await;
     page.until(
-        "the cancelled run in the run list",
-        &format!(
-            "const r = document.querySelector('#runs-body tr[data-run=\"{run}\"]');
-             return r && r.dataset.status === 'cancelled' && r.querySelector('.badge').textContent;"
-        ),
+        "the new run shown as cancelled",
+        "return document.querySelector('#run-head[data-status=cancelled]') !== null;",
     )
     .await;
+
+    // The run list shows both cancelled too.
+    page.click("[data-nav=runs]").await;
     let rows = page
         .until(
-            "both runs in the run list",
+            "the three runs in the run list",
             "const rows = [...document.querySelectorAll('#runs-body tr')];
-             return rows.length === 2 && rows.map(r => [r.querySelector('.task-link').textContent, r.dataset.status]);",
+             return rows.length === 3 && rows.every(r => r.dataset.status !== 'running')
+                 && rows.map(r => [r.dataset.run, r.querySelector('.task-link').textContent, r.dataset.status]);",
         )
         .await;
     assert_eq!(
-        rows,
-        json!([["counter", "cancelled"], ["hello", "succeeded"]]),
-        "newest first"
+        rows.as_array()
+            .map(|r| r.iter().map(|row| row[0].clone()).collect::<Vec<_>>())
+            .unwrap_or_default()[..2],
+        [json!(again), json!(run)],
+        "newest first: {rows}"
+    );
+    let shown: Vec<Value> = rows
+        .as_array()
+        .into_iter()
+        .flatten()
+        .map(|row| json!([row[1], row[2]]))
+        .collect();
+    assert_eq!(
+        shown,
+        [
+            json!(["counter", "cancelled"]),
+            json!(["counter", "cancelled"]),
+            json!(["hello", "succeeded"])
+        ],
+        "{rows}"
     );
     page.until(
         "the last notice to go",
