@@ -274,8 +274,8 @@ async fn a_submitted_task_is_validated_then_written() {
     assert_eq!(body["diagnostics"][0]["line"], 3);
 
     // A file:// repository outside the project's roots is refused.
-    let far = format!("task: x\nrepo: file:///etc\nblueprint: quick\n");
-    let (status, body) = world.post_task("far", &far).await;
+    let far = "task: x\nrepo: file:///etc\nblueprint: quick\n";
+    let (status, body) = world.post_task("far", far).await;
     assert_eq!(status, StatusCode::BAD_REQUEST, "{body}");
     assert!(body.to_string().contains("/etc"), "{body}");
 
