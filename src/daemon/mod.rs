@@ -1243,13 +1243,18 @@ impl Daemon {
 
     // ---- commands (the HTTP API) -------------------------------------------------------------
 
+    /// Does what a [`Handle`] asked, publishes the view it left, then answers: whoever asked
+    /// reads a view that has the change.
     fn command(&mut self, command: Command) {
         match command {
             Command::Submit { task, reply } => {
-                let _ = reply.send(self.submit(&task));
+                let answer = self.submit(&task);
+                self.persist();
+                let _ = reply.send(answer);
             }
             Command::Kill { run, why, reply } => {
                 let done = self.cancel_where(|id, _| id == run, &why);
+                self.persist();
                 let _ = reply.send(if done.is_empty() {
                     Err(Refusal::NotActive(run))
                 } else {
@@ -1257,7 +1262,9 @@ impl Daemon {
                 });
             }
             Command::Rerun { task, after, reply } => {
-                let _ = reply.send(self.rerun(&task, &after));
+                let answer = self.rerun(&task, &after);
+                self.persist();
+                let _ = reply.send(answer);
             }
             Command::Forget { run, reply } => {
                 let answer = if self.state.running.iter().any(|a| a.run == run) {
@@ -1270,10 +1277,10 @@ impl Daemon {
                     self.dirty |= self.state.recent.len() != before;
                     Ok(())
                 };
+                self.persist();
                 let _ = reply.send(answer);
             }
         }
-        self.persist();
     }
 
     /// A task file written through the API: read now, so that the caller learns its run id.
