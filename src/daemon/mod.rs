@@ -1243,32 +1243,28 @@ impl Daemon {
 
     // ---- commands (the HTTP API) -------------------------------------------------------------
 
+    /// Does what a [`Handle`] asked, publishes the view it left, then answers: whoever asked
+    /// reads a view that has the change.
     fn command(&mut self, command: Command) {
-        // Answered only once the view is published: the API handler that asked reads the view
-        // next (to describe the run it queued or cancelled), and must find what was done.
-        let answer: Box<dyn FnOnce()> = match command {
+        match command {
             Command::Submit { task, reply } => {
                 let answer = self.submit(&task);
-                Box::new(move || {
-                    let _ = reply.send(answer);
-                })
+                self.persist();
+                let _ = reply.send(answer);
             }
             Command::Kill { run, why, reply } => {
                 let done = self.cancel_where(|id, _| id == run, &why);
-                let answer = if done.is_empty() {
+                self.persist();
+                let _ = reply.send(if done.is_empty() {
                     Err(Refusal::NotActive(run))
                 } else {
                     Ok(())
-                };
-                Box::new(move || {
-                    let _ = reply.send(answer);
-                })
+                });
             }
             Command::Rerun { task, after, reply } => {
                 let answer = self.rerun(&task, &after);
-                Box::new(move || {
-                    let _ = reply.send(answer);
-                })
+                self.persist();
+                let _ = reply.send(answer);
             }
             Command::Forget { run, reply } => {
                 let answer = if self.state.running.iter().any(|a| a.run == run) {
@@ -1281,13 +1277,10 @@ impl Daemon {
                     self.dirty |= self.state.recent.len() != before;
                     Ok(())
                 };
-                Box::new(move || {
-                    let _ = reply.send(answer);
-                })
+                self.persist();
+                let _ = reply.send(answer);
             }
-        };
-        self.persist();
-        answer();
+        }
     }
 
     /// A task file written through the API: read now, so that the caller learns its run id.
@@ -1298,7 +1291,6 @@ impl Daemon {
         self.changed(task, false);
         if let Some(entry) = self.state.queue.iter_mut().find(|e| e.task == task) {
             entry.trigger = "submitted through the API".to_owned();
-            self.dirty = true;
             return Ok(Submitted::Queued(entry.id.clone()));
         }
         if self.schedules.contains_key(task) {
