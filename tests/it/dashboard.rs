@@ -459,6 +459,47 @@ async fn the_dashboard_signs_in_shows_a_broken_task_at_its_line_follows_a_run_li
     );
     assert_eq!(styled[1], 0, "no element came from the output: {styled}");
 
+    // The log follows its end; scrolled up, it stays where the reader is until asked to follow.
+    page.until(
+        "the log to fill its box and follow its end",
+        "const l = document.getElementById('log');
+         return l.scrollHeight > l.clientHeight + 100 && l.scrollHeight - l.scrollTop - l.clientHeight < 32;",
+    )
+    .await;
+    page.js("document.getElementById('log').scrollTop = 0; return true;")
+        .await;
+    page.until(
+        "the follow button once scrolled up",
+        "return !document.getElementById('follow').hidden;",
+    )
+    .await;
+    let shown = ticks(
+        &page
+            .js(&format!("return (() => {{ {RUN_STATE} }})();"))
+            .await,
+    )
+    .len();
+    page.until(
+        "more lines while scrolled up, the view staying put",
+        &format!(
+            "const s = (() => {{ {RUN_STATE} }})();
+             return s.lines.filter(l => l.startsWith('tick ')).length >= {} && document.getElementById('log').scrollTop === 0;",
+            shown + 3
+        ),
+    )
+    .await;
+    let top = page
+        .js("return document.getElementById('log').scrollTop;")
+        .await;
+    assert_eq!(top, 0, "new lines do not move a reader who scrolled up");
+    page.click("#follow").await;
+    page.until(
+        "the log back at its end",
+        "const l = document.getElementById('log');
+         return l.scrollHeight - l.scrollTop - l.clientHeight < 32 && document.getElementById('follow').hidden;",
+    )
+    .await;
+
     // Cancel: the page shows the run cancelled, and the daemon's log says so too.
     page.click("#cancel").await;
     page.until(
@@ -488,6 +529,12 @@ async fn the_dashboard_signs_in_shows_a_broken_task_at_its_line_follows_a_run_li
             "return [...document.querySelectorAll('#log .line.ev')].some(l => l.dataset.type === 'run_finished') && document.querySelectorAll('#log .line').length;",
         )
         .await;
+    page.until(
+        "the log still at its end after the run's last lines (and its summary redrawn)",
+        "const l = document.getElementById('log');
+         return l.scrollHeight - l.scrollTop - l.clientHeight < 32 && document.getElementById('follow').hidden;",
+    )
+    .await;
     let all = ticks(
         &page
             .js(&format!("return (() => {{ {RUN_STATE} }})();"))

@@ -1074,7 +1074,12 @@
     const fit = () => {
       if (!logEl.isConnected) return;
       const top = logEl.getBoundingClientRect().top + window.scrollY;
-      logEl.style.height = `${Math.max(320, Math.floor(window.innerHeight - top - 28))}px`;
+      const height = `${Math.max(320, Math.floor(window.innerHeight - top - 28))}px`;
+      if (logEl.style.height === height) return;
+      // A box resized is not a reader scrolling up: a log that followed its end still does.
+      const following = log.stick;
+      logEl.style.height = height;
+      if (following) log.toBottom();
     };
     window.addEventListener("resize", fit);
     view.signal.addEventListener("abort", () => window.removeEventListener("resize", fit), { once: true });
@@ -1082,7 +1087,11 @@
     const log = new LogView(logEl);
     log.onStickChange = (atBottom) => { jump.hidden = atBottom; };
     jump.addEventListener("click", () => log.toBottom());
-    wrapToggle.querySelector("input").addEventListener("change", (e) => logEl.classList.toggle("wrap", e.target.checked));
+    wrapToggle.querySelector("input").addEventListener("change", (e) => {
+      const following = log.stick;
+      logEl.classList.toggle("wrap", e.target.checked);
+      if (following) log.toBottom();
+    });
 
     let detail = null;
     let drawn = "";
