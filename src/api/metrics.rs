@@ -18,58 +18,46 @@ use super::hub::BUCKETS;
 pub async fn metrics(State(state): State<ApiState>) -> impl IntoResponse {
     let view = state.0.daemon.now();
     let mut out = String::new();
-    let family = |out: &mut String, name: &str, kind: &str, help: &str| {
-        let _ = writeln!(out, "# HELP {name} {help}\n# TYPE {name} {kind}");
+    let gauge = |out: &mut String, name: &str, help: &str, value: usize| {
+        let _ = writeln!(
+            out,
+            "# HELP {name} {help}\n# TYPE {name} gauge\n{name} {value}"
+        );
     };
-    family(
-        &mut out,
-        "maxions_build_info",
-        "gauge",
-        "The running maxions' version.",
-    );
-    family(
-        &mut out,
-        "maxions_queue_depth",
-        "gauge",
-        "Runs waiting for a slot.",
-    );
-    family(
-        &mut out,
-        "maxions_runs_running",
-        "gauge",
-        "Runs executing now.",
-    );
-    family(
-        &mut out,
-        "maxions_concurrency",
-        "gauge",
-        "How many runs may execute at once.",
-    );
-    family(
-        &mut out,
-        "maxions_scheduled_tasks",
-        "gauge",
-        "Task files with a schedule.",
-    );
-    family(
-        &mut out,
-        "maxions_stream_clients",
-        "gauge",
-        "Live event streams connected.",
-    );
     let _ = writeln!(
         out,
-        "maxions_build_info{{version=\"{}\"}} 1",
+        "# HELP maxions_build_info The running maxions' version.\n# TYPE maxions_build_info gauge\nmaxions_build_info{{version=\"{}\"}} 1",
         env!("CARGO_PKG_VERSION")
     );
-    let _ = writeln!(out, "maxions_queue_depth {}", view.queue.len());
-    let _ = writeln!(out, "maxions_runs_running {}", view.running.len());
-    let _ = writeln!(out, "maxions_concurrency {}", view.config.concurrency);
-    let _ = writeln!(out, "maxions_scheduled_tasks {}", view.scheduled.len());
-    let _ = writeln!(
-        out,
-        "maxions_stream_clients {}",
-        state.0.hub.clients.load(Ordering::Relaxed)
+    gauge(
+        &mut out,
+        "maxions_queue_depth",
+        "Runs waiting for a slot.",
+        view.queue.len(),
+    );
+    gauge(
+        &mut out,
+        "maxions_runs_running",
+        "Runs executing now.",
+        view.running.len(),
+    );
+    gauge(
+        &mut out,
+        "maxions_concurrency",
+        "How many runs may execute at once.",
+        view.config.concurrency as usize,
+    );
+    gauge(
+        &mut out,
+        "maxions_scheduled_tasks",
+        "Task files with a schedule.",
+        view.scheduled.len(),
+    );
+    gauge(
+        &mut out,
+        "maxions_stream_clients",
+        "Live event streams connected.",
+        state.0.hub.clients.load(Ordering::Relaxed),
     );
     let counters = match state.0.hub.metrics.lock() {
         Ok(counters) => counters,

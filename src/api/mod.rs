@@ -188,3 +188,6 @@ async fn public_config(State(state): State<ApiState>) -> axum::Json<PublicConfig
         .to_owned(),
     })
 }
+
+#[cfg(test)]
+mod tests;

@@ -61,8 +61,7 @@ pub struct Submission {
     responses((status = 201, body = Submission, description = "Written and queued (or scheduled)"),
               (status = 400, body = super::error::ErrorBody, description = "Not a valid task: `invalid_task` with located `diagnostics`, or a bad name"),
               (status = 401, body = super::error::ErrorBody), (status = 409, body = super::error::ErrorBody, description = "A task file of that name exists"),
-              (status = 413, body = super::error::ErrorBody), (status = 415, body = super::error::ErrorBody),
-              (status = 503, body = super::error::ErrorBody, description = "The daemon is stopping")))]
+              (status = 413, body = super::error::ErrorBody), (status = 415, body = super::error::ErrorBody)))]
 pub async fn submit(
     State(state): State<ApiState>,
     query: Result<Query<SubmitQuery>, QueryRejection>,
@@ -128,14 +127,23 @@ pub async fn submit(
     };
     written?;
     tracing::info!(task = %target.display(), "task file submitted through the API");
-    let submitted = state
+    let submitted = match state
         .0
         .daemon
         .ask(|reply| Command::Submit {
             task: target.clone(),
             reply,
         })
-        .await?;
+        .await
+    {
+        Ok(submitted) => submitted,
+        // The file is written: it is the task, and the next daemon runs it.
+        Err(crate::daemon::handle::Refusal::Stopping) => Submitted::Ignored(
+            "the daemon is stopping: the task file is written, and runs when the daemon starts again"
+                .to_owned(),
+        ),
+        Err(refusal) => return Err(refusal.into()),
+    };
     let view = state.0.daemon.now();
     let (run, schedule, note) = match submitted {
         Submitted::Queued(id) => (state.summary_of(&id), None, None),

@@ -285,11 +285,16 @@ pub fn status(args: &StatusArgs, _output: Output) -> u8 {
         }
     };
     let scheduled = scheduled(&state);
+    // Where its API listens, if it runs and serves one.
+    let api_url = daemon
+        .and_then(|_| std::fs::read_to_string(state_dir.join(api::ADDRESS_FILE)).ok())
+        .and_then(|text| serde_json::from_str::<serde_json::Value>(&text).ok())
+        .and_then(|value| value["url"].as_str().map(str::to_owned));
     let json = args.json || !std::io::stdout().is_terminal();
     let mut out = std::io::stdout().lock();
     if json {
         let value = serde_json::json!({
-            "daemon": daemon.map(|pid| serde_json::json!({"pid": pid})),
+            "daemon": daemon.map(|pid| serde_json::json!({"pid": pid, "api": api_url})),
             "state_dir": state_dir,
             "running": state.running,
             "queued": state.queue,
@@ -317,6 +322,9 @@ pub fn status(args: &StatusArgs, _output: Output) -> u8 {
         ),
         state_dir.display()
     );
+    if let Some(url) = &api_url {
+        let _ = writeln!(out, "dashboard and API: {url}/");
+    }
     let _ = writeln!(out, "\nRUNNING ({})", state.running.len());
     for active in &state.running {
         let _ = writeln!(

@@ -87,10 +87,13 @@ pub enum Command {
     /// at its slots.
     ///
     /// Results and logs appear beside each task file. State (queue, runs) is kept in the state
-    /// dir so that a crash or restart loses nothing. SIGTERM or Ctrl-C: no new runs, running
-    /// ones may finish within `shutdown_grace`; a second signal cancels them. Exit status: 0
-    /// stopped by a signal, 2 could not start (state dir locked or unwritable, config invalid,
-    /// no engine).
+    /// dir so that a crash or restart loses nothing. It also serves the HTTP API and the
+    /// dashboard, at http://127.0.0.1:7878/ unless `api` in maxions.yaml says otherwise, with
+    /// the bearer token from $MAXIONS_API_TOKEN (or one it generates into the state dir's
+    /// `api-token`). SIGTERM or Ctrl-C: no new runs, running ones may finish within
+    /// `shutdown_grace`; a second signal cancels them. Exit status: 0 stopped by a signal, 2
+    /// could not start (state dir locked or unwritable, config invalid, no engine, the API's
+    /// address taken).
     Daemon(daemon::DaemonArgs),
     /// Show the daemon's running, queued and recent runs (a table on a terminal, JSON
     /// otherwise or with --json).

@@ -1243,27 +1243,28 @@ impl Daemon {
 
     // ---- commands (the HTTP API) -------------------------------------------------------------
 
-    /// Carries out an API command. The answer goes out only once the view showing the
-    /// command's effect is published: the handler reads the view right after the answer (to
-    /// describe the run it was given), and a view from before would not hold that run yet.
+    /// Does what a [`Handle`] asked, publishes the view it left, then answers: whoever asked
+    /// reads a view that has the change.
     fn command(&mut self, command: Command) {
-        let answer: Box<dyn FnOnce()> = match command {
+        match command {
             Command::Submit { task, reply } => {
                 let answer = self.submit(&task);
-                Box::new(move || drop(reply.send(answer)))
+                self.persist();
+                let _ = reply.send(answer);
             }
             Command::Kill { run, why, reply } => {
                 let done = self.cancel_where(|id, _| id == run, &why);
-                let answer = if done.is_empty() {
+                self.persist();
+                let _ = reply.send(if done.is_empty() {
                     Err(Refusal::NotActive(run))
                 } else {
                     Ok(())
-                };
-                Box::new(move || drop(reply.send(answer)))
+                });
             }
             Command::Rerun { task, after, reply } => {
                 let answer = self.rerun(&task, &after);
-                Box::new(move || drop(reply.send(answer)))
+                self.persist();
+                let _ = reply.send(answer);
             }
             Command::Forget { run, reply } => {
                 let answer = if self.state.running.iter().any(|a| a.run == run) {
@@ -1276,11 +1277,10 @@ impl Daemon {
                     self.dirty |= self.state.recent.len() != before;
                     Ok(())
                 };
-                Box::new(move || drop(reply.send(answer)))
+                self.persist();
+                let _ = reply.send(answer);
             }
-        };
-        self.persist();
-        answer();
+        }
     }
 
     /// A task file written through the API: read now, so that the caller learns its run id.

@@ -8,6 +8,7 @@ mod api_http;
 mod cli_run;
 mod daemon;
 mod daemon_process;
+mod dashboard;
 mod egress;
 mod forge;
 mod git_host;
