@@ -177,7 +177,10 @@ case $url in
 http://127.0.0.1:*) ;;
 *) fail "the API listens on $url, not on 127.0.0.1: refusing to send traffic there" ;;
 esac
-api() { curl -sS --max-time 10 -H "Authorization: Bearer $token" "$@"; }
+# The token goes to curl in a file (and to schemathesis in its environment), never on a
+# command line.
+(umask 077 && printf 'Authorization: Bearer %s\n' "$token" >"$work/auth-header")
+api() { curl -sS --max-time 10 -H @"$work/auth-header" "$@"; }
 wait_for "GET $url/healthz" curl -fsS --max-time 2 -o /dev/null "$url/healthz"
 say "API at $url"
 
@@ -211,10 +214,10 @@ set +e
 (
     # Its own files (reports, caches) go into the work directory, never into the clone.
     cd "$work" &&
-        timeout --signal=INT --kill-after=10 150 "$schemathesis" --config-file "$repo/scripts/schemathesis.toml" \
+        MAXIONS_API_TOKEN=$token timeout --signal=INT --kill-after=10 150 \
+            "$schemathesis" --config-file "$repo/scripts/schemathesis.toml" \
             run "$repo/schemas/openapi.json" \
             --url "$url" \
-            --header "Authorization: Bearer $token" \
             --checks "$checks" \
             --max-examples "$max_examples" \
             --seed "$seed" \
@@ -243,6 +246,9 @@ else
     wait "$daemon_pid" || daemon_status=$?
 fi
 panics=$(grep -c 'panicked at' "$work/daemon.log" || true)
+# What the fuzzer did with the token (the daemon logs each cancel, re-run and delete asked for
+# through the API): none would mean it never got past the token, and tested only the 401s.
+actions=$(grep -c 'through the API' "$work/daemon.log" || true)
 
 echo
 echo "== schemathesis against maxions daemon: summary =="
@@ -263,9 +269,13 @@ else
     echo "  daemon: stopped on SIGTERM, exit $daemon_status"
 fi
 echo "  daemon panics logged: $panics"
+echo "  cancels, re-runs, deletes and submissions it made with the token: $actions"
 echo "  time: $((SECONDS - started)) s"
 
-if ((fuzz_status != 0 || daemon_alive == 0 || daemon_status != 0 || panics != 0)); then
+if ((actions == 0)); then
+    echo "  result: no request got past the token (is the Authorization header in scripts/schemathesis.toml?)"
+fi
+if ((fuzz_status != 0 || daemon_alive == 0 || daemon_status != 0 || panics != 0 || actions == 0)); then
     tail -n 30 "$work/daemon.log" >&2
     exit 1
 fi

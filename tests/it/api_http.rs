@@ -619,6 +619,72 @@ fn submissions_and_reruns_answer_with_the_run_they_queued() {
         .expect(202);
 }
 
+/// A task with `schedule:` submitted through the API is scheduled, not run: the answer has its
+/// next slots (in its timezone, with the offset) and no run, and `GET /schedules` lists it. A
+/// YAML body without `?name=` gets a name made from the task.
+#[test]
+fn a_submitted_scheduled_task_is_scheduled_and_a_nameless_one_is_named_from_its_task() {
+    let project = Project::new("");
+    let (_daemon, client) = start(&project);
+    let yaml = format!(
+        "{}schedule: \"0 9 * * 1\"\ntimezone: Europe/Berlin\n",
+        project.task_yaml("quick", "Bump the deps")
+    );
+    let answer = client
+        .post("/maxions")
+        .json(&json!({"name": "nightly", "yaml": yaml}))
+        .send()
+        .expect(201);
+    assert_eq!(answer.header("location"), None, "no run to point at");
+    let body = answer.json();
+    assert_eq!(body["run"], Value::Null, "{body}");
+    let next = body["schedule"]["next"].as_array().expect("the next slots");
+    assert_eq!(next.len(), 3, "{body}");
+    for slot in next {
+        let slot = slot.as_str().expect("an RFC 3339 time");
+        let parsed = chrono::DateTime::parse_from_rfc3339(slot).expect("RFC 3339");
+        assert_eq!(
+            parsed.format("%a %H:%M").to_string(),
+            "Mon 09:00",
+            "a Monday 9:00 in Berlin: {slot}"
+        );
+        assert!(
+            slot.ends_with("+01:00") || slot.ends_with("+02:00"),
+            "{slot}"
+        );
+    }
+    let schedules = client.get("/schedules").send().expect(200).json();
+    let listed = &schedules["schedules"][0];
+    assert_eq!(listed["task"], "nightly", "{schedules}");
+    assert_eq!(listed["schedule"], "0 9 * * 1");
+    assert_eq!(listed["timezone"], "Europe/Berlin");
+    assert!(
+        client.get("/maxions").send().expect(200).json()["runs"]
+            .as_array()
+            .is_some_and(Vec::is_empty)
+    );
+
+    let named = client
+        .post("/maxions")
+        .body(
+            "application/yaml",
+            project.task_yaml("quick", "Add a dark mode toggle"),
+        )
+        .send()
+        .expect(201)
+        .json();
+    let name = named["task"].as_str().expect("a name").to_owned();
+    assert!(name.starts_with("add-a-dark-mode-toggle-"), "{named}");
+    assert_eq!(named["task_file"], format!("{name}.yaml"));
+    assert!(
+        project
+            .root()
+            .join("tasks")
+            .join(format!("{name}.yaml"))
+            .is_file()
+    );
+}
+
 // ---------------------------------------------------------------------------------------------
 // The event stream.
 
