@@ -521,6 +521,9 @@ fn unknown_runs_are_not_found_and_actions_that_do_not_fit_the_state_conflict() {
         .send()
         .expect_error(409, "conflict");
 
+    // A client already following the queued run learns of its end.
+    let mut following = client.get(&format!("/maxions/{queued}/stream")).stream();
+    assert_eq!(following.head.status, 200);
     let killed = client
         .post(&format!("/maxions/{queued}/kill"))
         .send()
@@ -536,6 +539,10 @@ fn unknown_runs_are_not_found_and_actions_that_do_not_fit_the_state_conflict() {
         cancelled["status"], "cancelled",
         "a queued run ends at once: {cancelled}"
     );
+    let events = following.rest(Duration::from_secs(20));
+    let end = events.last().expect("the stream ends");
+    assert_eq!(end.event, "end", "{events:?}");
+    assert_eq!(end.json()["status"], "cancelled", "{events:?}");
 
     client
         .post(&format!("/maxions/{running}/kill"))
@@ -765,6 +772,43 @@ fn a_stream_cut_mid_run_resumes_from_last_event_id_without_gap_or_repeat() {
         assert_eq!(rest.len(), 1, "{rest:?}");
         assert_eq!(rest[0].event, "end");
         assert_eq!(rest[0].json()["status"], "succeeded");
+    }
+}
+
+/// SIGTERM with clients following a running run: their streams end (the server does not wait
+/// on them), and the daemon stops within its grace period and exits 0.
+#[test]
+fn sigterm_ends_the_open_streams_and_the_daemon_stops() {
+    let project = Project::new("shutdown_grace: 2s\n");
+    let (mut daemon, client) = start(&project);
+    let id = submit(&client, &project, "slow", "slow");
+    wait_run(&client, &id, "the run starting", |r| {
+        r["status"] == "running"
+    });
+    let mut streams: Vec<_> = (0..5)
+        .map(|_| client.get(&format!("/maxions/{id}/stream")).stream())
+        .collect();
+    for stream in &mut streams {
+        assert!(stream.next_event().is_some(), "the stream is live");
+    }
+    let asked = Instant::now();
+    let status = daemon
+        .stop()
+        .expect("the daemon exits within 30 s of SIGTERM");
+    assert!(
+        status.success(),
+        "exit status {status}:\n{}",
+        daemon.output()
+    );
+    assert!(
+        asked.elapsed() < Duration::from_secs(15),
+        "the daemon took {:?} to stop with clients connected",
+        asked.elapsed()
+    );
+    for mut stream in streams {
+        // Whatever was sent before the close, the stream ends rather than hangs.
+        stream.deadline(Duration::from_secs(10));
+        while let Ok(Some(_)) = stream.try_next_event() {}
     }
 }
 
