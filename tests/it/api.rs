@@ -3,7 +3,8 @@
 
 use serde_json::Value;
 
-use crate::support::api::{ApiDaemon, Project, Stream, request};
+use crate::support::api::{ApiDaemon, Project};
+use crate::support::http::Client;
 
 /// A task submitted through the API runs, and every route tells the same story about it: the
 /// list, the detail with its steps, the JSONL log, and the live stream from its first event to
@@ -13,12 +14,12 @@ fn a_submitted_task_runs_and_every_route_shows_it() {
     let project = Project::new("concurrency: 1\n");
     let daemon = ApiDaemon::start(&project);
 
-    let health = request(&daemon.addr, "GET", "/healthz", &[], None);
-    assert_eq!(health.status, 200, "{}", health.text());
+    let health = Client::from_url(&daemon.url).get("/healthz").send();
+    assert_eq!(health.status(), 200, "{}", health.text());
     assert_eq!(health.json()["status"], "ok");
 
     let answer = daemon.submit("hello", &project.task_yaml("quick", "say hello"));
-    assert_eq!(answer.status, 201, "{}", answer.text());
+    assert_eq!(answer.status(), 201, "{}", answer.text());
     let body = answer.json();
     assert_eq!(body["task_file"], "hello.yaml");
     let id = body["run"]["id"].as_str().expect("a queued run").to_owned();
@@ -29,8 +30,10 @@ fn a_submitted_task_runs_and_every_route_shows_it() {
     assert!(project.root().join("tasks/hello.yaml").is_file());
 
     // The stream, opened right away, follows the run from its first event to its end.
-    let mut stream = Stream::open(&daemon, &id, None);
-    assert_eq!(stream.status, 200);
+    let mut stream = daemon
+        .client()
+        .get(&format!("/maxions/{id}/stream"))
+        .stream();
     let mut seqs = Vec::new();
     let mut types = Vec::new();
     let end = loop {
@@ -71,18 +74,18 @@ fn a_submitted_task_runs_and_every_route_shows_it() {
     assert_eq!(list["runs"][0]["id"], id.as_str(), "{list}");
 
     let logs = daemon.call("GET", &format!("/maxions/{id}/logs"), None);
-    assert_eq!(logs.status, 200);
+    assert_eq!(logs.status(), 200);
     assert_eq!(logs.text().lines().count(), seqs.len());
     let tail = daemon.call("GET", &format!("/maxions/{id}/logs?after=2"), None);
     assert_eq!(tail.text().lines().count(), seqs.len() - 2);
 
     // Finished: it can be deleted (and is then gone), not killed.
     let kill = daemon.call("POST", &format!("/maxions/{id}/kill"), None);
-    assert_eq!(kill.status, 409, "{}", kill.text());
+    assert_eq!(kill.status(), 409, "{}", kill.text());
     let delete = daemon.call("DELETE", &format!("/maxions/{id}"), None);
-    assert_eq!(delete.status, 204, "{}", delete.text());
+    assert_eq!(delete.status(), 204, "{}", delete.text());
     assert_eq!(
-        daemon.call("GET", &format!("/maxions/{id}"), None).status,
+        daemon.call("GET", &format!("/maxions/{id}"), None).status(),
         404
     );
 }

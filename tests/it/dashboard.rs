@@ -517,7 +517,7 @@ async fn the_dashboard_signs_in_shows_a_broken_task_at_its_line_follows_a_run_li
     let detail = daemon.get_json(&format!("/maxions/{run}"));
     assert_eq!(detail["status"], "cancelled", "{detail:#}");
     let logs = daemon.call("GET", &format!("/maxions/{run}/logs"), None);
-    assert_eq!(logs.status, 200, "{}", logs.text());
+    assert_eq!(logs.status(), 200, "{}", logs.text());
     let log: Vec<Value> = logs
         .text()
         .lines()

@@ -1,16 +1,15 @@
 //! A real `maxions daemon` serving its HTTP API on a free loopback port, on a temporary
-//! project (maxions.yaml, blueprints, a local `file://` repository), and a small HTTP/1.1
-//! client for it: what the API, dashboard and schemathesis tests drive.
+//! project (maxions.yaml, blueprints, a local `file://` repository): what the API and dashboard
+//! tests drive, with the client of [`super::http`].
 
 use std::fs::File;
-use std::io::{BufRead, BufReader, Read, Write};
-use std::net::TcpStream;
 use std::path::{Path, PathBuf};
 use std::process::{Child, Command, Stdio};
 use std::time::{Duration, Instant};
 
 use serde_json::Value;
 
+use super::http::{Client, Response};
 use super::write;
 
 /// How long a condition may take on a busy 2-core machine.
@@ -120,8 +119,8 @@ pub fn git(dir: &Path, args: &[&str]) {
     );
 }
 
-/// A `maxions daemon` process with its API. Dropped, it is stopped (SIGTERM, then SIGKILL) and
-/// its sandboxes removed.
+/// A `maxions daemon` process with its API. Dropped, it is stopped with SIGTERM (it removes its
+/// sandboxes), or killed when it does not stop within 30 s.
 pub struct ApiDaemon {
     child: Child,
     pub url: String,
@@ -129,7 +128,6 @@ pub struct ApiDaemon {
     pub addr: String,
     pub token: String,
     output: PathBuf,
-    root: PathBuf,
 }
 
 impl ApiDaemon {
@@ -169,7 +167,6 @@ impl ApiDaemon {
             addr: String::new(),
             token,
             output,
-            root: root.clone(),
         };
         let started = Instant::now();
         let url = loop {
@@ -209,32 +206,32 @@ impl ApiDaemon {
         std::fs::read_to_string(&self.output).unwrap_or_default()
     }
 
-    /// A request with the token.
+    /// A client that sends the token.
+    pub fn client(&self) -> Client {
+        Client::from_url(&self.url).token(&self.token)
+    }
+
+    /// A request with the token: `body` is (content type, bytes).
     pub fn call(&self, method: &str, path: &str, body: Option<(&str, &[u8])>) -> Response {
-        let auth = format!("Bearer {}", self.token);
-        request(
-            &self.addr,
-            method,
-            path,
-            &[("Authorization", auth.as_str())],
-            body,
-        )
+        let request = self.client().request(method, path);
+        match body {
+            Some((kind, bytes)) => request.body(kind, bytes.to_vec()).send(),
+            None => request.send(),
+        }
     }
 
     pub fn get_json(&self, path: &str) -> Value {
         let response = self.call("GET", path, None);
-        assert_eq!(response.status, 200, "GET {path}: {}", response.text());
+        assert_eq!(response.status(), 200, "GET {path}: {}", response.text());
         response.json()
     }
 
     /// Submits a task file through `POST /maxions` (JSON body) and returns the answer.
     pub fn submit(&self, name: &str, yaml: &str) -> Response {
-        let body = serde_json::json!({ "name": name, "yaml": yaml }).to_string();
-        self.call(
-            "POST",
-            "/maxions",
-            Some(("application/json", body.as_bytes())),
-        )
+        self.client()
+            .post("/maxions")
+            .json(&serde_json::json!({ "name": name, "yaml": yaml }))
+            .send()
     }
 
     /// Polls `GET /maxions/{id}` until `check` accepts it.
@@ -242,7 +239,7 @@ impl ApiDaemon {
         let started = Instant::now();
         loop {
             let response = self.call("GET", &format!("/maxions/{id}"), None);
-            if response.status == 200 {
+            if response.status() == 200 {
                 let value = response.json();
                 if check(&value) {
                     return value;
@@ -280,219 +277,5 @@ impl Drop for ApiDaemon {
             let _ = self.child.kill();
             let _ = self.child.wait();
         }
-        // Whatever a killed daemon left: its sandboxes carry the project's runs' labels.
-        let _ = &self.root;
     }
-}
-
-/// An HTTP answer.
-#[derive(Debug)]
-pub struct Response {
-    pub status: u16,
-    /// Names lower-cased.
-    pub headers: Vec<(String, String)>,
-    pub body: Vec<u8>,
-}
-
-impl Response {
-    pub fn header(&self, name: &str) -> Option<&str> {
-        self.headers
-            .iter()
-            .find(|(n, _)| n == name)
-            .map(|(_, v)| v.as_str())
-    }
-
-    pub fn text(&self) -> String {
-        String::from_utf8_lossy(&self.body).into_owned()
-    }
-
-    pub fn json(&self) -> Value {
-        serde_json::from_slice(&self.body)
-            .unwrap_or_else(|e| panic!("not JSON ({e}): {}", self.text()))
-    }
-}
-
-/// One HTTP/1.1 request on a new connection (`Connection: close`), read to the end.
-pub fn request(
-    addr: &str,
-    method: &str,
-    path: &str,
-    headers: &[(&str, &str)],
-    body: Option<(&str, &[u8])>,
-) -> Response {
-    let mut stream = TcpStream::connect(addr).expect("connect to the API");
-    stream
-        .set_read_timeout(Some(PATIENCE))
-        .expect("read timeout");
-    let mut head = format!("{method} {path} HTTP/1.1\r\nHost: {addr}\r\nConnection: close\r\n");
-    for (name, value) in headers {
-        head.push_str(&format!("{name}: {value}\r\n"));
-    }
-    if let Some((kind, bytes)) = body {
-        head.push_str(&format!(
-            "Content-Type: {kind}\r\nContent-Length: {}\r\n",
-            bytes.len()
-        ));
-    }
-    head.push_str("\r\n");
-    stream.write_all(head.as_bytes()).expect("send the request");
-    if let Some((_, bytes)) = body {
-        stream.write_all(bytes).expect("send the body");
-    }
-    let mut reader = BufReader::new(stream);
-    let (status, headers) = read_head(&mut reader);
-    let mut body = Vec::new();
-    let chunked = headers
-        .iter()
-        .any(|(n, v)| n == "transfer-encoding" && v.contains("chunked"));
-    if chunked {
-        loop {
-            let mut size = String::new();
-            reader.read_line(&mut size).expect("chunk size");
-            let size = usize::from_str_radix(size.trim(), 16).unwrap_or(0);
-            if size == 0 {
-                break;
-            }
-            let mut chunk = vec![0; size];
-            reader.read_exact(&mut chunk).expect("chunk");
-            body.extend_from_slice(&chunk);
-            let mut crlf = String::new();
-            reader.read_line(&mut crlf).expect("chunk end");
-        }
-    } else {
-        let _ = reader.read_to_end(&mut body);
-    }
-    Response {
-        status,
-        headers,
-        body,
-    }
-}
-
-/// The status line and headers of an answer.
-pub fn read_head(reader: &mut impl BufRead) -> (u16, Vec<(String, String)>) {
-    let mut line = String::new();
-    reader.read_line(&mut line).expect("status line");
-    let status = line
-        .split_whitespace()
-        .nth(1)
-        .and_then(|s| s.parse().ok())
-        .unwrap_or_else(|| panic!("not an HTTP status line: {line:?}"));
-    let mut headers = Vec::new();
-    loop {
-        let mut line = String::new();
-        reader.read_line(&mut line).expect("header line");
-        let line = line.trim_end();
-        if line.is_empty() {
-            break;
-        }
-        if let Some((name, value)) = line.split_once(':') {
-            headers.push((name.trim().to_ascii_lowercase(), value.trim().to_owned()));
-        }
-    }
-    (status, headers)
-}
-
-/// One Server-Sent Event.
-#[derive(Debug, Clone, PartialEq, Eq)]
-pub struct SseEvent {
-    pub id: Option<String>,
-    /// `message` unless the event names another.
-    pub event: String,
-    pub data: String,
-}
-
-/// A live `GET /maxions/{id}/stream` connection, read event by event (HTTP/1.1 chunked).
-pub struct Stream {
-    reader: BufReader<TcpStream>,
-    /// Decoded bytes not yet parsed into events.
-    buffer: Vec<u8>,
-    pub status: u16,
-    pub headers: Vec<(String, String)>,
-}
-
-impl Stream {
-    /// Opens the stream of run `id`, resuming after `last_event_id` if given.
-    pub fn open(daemon: &ApiDaemon, id: &str, last_event_id: Option<u64>) -> Self {
-        let mut stream = TcpStream::connect(&daemon.addr).expect("connect to the API");
-        stream
-            .set_read_timeout(Some(PATIENCE))
-            .expect("read timeout");
-        let mut head = format!(
-            "GET /maxions/{id}/stream HTTP/1.1\r\nHost: {}\r\nAuthorization: Bearer {}\r\nAccept: text/event-stream\r\n",
-            daemon.addr, daemon.token
-        );
-        if let Some(last) = last_event_id {
-            head.push_str(&format!("Last-Event-ID: {last}\r\n"));
-        }
-        head.push_str("\r\n");
-        stream.write_all(head.as_bytes()).expect("send the request");
-        let mut reader = BufReader::new(stream);
-        let (status, headers) = read_head(&mut reader);
-        Self {
-            reader,
-            buffer: Vec::new(),
-            status,
-            headers,
-        }
-    }
-
-    /// The next event (comments are skipped), or `None` when the stream ended.
-    pub fn next_event(&mut self) -> Option<SseEvent> {
-        loop {
-            if let Some(end) = find(&self.buffer, b"\n\n") {
-                let raw: Vec<u8> = self.buffer.drain(..end + 2).collect();
-                let text = String::from_utf8_lossy(&raw);
-                let mut event = SseEvent {
-                    id: None,
-                    event: "message".to_owned(),
-                    data: String::new(),
-                };
-                let mut any = false;
-                for line in text.lines() {
-                    if let Some(value) = line.strip_prefix("id:") {
-                        event.id = Some(value.trim().to_owned());
-                        any = true;
-                    } else if let Some(value) = line.strip_prefix("event:") {
-                        event.event = value.trim().to_owned();
-                        any = true;
-                    } else if let Some(value) = line.strip_prefix("data:") {
-                        if !event.data.is_empty() {
-                            event.data.push('\n');
-                        }
-                        event
-                            .data
-                            .push_str(value.strip_prefix(' ').unwrap_or(value));
-                        any = true;
-                    }
-                }
-                if any {
-                    return Some(event);
-                }
-                continue;
-            }
-            // The next chunk.
-            let mut size = String::new();
-            if self.reader.read_line(&mut size).ok()? == 0 {
-                return None;
-            }
-            let size = usize::from_str_radix(size.trim(), 16).ok()?;
-            if size == 0 {
-                return None;
-            }
-            let mut chunk = vec![0; size + 2];
-            self.reader.read_exact(&mut chunk).ok()?;
-            chunk.truncate(size);
-            self.buffer.extend_from_slice(&chunk);
-        }
-    }
-
-    /// Drops the connection at once (a forced disconnect).
-    pub fn cut(self) {
-        let _ = self.reader.get_ref().shutdown(std::net::Shutdown::Both);
-    }
-}
-
-fn find(haystack: &[u8], needle: &[u8]) -> Option<usize> {
-    haystack.windows(needle.len()).position(|w| w == needle)
 }
