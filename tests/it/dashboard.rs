@@ -5,8 +5,9 @@
 //! screenshots for people to look at in `target/` (or `$CARGO_TARGET_DIR`): `dashboard.png` (the
 //! run), `dashboard-list.png` (the run list) and `dashboard-submit.png` (the located error).
 //!
-//! Without Chromium or chromedriver it fails and says how to install them, unless
-//! `MAXIONS_SKIP_BROWSER=1` asks to skip it (then it says so).
+//! Without Chromium or chromedriver it installs them (`scripts/browser.sh`, as root), or fails
+//! and says how to install them, unless `MAXIONS_SKIP_BROWSER=1` asks to skip it (then it says
+//! so).
 
 use std::path::{Path, PathBuf};
 use std::process::{Child, Command, Stdio};
@@ -35,6 +36,22 @@ fn browser(name: &str) -> bool {
         return true;
     }
     let skip = std::env::var_os("MAXIONS_SKIP_BROWSER").is_some_and(|v| v == "1");
+    // Set up on first use, as the Docker engine is: Debian's packages, when this may install.
+    if !skip {
+        let script = crate::support::root().join("scripts/browser.sh");
+        let installed = Command::new("bash")
+            .arg(&script)
+            .stdin(Stdio::null())
+            .status()
+            .is_ok_and(|status| status.success());
+        if installed
+            && [CHROMIUM, CHROMEDRIVER]
+                .iter()
+                .all(|p| Path::new(p).exists())
+        {
+            return true;
+        }
+    }
     assert!(
         skip,
         "{} not found: this test drives Debian's Chromium; install it with `apt-get install -y chromium chromium-driver` (or `bash scripts/browser.sh`), or set MAXIONS_SKIP_BROWSER=1 to skip the browser tests and say so",
