@@ -11,6 +11,9 @@ use crate::support::http::Client;
 /// `event: end`.
 #[test]
 fn a_submitted_task_runs_and_every_route_shows_it() {
+    if !crate::support::docker::available("a_submitted_task_runs_and_every_route_shows_it") {
+        return;
+    }
     let project = Project::new("concurrency: 1\n");
     let daemon = ApiDaemon::start(&project);
 

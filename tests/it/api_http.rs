@@ -108,6 +108,11 @@ fn assert_whole_run(events: &[Event], status: &str) {
 /// carries the token (nor the wrong one a caller tried), and neither does the daemon's log.
 #[test]
 fn every_route_but_the_public_ones_needs_the_token_and_none_echoes_it() {
+    if !crate::support::docker::available(
+        "every_route_but_the_public_ones_needs_the_token_and_none_echoes_it",
+    ) {
+        return;
+    }
     let project = Project::new("concurrency: 1\n");
     let (daemon, client) = start(&project);
     let run = submit(&client, &project, "hello", "quick");
@@ -185,6 +190,9 @@ fn every_route_but_the_public_ones_needs_the_token_and_none_echoes_it() {
 /// its owner only, logs where it is but never what it is, and requires it.
 #[test]
 fn a_generated_token_is_kept_private_and_never_logged() {
+    if !crate::support::docker::available("a_generated_token_is_kept_private_and_never_logged") {
+        return;
+    }
     let project = Project::new("");
     let daemon = ApiDaemon::start_with(&project, &[]);
     let file = project.root().join(".maxions/api-token");
@@ -223,6 +231,11 @@ fn a_generated_token_is_kept_private_and_never_logged() {
 /// naming a loopback host, so a page that rebinds its own name to 127.0.0.1 gets nothing.
 #[test]
 fn an_open_api_needs_no_token_but_answers_only_loopback_hosts() {
+    if !crate::support::docker::available(
+        "an_open_api_needs_no_token_but_answers_only_loopback_hosts",
+    ) {
+        return;
+    }
     let project = Project::new("api:\n  listen: 127.0.0.1:0\n  open: true\n");
     let daemon = ApiDaemon::start_with(&project, &[]);
     let anonymous = Client::from_url(&daemon.url);
@@ -252,6 +265,11 @@ fn an_open_api_needs_no_token_but_answers_only_loopback_hosts() {
 /// dashboard's own origin is served.
 #[test]
 fn requests_from_another_site_are_refused_even_with_the_token() {
+    if !crate::support::docker::available(
+        "requests_from_another_site_are_refused_even_with_the_token",
+    ) {
+        return;
+    }
     let project = Project::new("");
     let (daemon, client) = start(&project);
     for (name, value) in [
@@ -289,6 +307,9 @@ fn requests_from_another_site_are_refused_even_with_the_token() {
 /// and nothing is written into the tasks folder.
 #[test]
 fn malformed_bodies_are_refused_and_write_nothing() {
+    if !crate::support::docker::available("malformed_bodies_are_refused_and_write_nothing") {
+        return;
+    }
     let project = Project::new("");
     let (_daemon, client) = start(&project);
     let yaml = project.task_yaml("quick", "hello");
@@ -345,6 +366,11 @@ fn malformed_bodies_are_refused_and_write_nothing() {
 /// read; a name that is a path is refused. Nothing is written for any of them.
 #[test]
 fn invalid_tasks_and_paths_out_of_bounds_are_refused_with_located_diagnostics() {
+    if !crate::support::docker::available(
+        "invalid_tasks_and_paths_out_of_bounds_are_refused_with_located_diagnostics",
+    ) {
+        return;
+    }
     let project = Project::new("");
     let (_daemon, client) = start(&project);
     let origin = project.origin.display().to_string();
@@ -476,6 +502,11 @@ fn assert_tasks_folder_empty(project: &Project) {
 /// name taken is 409.
 #[test]
 fn unknown_runs_are_not_found_and_actions_that_do_not_fit_the_state_conflict() {
+    if !crate::support::docker::available(
+        "unknown_runs_are_not_found_and_actions_that_do_not_fit_the_state_conflict",
+    ) {
+        return;
+    }
     let project = Project::new("concurrency: 1\n");
     let (daemon, client) = start(&project);
 
@@ -570,6 +601,10 @@ fn unknown_runs_are_not_found_and_actions_that_do_not_fit_the_state_conflict() {
 /// queue", and a submission `"run": null`).
 #[test]
 fn submissions_and_reruns_answer_with_the_run_they_queued() {
+    if !crate::support::docker::available("submissions_and_reruns_answer_with_the_run_they_queued")
+    {
+        return;
+    }
     let project = Project::new("concurrency: 1\n");
     let (_daemon, client) = start(&project);
     let first = submit(&client, &project, "hello", "quick");
@@ -631,6 +666,11 @@ fn submissions_and_reruns_answer_with_the_run_they_queued() {
 /// YAML body without `?name=` gets a name made from the task.
 #[test]
 fn a_submitted_scheduled_task_is_scheduled_and_a_nameless_one_is_named_from_its_task() {
+    if !crate::support::docker::available(
+        "a_submitted_scheduled_task_is_scheduled_and_a_nameless_one_is_named_from_its_task",
+    ) {
+        return;
+    }
     let project = Project::new("");
     let (_daemon, client) = start(&project);
     let yaml = format!(
@@ -700,6 +740,11 @@ fn a_submitted_scheduled_task_is_scheduled_and_a_nameless_one_is_named_from_its_
 /// `run_finished` and `event: end`. Coming back after the end gives just the end.
 #[test]
 fn a_stream_cut_mid_run_resumes_from_last_event_id_without_gap_or_repeat() {
+    if !crate::support::docker::available(
+        "a_stream_cut_mid_run_resumes_from_last_event_id_without_gap_or_repeat",
+    ) {
+        return;
+    }
     let project = Project::new("");
     let (_daemon, client) = start(&project);
     let id = submit(&client, &project, "lines", "lines");
@@ -779,6 +824,9 @@ fn a_stream_cut_mid_run_resumes_from_last_event_id_without_gap_or_repeat() {
 /// on them), and the daemon stops within its grace period and exits 0.
 #[test]
 fn sigterm_ends_the_open_streams_and_the_daemon_stops() {
+    if !crate::support::docker::available("sigterm_ends_the_open_streams_and_the_daemon_stops") {
+        return;
+    }
     let project = Project::new("shutdown_grace: 2s\n");
     let (mut daemon, client) = start(&project);
     let id = submit(&client, &project, "slow", "slow");
@@ -816,6 +864,11 @@ fn sigterm_ends_the_open_streams_and_the_daemon_stops() {
 /// 1..N, `run_finished`, `event: end`.
 #[test]
 fn a_hundred_clients_on_one_run_all_get_the_same_whole_stream() {
+    if !crate::support::docker::available(
+        "a_hundred_clients_on_one_run_all_get_the_same_whole_stream",
+    ) {
+        return;
+    }
     const CLIENTS: usize = 100;
     let project = Project::new("");
     let (daemon, client) = start(&project);

@@ -109,3 +109,13 @@ impl Drop for Guard {
         }
     }
 }
+
+/// [`engine`] for tests that are not async: whether Docker is there (set up on first use);
+/// `false` only when `MAXIONS_SKIP_DOCKER=1` asks to skip, which it then says.
+pub fn available(name: &str) -> bool {
+    let runtime = tokio::runtime::Builder::new_current_thread()
+        .enable_all()
+        .build()
+        .expect("a runtime");
+    runtime.block_on(engine(name)).is_some()
+}
