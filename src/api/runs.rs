@@ -120,6 +120,22 @@ pub struct StepView {
     pub usage: Option<Usage>,
 }
 
+impl StepView {
+    fn new(id: String, kind: String, status: &str, started_at: String) -> Self {
+        Self {
+            id,
+            kind,
+            status: status.to_owned(),
+            started_at: Some(started_at),
+            duration_ms: None,
+            exit_code: None,
+            reason: None,
+            fix_rounds: 0,
+            usage: None,
+        }
+    }
+}
+
 /// The pull request a run opened or updated, or would have opened.
 #[derive(Debug, Clone, Serialize, utoipa::ToSchema)]
 pub struct PullRequestView {
@@ -207,27 +223,15 @@ pub(super) fn fold(bytes: &[u8]) -> Folded {
                 folded.trigger = trigger;
                 folded.started_at = Some(line.ts);
             }
-            Event::StepStarted { step, kind } => folded.steps.push(StepView {
-                id: step,
-                kind,
-                status: "running".to_owned(),
-                started_at: Some(line.ts),
-                duration_ms: None,
-                exit_code: None,
-                reason: None,
-                fix_rounds: 0,
-                usage: None,
-            }),
+            Event::StepStarted { step, kind } => {
+                folded
+                    .steps
+                    .push(StepView::new(step, kind, "running", line.ts));
+            }
             Event::StepSkipped { step, reason } => folded.steps.push(StepView {
-                id: step,
-                kind: String::new(),
-                status: "skipped".to_owned(),
-                started_at: Some(line.ts),
                 duration_ms: Some(0),
-                exit_code: None,
                 reason: Some(reason),
-                fix_rounds: 0,
-                usage: None,
+                ..StepView::new(step, String::new(), "skipped", line.ts)
             }),
             Event::StepFinished {
                 step,

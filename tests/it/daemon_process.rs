@@ -4,7 +4,7 @@
 
 use std::cell::RefCell;
 use std::fs::File;
-use std::path::{Path, PathBuf};
+use std::path::PathBuf;
 use std::process::{Child, Command, ExitStatus, Stdio};
 use std::time::{Duration, Instant};
 
@@ -40,34 +40,7 @@ impl Project {
     fn new(config: &str) -> Self {
         let dir = tempfile::tempdir().expect("temp dir");
         let root = dir.path().canonicalize().expect("canonical temp dir");
-        let seed = root.join("seed");
-        write(&seed, "README.md", "# repo\n");
-        git(&seed, &["init", "-q", "-b", "main"]);
-        git(&seed, &["add", "-A"]);
-        git(
-            &seed,
-            &[
-                "-c",
-                "user.name=t",
-                "-c",
-                "user.email=t@localhost",
-                "commit",
-                "-q",
-                "-m",
-                "initial commit",
-            ],
-        );
-        let origin = root.join("origin/repo.git");
-        git(
-            &root,
-            &[
-                "clone",
-                "-q",
-                "--bare",
-                &seed.display().to_string(),
-                &origin.display().to_string(),
-            ],
-        );
+        let origin = crate::support::api::origin_repo(&root);
         // Tests run side by side: each daemon's API takes a free port (see `api.json`).
         let config = if config.contains("api:") {
             config.to_owned()
@@ -164,20 +137,6 @@ impl Project {
     fn maxions(&self, args: &[&str]) -> crate::support::cli::Outcome {
         Maxions::new().current_dir(self.root()).args(args).run()
     }
-}
-
-fn git(dir: &Path, args: &[&str]) {
-    let output = Command::new("git")
-        .arg("-C")
-        .arg(dir)
-        .args(args)
-        .output()
-        .expect("run git");
-    assert!(
-        output.status.success(),
-        "git {args:?}: {}",
-        String::from_utf8_lossy(&output.stderr)
-    );
 }
 
 /// The last event of a log, when it is `run_finished`.

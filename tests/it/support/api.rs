@@ -31,34 +31,7 @@ impl Project {
     pub fn new(config: &str) -> Self {
         let dir = tempfile::tempdir().expect("temp dir");
         let root = dir.path().canonicalize().expect("canonical temp dir");
-        let seed = root.join("seed");
-        write(&seed, "README.md", "# repo\n");
-        git(&seed, &["init", "-q", "-b", "main"]);
-        git(&seed, &["add", "-A"]);
-        git(
-            &seed,
-            &[
-                "-c",
-                "user.name=t",
-                "-c",
-                "user.email=t@localhost",
-                "commit",
-                "-q",
-                "-m",
-                "initial commit",
-            ],
-        );
-        let origin = root.join("origin/repo.git");
-        git(
-            &root,
-            &[
-                "clone",
-                "-q",
-                "--bare",
-                &seed.display().to_string(),
-                &origin.display().to_string(),
-            ],
-        );
+        let origin = origin_repo(&root);
         let config = if config.contains("api:") {
             config.to_owned()
         } else {
@@ -103,6 +76,40 @@ impl Project {
         std::fs::write(&path, self.task_yaml(blueprint, text)).expect("write the task");
         path
     }
+}
+
+/// `origin/repo.git` below `root`: a bare repository with one commit (a README) on `main`,
+/// made from `seed/`.
+pub fn origin_repo(root: &Path) -> PathBuf {
+    let seed = root.join("seed");
+    write(&seed, "README.md", "# repo\n");
+    git(&seed, &["init", "-q", "-b", "main"]);
+    git(&seed, &["add", "-A"]);
+    git(
+        &seed,
+        &[
+            "-c",
+            "user.name=t",
+            "-c",
+            "user.email=t@localhost",
+            "commit",
+            "-q",
+            "-m",
+            "initial commit",
+        ],
+    );
+    let origin = root.join("origin/repo.git");
+    git(
+        root,
+        &[
+            "clone",
+            "-q",
+            "--bare",
+            &seed.display().to_string(),
+            &origin.display().to_string(),
+        ],
+    );
+    origin
 }
 
 pub fn git(dir: &Path, args: &[&str]) {
