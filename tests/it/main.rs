@@ -14,6 +14,7 @@ mod forge;
 mod git_host;
 mod images;
 mod llm;
+mod load;
 mod logs_cli;
 mod redact;
 mod runner;
