@@ -227,9 +227,22 @@ impl EventSink for Tee<'_> {
 }
 
 /// Appends each event as a JSON line and flushes it, so that a crash loses nothing written.
+///
+/// A write that fails (a full disk) is undone: the file is cut back to its last whole line, so
+/// that the log stays one JSON object per line and a later line (once there is room again) does
+/// not glue onto half of an earlier one. The failure is reported once, with the number of lines
+/// lost when writing works again, not once per event.
 pub struct JsonlLog {
     path: PathBuf,
-    file: Mutex<File>,
+    file: Mutex<Writer>,
+}
+
+struct Writer {
+    file: File,
+    /// The length of the whole lines written.
+    len: u64,
+    /// Lines that could not be written since the last one that could.
+    lost: u64,
 }
 
 impl JsonlLog {
@@ -244,7 +257,11 @@ impl JsonlLog {
         let file = File::options().write(true).create_new(true).open(path)?;
         Ok(Self {
             path: path.to_path_buf(),
-            file: Mutex::new(file),
+            file: Mutex::new(Writer {
+                file,
+                len: 0,
+                lost: 0,
+            }),
         })
     }
 
@@ -256,18 +273,38 @@ impl JsonlLog {
 
 impl EventSink for JsonlLog {
     fn emit(&self, line: &EventLine) {
+        use std::io::{Seek, SeekFrom};
         let Ok(mut json) = serde_json::to_vec(line) else {
             return;
         };
         json.push(b'\n');
-        let mut file = self
+        let mut writer = self
             .file
             .lock()
             .unwrap_or_else(std::sync::PoisonError::into_inner);
-        // One write per line: a reader never sees half a line from us, and a full disk is
-        // reported once in the terminal rather than stopping the run.
-        if let Err(error) = file.write_all(&json).and_then(|()| file.flush()) {
-            tracing::error!(%error, path = %self.path.display(), "cannot write the run's log");
+        // One write per line: a reader never sees half a line from us.
+        match writer
+            .file
+            .write_all(&json)
+            .and_then(|()| writer.file.flush())
+        {
+            Ok(()) => {
+                writer.len += json.len() as u64;
+                if writer.lost > 0 {
+                    tracing::warn!(path = %self.path.display(), lost = writer.lost, "the run's log can be written again; lines were lost while it could not");
+                    writer.lost = 0;
+                }
+            }
+            Err(error) => {
+                // What part of the line was written goes again: the log ends on a whole line.
+                let len = writer.len;
+                let _ = writer.file.set_len(len);
+                let _ = writer.file.seek(SeekFrom::Start(len));
+                if writer.lost == 0 {
+                    tracing::error!(%error, path = %self.path.display(), "cannot write the run's log (is the disk full?); its lines are lost until it can");
+                }
+                writer.lost += 1;
+            }
         }
     }
 }

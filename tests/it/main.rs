@@ -9,6 +9,7 @@ mod cli_run;
 mod daemon;
 mod daemon_process;
 mod dashboard;
+mod disk_full;
 mod egress;
 mod forge;
 mod git_host;
