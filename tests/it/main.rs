@@ -6,6 +6,7 @@ mod agents_e2e;
 mod api;
 mod api_http;
 mod cli_run;
+mod clock;
 mod daemon;
 mod daemon_process;
 mod dashboard;
