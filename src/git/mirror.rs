@@ -41,6 +41,10 @@ pub struct Pushed {
     pub previous: Option<Oid>,
 }
 
+/// How many times a push that lost its connection is tried in all, and the waits between.
+const PUSH_ATTEMPTS: u32 = 3;
+const PUSH_BACKOFF: [Duration; 2] = [Duration::from_secs(1), Duration::from_secs(3)];
+
 impl Mirror {
     /// The time any one git command (or the wait for the mirror's lock) may take.
     pub const DEFAULT_TIMEOUT: Duration = Duration::from_secs(600);
@@ -299,34 +303,34 @@ impl Mirror {
     ) -> Result<Pushed, GitError> {
         self.check_branch(branch, cancel).await?;
         let full = format!("refs/heads/{branch}");
-        {
-            let _lock = self.lock(cancel).await?;
-            let lease = format!(
-                "--force-with-lease={full}:{}",
-                expected.map_or("", Oid::as_str)
-            );
-            let finished = self
-                .network("push", creds)
-                .args([
-                    "--porcelain",
-                    "--no-verify",
-                    "--no-follow-tags",
-                    "--no-signed",
-                ])
-                .arg(lease)
-                .arg(&self.remote.url)
-                .arg(format!("{commit}:{full}"))
-                .run_raw(cancel)
-                .await?;
-            if !finished.status.success() {
-                let stdout = String::from_utf8_lossy(&finished.stdout);
-                if stdout.contains("(stale info)") || stdout.contains("(fetch first)") {
-                    return Err(GitError::LeaseBroken {
-                        branch: branch.to_owned(),
-                        expected: expected.cloned(),
-                    });
+        let mut attempt = 1;
+        loop {
+            match self.push_once(commit, &full, expected, creds, cancel).await {
+                Ok(()) => break,
+                Err((error, transient)) => {
+                    // A push whose answer was lost may have landed: then a second push would
+                    // find the lease broken by itself. What the remote has decides.
+                    let landed = (transient || attempt > 1)
+                        && self
+                            .remote_branch(branch, creds, cancel)
+                            .await
+                            .is_ok_and(|found| found.as_ref() == Some(commit));
+                    if landed {
+                        break;
+                    }
+                    if !transient || attempt >= PUSH_ATTEMPTS {
+                        return Err(error);
+                    }
+                    let wait = PUSH_BACKOFF[(attempt - 1) as usize];
+                    tracing::warn!(%error, attempt, "git push failed; trying again in {}s", wait.as_secs());
+                    tokio::select! {
+                        () = cancel.cancelled() => {
+                            return Err(GitError::Cancelled { command: "git push".into() });
+                        }
+                        () = tokio::time::sleep(wait) => {}
+                    }
+                    attempt += 1;
                 }
-                return Err(failed("git push".into(), &finished));
             }
         }
         let found = self.remote_branch(branch, creds, cancel).await?;
@@ -349,6 +353,58 @@ impl Mirror {
             commit: commit.clone(),
             previous: expected.cloned(),
         })
+    }
+
+    /// One `git push` with the lease, under the mirror's lock. An error comes with whether
+    /// trying again may help: a dropped connection or a timeout may; a refusal (the lease, a
+    /// protected branch, a hook on the remote) will not.
+    async fn push_once(
+        &self,
+        commit: &Oid,
+        full: &str,
+        expected: Option<&Oid>,
+        creds: Option<&GitCredentials>,
+        cancel: &CancellationToken,
+    ) -> Result<(), (GitError, bool)> {
+        let _lock = self.lock(cancel).await.map_err(|e| (e, false))?;
+        let lease = format!(
+            "--force-with-lease={full}:{}",
+            expected.map_or("", Oid::as_str)
+        );
+        let finished = self
+            .network("push", creds)
+            .args([
+                "--porcelain",
+                "--no-verify",
+                "--no-follow-tags",
+                "--no-signed",
+            ])
+            .arg(lease)
+            .arg(&self.remote.url)
+            .arg(format!("{commit}:{full}"))
+            .run_raw(cancel)
+            .await
+            .map_err(|e| {
+                let transient = matches!(e, GitError::TimedOut { .. });
+                (e, transient)
+            })?;
+        if finished.status.success() {
+            return Ok(());
+        }
+        let stdout = String::from_utf8_lossy(&finished.stdout);
+        if stdout.contains("(stale info)") || stdout.contains("(fetch first)") {
+            return Err((
+                GitError::LeaseBroken {
+                    branch: full.trim_start_matches("refs/heads/").to_owned(),
+                    expected: expected.cloned(),
+                },
+                false,
+            ));
+        }
+        // `--porcelain` says `[rejected]` or `[remote rejected]` for a refusal; a push that
+        // names no ref outcome lost its connection.
+        let refused = stdout.contains("[rejected]") || stdout.contains("[remote rejected]");
+        Err((failed("git push".into(), &finished), !refused))
     }
 
     /// Deletes a run's `refs/maxions/*` refs once it is done with them, so their objects can

@@ -1109,3 +1109,104 @@ fn dir_size(dir: &Path) -> u64 {
         })
         .sum()
 }
+
+/// The receive-pack POSTs the server saw: `(status)`, 0 for a connection it cut.
+fn push_statuses(server: &GitServer) -> Vec<u16> {
+    server
+        .requests()
+        .iter()
+        .filter(|r| r.method == "POST" && r.path.ends_with("/git-receive-pack"))
+        .map(|r| r.status)
+        .collect()
+}
+
+#[tokio::test]
+async fn a_push_whose_connection_drops_is_tried_again_and_lands_once() {
+    use crate::support::git_http::DropPush;
+    // Cut before the pack is applied: it did not land, so it is pushed again.
+    let world = World::new().await;
+    let sandbox = world.sandbox().await;
+    let bundle = sandbox.branch_with(&[("a.txt", b"a")], &world.base);
+    let imported = changed(world.import(&bundle, &world.expect("run-1")).await.unwrap());
+    world.server.drop_next_pushes(&[DropPush::Before]);
+    let pushed = world
+        .mirror
+        .push(
+            &imported.commit,
+            BRANCH,
+            Some(&creds(world.mirror.url())),
+            &cancel(),
+        )
+        .await
+        .unwrap();
+    assert_eq!(pushed.commit, imported.commit);
+    assert_eq!(
+        world.server.branch("octo", "hello", BRANCH),
+        Some(imported.commit.to_string())
+    );
+    let statuses = push_statuses(&world.server);
+    assert_eq!(statuses.last(), Some(&200), "{statuses:?}");
+    assert_eq!(
+        statuses.iter().filter(|s| **s == 200).count(),
+        1,
+        "{statuses:?}"
+    );
+
+    // Cut after it was applied: it landed, and is not pushed a second time (which would find
+    // its own lease broken).
+    let world = World::new().await;
+    let sandbox = world.sandbox().await;
+    let bundle = sandbox.branch_with(&[("b.txt", b"b")], &world.base);
+    let imported = changed(world.import(&bundle, &world.expect("run-2")).await.unwrap());
+    world.server.drop_next_pushes(&[DropPush::After]);
+    world
+        .mirror
+        .push(
+            &imported.commit,
+            BRANCH,
+            Some(&creds(world.mirror.url())),
+            &cancel(),
+        )
+        .await
+        .unwrap();
+    assert_eq!(
+        world.server.branch("octo", "hello", BRANCH),
+        Some(imported.commit.to_string())
+    );
+    let statuses = push_statuses(&world.server);
+    assert!(
+        statuses.iter().all(|s| *s == 0),
+        "pushed again: {statuses:?}"
+    );
+}
+
+#[tokio::test]
+async fn a_push_that_keeps_dropping_gives_up_after_three_tries_with_git_s_error() {
+    use crate::support::git_http::DropPush;
+    let world = World::new().await;
+    let sandbox = world.sandbox().await;
+    let bundle = sandbox.branch_with(&[("a.txt", b"a")], &world.base);
+    let imported = changed(world.import(&bundle, &world.expect("run-1")).await.unwrap());
+    world
+        .server
+        .drop_next_pushes(&[DropPush::Before, DropPush::Before, DropPush::Before]);
+    let err = world
+        .mirror
+        .push(
+            &imported.commit,
+            BRANCH,
+            Some(&creds(world.mirror.url())),
+            &cancel(),
+        )
+        .await
+        .unwrap_err()
+        .to_string();
+    assert!(err.starts_with("`git push` failed"), "{err}");
+    assert!(!err.contains(TOKEN), "{err}");
+    let statuses = push_statuses(&world.server);
+    assert!(
+        statuses.len() >= 3 && statuses.iter().all(|s| *s == 0),
+        "{statuses:?}"
+    );
+    assert_eq!(world.server.branch("octo", "hello", BRANCH), None);
+}

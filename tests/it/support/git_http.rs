@@ -55,6 +55,20 @@ struct Shared {
     root: PathBuf,
     check: TokenCheck,
     requests: Mutex<Vec<GitRequest>>,
+    /// How the next pushes' connections are dropped, first first.
+    drops: Mutex<std::collections::VecDeque<DropPush>>,
+    /// How the push going on is dropped: one `git push` asks for `info/refs` once, then may
+    /// POST its pack more than once (git sends it again when an answer is lost).
+    dropping: Mutex<Option<DropPush>>,
+}
+
+/// Where a push's connection is cut.
+#[derive(Debug, Clone, Copy, PartialEq, Eq)]
+pub enum DropPush {
+    /// After the pack arrived, before it is applied: the push did not land.
+    Before,
+    /// After it was applied, before the client hears so: the push landed.
+    After,
 }
 
 /// A running git server. Dropping it stops the server and deletes its repositories.
@@ -81,6 +95,8 @@ impl GitServer {
             root: root.path().to_owned(),
             check,
             requests: Mutex::new(Vec::new()),
+            drops: Mutex::default(),
+            dropping: Mutex::default(),
         });
         let state = Arc::clone(&shared);
         let served = Served::start(move |_| Router::new().fallback(handle).with_state(state));
@@ -90,6 +106,13 @@ impl GitServer {
             _served: served,
             _root: root,
         }
+    }
+
+    /// Cuts the connections of the next `git push`es, one per entry, in order: every
+    /// receive-pack POST of that push (git may send its pack twice) is cut, and recorded with
+    /// status 0.
+    pub fn drop_next_pushes(&self, drops: &[DropPush]) {
+        self.shared.drops.lock().unwrap().extend(drops);
     }
 
     /// A server that lets in exactly these tokens.
@@ -232,7 +255,39 @@ async fn handle(
 ) -> Response {
     let token = presented_token(&headers);
     let allowed = token.as_deref().is_some_and(|token| (shared.check)(token));
-    let response = if allowed {
+    // A push begins by asking for the refs: the next drop, if any, is this push's.
+    if allowed
+        && method == Method::GET
+        && uri.path().ends_with("/info/refs")
+        && uri.query() == Some("service=git-receive-pack")
+    {
+        *shared.dropping.lock().unwrap() = shared.drops.lock().unwrap().pop_front();
+    }
+    let dropping = (allowed && method == Method::POST && uri.path().ends_with("/git-receive-pack"))
+        .then(|| *shared.dropping.lock().unwrap())
+        .flatten();
+    let response = if let Some(drop) = dropping {
+        if drop == DropPush::After {
+            let _ = cgi(&shared.root, &method, &uri, &headers, body).await;
+        }
+        // Headers go out, then the body fails: the server closes the connection mid-answer.
+        let cut = futures_util::stream::once(async {
+            Err::<Bytes, std::io::Error>(std::io::Error::other("connection dropped by the test"))
+        });
+        let mut response = Response::new(Body::from_stream(cut));
+        response.headers_mut().insert(
+            "content-type",
+            HeaderValue::from_static("application/x-git-receive-pack-result"),
+        );
+        shared.requests.lock().unwrap().push(GitRequest {
+            method: method.to_string(),
+            path: uri.path().to_owned(),
+            query: uri.query().map(str::to_owned),
+            token,
+            status: 0,
+        });
+        return response;
+    } else if allowed {
         cgi(&shared.root, &method, &uri, &headers, body).await
     } else {
         let mut response = (StatusCode::UNAUTHORIZED, "authentication required\n").into_response();
