@@ -12,6 +12,7 @@ mod dashboard;
 mod egress;
 mod forge;
 mod git_host;
+mod hostile_repos;
 mod images;
 mod llm;
 mod logs_cli;
