@@ -756,3 +756,69 @@ async fn a_run_on_a_hostile_origin_succeeds_and_runs_nothing_of_it() {
         assert!(changed.lines().any(|l| l == path), "{path} in {changed}");
     }
 }
+
+/// maxions' own git in the sandbox (another uid than the agent's) records the work tree twice
+/// when a `check` runs before `commit`. A repository the agent nests in the tree, with a clean
+/// filter in its own config and a dirty file, must not make that git run the filter.
+#[tokio::test]
+async fn a_nested_repository_planted_by_the_agent_runs_nothing_as_maxions() {
+    if crate::support::docker::engine("hostile-nested")
+        .await
+        .is_none()
+    {
+        return;
+    }
+    let world = World::new();
+    let seed = world.root().join("seed");
+    std::fs::create_dir_all(&seed).unwrap();
+    git(&seed, &["init", "-q"]);
+    std::fs::write(seed.join("README.md"), "plain\n").unwrap();
+    git(&seed, &["add", "-A"]);
+    git(&seed, &["commit", "-q", "-m", "plain"]);
+    let origin = world.root().join("origin/repo.git");
+    git(
+        &world.root(),
+        &[
+            "clone",
+            "-q",
+            "--bare",
+            seed.to_str().unwrap(),
+            origin.to_str().unwrap(),
+        ],
+    );
+    let root = world.root();
+    let tamper = r#"cd /workspace/repo
+git init -q nested
+cd nested
+echo s > s.txt
+printf '* filter=x\n' > .gitattributes
+git add -A
+git -c user.name=a -c user.email=a@b commit -q -m nested
+git config filter.x.clean 'touch /tmp/pwned-clean-$(id -u); cat'
+git config filter.x.required true
+echo dirty >> s.txt
+echo from-the-step > ../new.txt
+"#;
+    let indented: String = tamper.lines().map(|l| format!("      {l}\n")).collect();
+    crate::support::write(
+        &root,
+        "blueprints/nested.yaml",
+        &format!(
+            "name: nested\nsandbox:\n  network: none\n  timeout: 5m\nsteps:\n  - id: checkout\n    checkout: {{}}\n  - id: tamper\n    run: |\n{indented}  - id: checks\n    check:\n      - {{ id: ok, run: \"true\" }}\n  - id: commit\n    commit: {{ message: \"nested\" }}\n  - id: after\n    run: \"! ls /tmp/pwned-* 2>/dev/null\"\n"
+        ),
+    );
+    crate::support::write(
+        &root,
+        "tasks/nested.yaml",
+        &format!(
+            "task: x\nrepo: file://{}\nblueprint: nested\nbase: main\nbranch: {BRANCH}\n",
+            origin.display()
+        ),
+    );
+    let out = crate::support::cli::Maxions::new()
+        .current_dir(&root)
+        .args(["run", "tasks/nested.yaml"])
+        .run();
+    assert_eq!(out.code, 0, "{}", out.stderr);
+    assert!(out.stderr.contains("status:  succeeded"), "{}", out.stderr);
+}
