@@ -2,9 +2,10 @@
 //! task's author may control) full of hooks, command-running config, `.gitattributes` drivers,
 //! symlinks out of the tree, a submodule on a local path, a large file and branch names made of
 //! shell syntax goes through fetch, bundle, import and push with the real git CLI, and not one
-//! of the planted commands runs. Every planted command touches a marker file; each test asserts
-//! that none exists, and that the planted hooks would have run under a plain `git push`, so that
-//! a marker's absence means something.
+//! of the planted commands runs; and a repository the agent nests in the work tree runs nothing
+//! as maxions' own uid in the sandbox. Every planted command touches a marker file; each test
+//! asserts that none exists, and the first shows that the planted hooks do run under a plain
+//! `git push`, so that a marker's absence means something.
 
 use std::os::unix::fs::PermissionsExt;
 use std::path::{Path, PathBuf};
@@ -597,7 +598,7 @@ async fn branch_names_made_of_shell_syntax_are_only_names() {
 /// applies on the host.
 #[tokio::test]
 async fn a_large_file_passes_through_fetch_scan_and_push() {
-    const SIZE: usize = 24 << 20;
+    const SIZE: usize = 8 << 20;
     let world = World::new();
     let seed = world.root().join("seed");
     std::fs::create_dir_all(&seed).unwrap();
