@@ -23,7 +23,8 @@ use crate::sandbox::redact::Redactor;
 /// Config every host git process gets, whatever it does. Command-line `-c` entries override
 /// every config file (the mirror's own included), which is the point.
 const FIXED_CONFIG: &[&str] = &[
-    // Hooks of any repository (the mirror's, or a `file://` remote's receive-pack) never run.
+    // The mirror's hooks never run. (A `file://` remote's receive-pack gets none of these
+    // entries: see `FILE_RECEIVE_PACK`.)
     "core.hooksPath=/dev/null",
     "core.fsmonitor=false",
     // An empty value resets the list: no helper is asked for, or told, any credential.
@@ -38,6 +39,19 @@ const FIXED_CONFIG: &[&str] = &[
     "maintenance.autoDetach=false",
     "protocol.allow=never",
 ];
+
+/// The `receive-pack` that a push to a `file://` remote runs in that repository (through
+/// `sh -c`, with the path appended, quoted by git). git hands a local transport's child none of
+/// our `-c` entries (it clears `GIT_CONFIG_PARAMETERS`), and that child reads the remote's own
+/// config, which a task's author may control: without these, the remote's hooks (`pre-receive`,
+/// `update`, `reference-transaction`, ...), its `core.alternateRefsCommand`, its auto-gc and,
+/// for a non-bare remote with `receive.denyCurrentBranch=updateInstead`, the checkout's filters
+/// and fsmonitor would run on this machine. `true` is the no-op alternate-refs command (an empty
+/// value is run, and fails). Upload-pack needs nothing of the kind: git itself runs no hook and
+/// no command from the repository's config there.
+pub(crate) const FILE_RECEIVE_PACK: &str = "git -c core.hooksPath=/dev/null -c core.fsmonitor=false \
+     -c core.alternateRefsCommand=true -c receive.denyCurrentBranch=refuse \
+     -c receive.autogc=false receive-pack";
 
 /// How many lines of stderr an error keeps.
 const STDERR_LINES: usize = 12;

@@ -14,7 +14,7 @@ use std::time::Duration;
 
 use tokio_util::sync::CancellationToken;
 
-use super::command::{GitCommand, failed};
+use super::command::{FILE_RECEIVE_PACK, GitCommand, Transport, failed};
 use super::error::GitError;
 use super::lock::{MirrorLock, io};
 use super::oid::Oid;
@@ -371,14 +371,17 @@ impl Mirror {
             "--force-with-lease={full}:{}",
             expected.map_or("", Oid::as_str)
         );
-        let finished = self
-            .network("push", creds)
-            .args([
-                "--porcelain",
-                "--no-verify",
-                "--no-follow-tags",
-                "--no-signed",
-            ])
+        let mut push = self.network("push", creds).args([
+            "--porcelain",
+            "--no-verify",
+            "--no-follow-tags",
+            "--no-signed",
+            "--recurse-submodules=no",
+        ]);
+        if self.remote.transport == Transport::File {
+            push = push.arg(format!("--receive-pack={FILE_RECEIVE_PACK}"));
+        }
+        let finished = push
             .arg(lease)
             .arg(&self.remote.url)
             .arg(format!("{commit}:{full}"))

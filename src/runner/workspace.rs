@@ -112,6 +112,11 @@ g rev-parse --verify "$BASE_OID^{{tree}}""#
 
     /// The tree of `/workspace/repo` as it is now (every file not ignored), hashed by maxions'
     /// own git. Call it with no process of the sandbox user alive.
+    ///
+    /// The index starts empty every time: with a gitlink already in it, `git add -A` runs
+    /// `git status` inside that directory, a repository the agent may have nested in the tree,
+    /// with that repository's own config (a clean filter there would run as maxions' uid). A
+    /// fresh index costs a re-hash of the tree, never that.
     pub(super) async fn snapshot_tree(
         &self,
         id: &str,
@@ -133,6 +138,7 @@ g rev-parse --verify "$BASE_OID^{{tree}}""#
         let script = format!(
             r#"{PRELUDE}if [ -L "$REPO" ] || [ ! -d "$REPO" ]; then echo "$REPO is not a directory" >&2; exit 1; fi
 export GIT_WORK_TREE="$REPO"
+rm -f "$GIT_INDEX_FILE"
 g add -A
 g write-tree"#
         );

@@ -14,6 +14,7 @@ mod disk_full;
 mod egress;
 mod forge;
 mod git_host;
+mod hostile_repos;
 mod images;
 mod llm;
 mod load;
