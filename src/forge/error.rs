@@ -104,6 +104,27 @@ pub enum ForgeError {
 
     #[error("unexpected answer from GitHub while {action}: {reason}")]
     UnexpectedResponse { action: String, reason: String },
+
+    /// A passing failure (5xx, 429, a secondary rate limit, a dropped connection) that lasted
+    /// through every attempt.
+    #[error("{last} (maxions tried {attempts} times, with pauses, and gave up)")]
+    GaveUp {
+        attempts: u32,
+        last: Box<ForgeError>,
+    },
+
+    #[error(
+        "GitHub asked maxions to wait {wait_secs} s while {action} ({status} {message}), longer \
+         than the {max_secs} s maxions waits; run the task again after that, and if it keeps \
+         happening lower `concurrency` or the number of scheduled tasks"
+    )]
+    WaitTooLong {
+        action: String,
+        status: u16,
+        message: String,
+        wait_secs: u64,
+        max_secs: u64,
+    },
 }
 
 impl ForgeError {
@@ -115,7 +136,8 @@ impl ForgeError {
             Self::Forbidden { .. } => Some(403),
             Self::NotFound { .. } => Some(404),
             Self::Rejected { .. } => Some(422),
-            Self::Api { status, .. } => Some(*status),
+            Self::Api { status, .. } | Self::WaitTooLong { status, .. } => Some(*status),
+            Self::GaveUp { last, .. } => last.status(),
             _ => None,
         }
     }

@@ -14,9 +14,11 @@ use octocrab::models::AppId;
 use octocrab::models::pulls::PullRequest;
 use octocrab::{EncodingKey, Octocrab};
 use serde::Deserialize;
+use serde::de::DeserializeOwned;
 use serde_json::{Value, json};
 
 use super::credentials::same_origin;
+use super::retry::{self, MAX_ATTEMPTS, MAX_WAIT, Verdict};
 use super::{BoxFuture, Forge, ForgeError, GitCredentials, PullRequestOutcome, PullRequestSpec};
 use crate::config::RepoRef;
 use crate::config::daemon::{GithubApp, GithubConfig, web_url_for_api};
@@ -242,10 +244,11 @@ impl GitHub {
         let route = format!("/app/installations/{}/access_tokens", app.installation_id);
         // A client that authenticates as the App itself (a fresh JWT per request).
         let client = build_client(&self.api_url, ClientAuth::App(app.id, app.key.clone()))?;
-        let answer: AccessToken = client
-            .post(route, Some(&body))
-            .await
-            .map_err(|err| self.error(err, &ctx, &[]))?;
+        let url = route;
+        // A lost answer costs one unseen token, which expires within the hour.
+        let answer: AccessToken = self
+            .send(&client, Verb::Post, &url, Some(&body), &ctx, &[])
+            .await?;
         if let Err(problem) = check_token_text(&answer.token) {
             return Err(ForgeError::UnexpectedResponse {
                 action: ctx.action,
@@ -337,22 +340,25 @@ impl GitHub {
                 repo.full_name
             ),
         );
-        let page = session
-            .rest
-            .pulls(&repo.owner, &repo.name)
-            .list()
-            .state(octocrab::params::State::Open)
-            .head(head)
-            .per_page(10u8)
-            .send()
-            .await
-            .map_err(|err| self.error(err, &ctx, &[session.token.expose()]))?;
+        let url = format!(
+            "/repos/{}/{}/pulls?state=open&head={}&per_page=10",
+            repo.owner,
+            repo.name,
+            encode_query_value(&head)
+        );
+        let page: Vec<PullRequest> = self
+            .send(
+                &session.rest,
+                Verb::Get,
+                &url,
+                None,
+                &ctx,
+                &[session.token.expose()],
+            )
+            .await?;
         // The `head` filter is GitHub's; checking the branch again costs nothing and guards
         // against a server that ignores the filter.
-        Ok(page
-            .items
-            .into_iter()
-            .find(|pr| pr.head.ref_field == head_branch))
+        Ok(page.into_iter().find(|pr| pr.head.ref_field == head_branch))
     }
 
     async fn update_pull_request(
@@ -370,18 +376,24 @@ impl GitHub {
                 existing.number, repo.full_name
             ),
         );
-        let pulls = session.rest.pulls(&repo.owner, &repo.name);
-        let mut update = pulls
-            .update(existing.number)
-            .title(spec.title.clone())
-            .body(spec.body.clone());
+        let mut body = json!({ "title": spec.title, "body": spec.body });
         if existing.base.ref_field != spec.base {
-            update = update.base(spec.base.clone());
+            body["base"] = json!(spec.base);
         }
-        update
-            .send()
-            .await
-            .map_err(|err| self.error(err, &ctx, &[session.token.expose()]))
+        let url = format!(
+            "/repos/{}/{}/pulls/{}",
+            repo.owner, repo.name, existing.number
+        );
+        // Setting the same title, body and base twice is harmless: retrying is safe.
+        self.send(
+            &session.rest,
+            Verb::Patch,
+            &url,
+            Some(&body),
+            &ctx,
+            &[session.token.expose()],
+        )
+        .await
     }
 
     /// Drafts cannot be toggled through REST, only through GraphQL.
@@ -419,10 +431,17 @@ impl GitHub {
             "mutation($id: ID!) {{ {mutation}(input: {{pullRequestId: $id}}) \
              {{ pullRequest {{ isDraft }} }} }}"
         );
-        let _: Value = client
-            .graphql(&json!({ "query": query, "variables": { "id": node_id } }))
-            .await
-            .map_err(|err| self.error(err, &ctx, &[session.token.expose()]))?;
+        let body = json!({ "query": query, "variables": { "id": node_id } });
+        let _: Value = self
+            .send(
+                &client,
+                Verb::Post,
+                "/graphql",
+                Some(&body),
+                &ctx,
+                &[session.token.expose()],
+            )
+            .await?;
         Ok(())
     }
 
@@ -448,56 +467,7 @@ impl GitHub {
         spec: &PullRequestSpec,
     ) -> Result<PullRequestOutcome, ForgeError> {
         let secrets = [session.token.expose()];
-        let existing = self
-            .find_open_pull_request(session, repo, &spec.head_branch)
-            .await?;
-        let (pr, created) = if let Some(existing) = existing {
-            let pr = self
-                .update_pull_request(session, repo, spec, &existing)
-                .await?;
-            (pr, false)
-        } else {
-            let created = session
-                .rest
-                .pulls(&repo.owner, &repo.name)
-                .create(&spec.title, &spec.head_branch, &spec.base)
-                .body(spec.body.clone())
-                .draft(spec.draft)
-                .send()
-                .await;
-            match created {
-                Ok(pr) => (pr, true),
-                // Someone (a concurrent run, a person) opened it between our look and our
-                // create: GitHub says so with a 422, and updating theirs is what we want.
-                Err(err) if is_already_exists(&err) => {
-                    let existing = self
-                        .find_open_pull_request(session, repo, &spec.head_branch)
-                        .await?
-                        .ok_or_else(|| ForgeError::UnexpectedResponse {
-                            action: format!(
-                                "opening a pull request from `{}` in {}",
-                                spec.head_branch, repo.full_name
-                            ),
-                            reason: "GitHub says one already exists but lists none open".to_owned(),
-                        })?;
-                    let pr = self
-                        .update_pull_request(session, repo, spec, &existing)
-                        .await?;
-                    (pr, false)
-                }
-                Err(err) => {
-                    let ctx = Ctx::new(
-                        Doing::CreatePull,
-                        repo,
-                        format!(
-                            "opening a pull request from `{}` into `{}` in {}",
-                            spec.head_branch, spec.base, repo.full_name
-                        ),
-                    );
-                    return Err(self.error(err, &ctx, &secrets));
-                }
-            }
-        };
+        let (pr, created) = self.find_or_create(session, repo, spec).await?;
 
         let mut warnings = Vec::new();
         let mut draft = pr.draft.unwrap_or(false);
@@ -517,13 +487,16 @@ impl GitHub {
                     pr.number
                 ),
             );
-            if let Err(err) = session
-                .rest
-                .issues(&repo.owner, &repo.name)
-                .add_labels(pr.number, &spec.labels)
+            let url = format!(
+                "/repos/{}/{}/issues/{}/labels",
+                repo.owner, repo.name, pr.number
+            );
+            let body = json!({ "labels": spec.labels });
+            if let Err(err) = self
+                .send::<Value>(&session.rest, Verb::Post, &url, Some(&body), &ctx, &secrets)
                 .await
             {
-                warnings.push(self.error(err, &ctx, &secrets).to_string());
+                warnings.push(err.to_string());
             }
         }
         if !spec.reviewers.is_empty() {
@@ -542,13 +515,16 @@ impl GitHub {
                     pr.number
                 ),
             );
-            let route = format!(
+            let url = format!(
                 "/repos/{}/{}/pulls/{}/requested_reviewers",
                 repo.owner, repo.name, pr.number
             );
             let body = json!({ "reviewers": users, "team_reviewers": teams });
-            if let Err(err) = session.rest.post::<_, Value>(route, Some(&body)).await {
-                warnings.push(self.error(err, &ctx, &secrets).to_string());
+            if let Err(err) = self
+                .send::<Value>(&session.rest, Verb::Post, &url, Some(&body), &ctx, &secrets)
+                .await
+            {
+                warnings.push(err.to_string());
             }
         }
 
@@ -564,12 +540,21 @@ impl GitHub {
     async fn fetch_default_branch(&self, repo: &RepoRef) -> Result<String, ForgeError> {
         let session = self.session(repo).await?;
         let ctx = Ctx::new(Doing::Read, repo, format!("reading {}", repo.full_name));
-        let found = session
-            .rest
-            .repos(&repo.owner, &repo.name)
-            .get()
-            .await
-            .map_err(|err| self.error(err, &ctx, &[session.token.expose()]));
+        #[derive(Deserialize)]
+        struct Repository {
+            default_branch: Option<String>,
+        }
+        let url = format!("/repos/{}/{}", repo.owner, repo.name);
+        let found: Result<Repository, ForgeError> = self
+            .send(
+                &session.rest,
+                Verb::Get,
+                &url,
+                None,
+                &ctx,
+                &[session.token.expose()],
+            )
+            .await;
         // A failed revocation costs nothing here: the token lapses within the hour anyway.
         if let Err(error) = self.end(&session).await {
             tracing::warn!(%error, "could not revoke the token used to read the default branch");
@@ -585,19 +570,7 @@ impl GitHub {
     /// Turns an octocrab error into a [`ForgeError`] for `ctx`, scrubbing `secrets` (and the
     /// configured token) from any text GitHub or the transport sent back.
     fn error(&self, err: octocrab::Error, ctx: &Ctx<'_>, secrets: &[&str]) -> ForgeError {
-        let scrub = |text: &str| {
-            let mut text = text.to_owned();
-            let pat = match &self.auth {
-                Auth::Token(token) => Some(token.expose()),
-                Auth::App(_) => None,
-            };
-            for secret in secrets.iter().copied().chain(pat) {
-                if !secret.is_empty() {
-                    text = text.replace(secret, "***");
-                }
-            }
-            text
-        };
+        let scrub = |text: &str| self.scrub(text, secrets);
         let action = ctx.action.clone();
         match err {
             octocrab::Error::GitHub { source, .. } => {
@@ -645,6 +618,257 @@ impl GitHub {
         }
     }
 
+    /// `text` with `secrets` and the configured token replaced by `***`.
+    fn scrub(&self, text: &str, secrets: &[&str]) -> String {
+        let mut text = text.to_owned();
+        let pat = match &self.auth {
+            Auth::Token(token) => Some(token.expose()),
+            Auth::App(_) => None,
+        };
+        for secret in secrets.iter().copied().chain(pat) {
+            if !secret.is_empty() {
+                text = text.replace(secret, "***");
+            }
+        }
+        text
+    }
+
+    /// Finds the open pull request for the branch and updates it, or opens one. Opening is the
+    /// one request that is not safe to repeat, so after a passing failure (a 5xx, a rate limit,
+    /// a dropped connection: GitHub may have opened it all the same) maxions looks again
+    /// before it opens again; that look, not a second `POST`, is what keeps it to one pull
+    /// request.
+    async fn find_or_create(
+        &self,
+        session: &Session,
+        repo: &RepoRef,
+        spec: &PullRequestSpec,
+    ) -> Result<(PullRequest, bool), ForgeError> {
+        let secrets = [session.token.expose()];
+        let ctx = Ctx::new(
+            Doing::CreatePull,
+            repo,
+            format!(
+                "opening a pull request from `{}` into `{}` in {}",
+                spec.head_branch, spec.base, repo.full_name
+            ),
+        );
+        let url = format!("/repos/{}/{}/pulls", repo.owner, repo.name);
+        let body = json!({
+            "title": spec.title,
+            "head": spec.head_branch,
+            "base": spec.base,
+            "body": spec.body,
+            "draft": spec.draft,
+        });
+        let mut attempt = 1;
+        let mut raced = false;
+        loop {
+            if let Some(existing) = self
+                .find_open_pull_request(session, repo, &spec.head_branch)
+                .await?
+            {
+                let pr = self
+                    .update_pull_request(session, repo, spec, &existing)
+                    .await?;
+                return Ok((pr, false));
+            }
+            if raced {
+                return Err(ForgeError::UnexpectedResponse {
+                    action: ctx.action,
+                    reason: "GitHub says one already exists but lists none open".to_owned(),
+                });
+            }
+            let failure = match self
+                .send_once::<PullRequest>(
+                    &session.rest,
+                    Verb::Post,
+                    &url,
+                    Some(&body),
+                    &ctx,
+                    &secrets,
+                )
+                .await
+            {
+                Ok(pr) => return Ok((pr, true)),
+                Err(failure) => failure,
+            };
+            // Someone (a concurrent run, a person, or our own earlier attempt whose answer was
+            // lost) opened it between our look and our create: GitHub says so with a 422, and
+            // updating that one is what we want.
+            if failure.already_exists {
+                raced = true;
+                continue;
+            }
+            self.pause_or_give_up(failure, &mut attempt, &ctx).await?;
+        }
+    }
+
+    /// Sends one request, trying again (at most [`MAX_ATTEMPTS`] times in all) while GitHub's
+    /// answer is a passing failure. Only for requests that are safe to repeat.
+    async fn send<T: DeserializeOwned>(
+        &self,
+        client: &Octocrab,
+        verb: Verb,
+        route: &str,
+        body: Option<&Value>,
+        ctx: &Ctx<'_>,
+        secrets: &[&str],
+    ) -> Result<T, ForgeError> {
+        let mut attempt = 1;
+        loop {
+            match self
+                .send_once(client, verb, route, body, ctx, secrets)
+                .await
+            {
+                Ok(answer) => return Ok(answer),
+                Err(failure) => self.pause_or_give_up(failure, &mut attempt, ctx).await?,
+            }
+        }
+    }
+
+    /// After a failed attempt: sleeps and counts the attempt if another is worth it, or returns
+    /// the error to report.
+    async fn pause_or_give_up(
+        &self,
+        failure: Failure,
+        attempt: &mut u32,
+        ctx: &Ctx<'_>,
+    ) -> Result<(), ForgeError> {
+        match failure.verdict {
+            Verdict::Again(named) if *attempt < MAX_ATTEMPTS => {
+                let wait = retry::pause(*attempt, named);
+                tracing::info!(
+                    action = %ctx.action,
+                    attempt = *attempt,
+                    wait_ms = u64::try_from(wait.as_millis()).unwrap_or(u64::MAX),
+                    error = %failure.error,
+                    "GitHub failed for a moment; trying again"
+                );
+                tokio::time::sleep(wait).await;
+                *attempt += 1;
+                Ok(())
+            }
+            Verdict::Again(_) => Err(ForgeError::GaveUp {
+                attempts: *attempt,
+                last: Box::new(failure.error),
+            }),
+            Verdict::Final | Verdict::TooLong(_) => Err(failure.error),
+        }
+    }
+
+    /// One request to `route` (a path below the client's base URL: octocrab sends an App's or
+    /// installation's credentials only with those) and its answer as JSON, or the error with what it says about trying again.
+    async fn send_once<T: DeserializeOwned>(
+        &self,
+        client: &Octocrab,
+        verb: Verb,
+        route: &str,
+        body: Option<&Value>,
+        ctx: &Ctx<'_>,
+        secrets: &[&str],
+    ) -> Result<T, Failure> {
+        let sent = match verb {
+            Verb::Get => client._get(route).await,
+            Verb::Post => client._post(route, body).await,
+            Verb::Patch => client._patch(route, body).await,
+        };
+        let response = match sent {
+            Ok(response) => response,
+            Err(err) => {
+                // No answer at all: a refused or dropped connection, a timeout.
+                let passing = matches!(
+                    err,
+                    octocrab::Error::Service { .. } | octocrab::Error::Hyper { .. }
+                );
+                return Err(Failure {
+                    error: self.error(err, ctx, secrets),
+                    verdict: if passing {
+                        Verdict::Again(None)
+                    } else {
+                        Verdict::Final
+                    },
+                    already_exists: false,
+                });
+            }
+        };
+        let status = response.status().as_u16();
+        let header = |name: &str| {
+            response
+                .headers()
+                .get(name)
+                .and_then(|value| value.to_str().ok())
+                .and_then(|value| value.trim().parse::<i64>().ok())
+        };
+        let retry_after = header("retry-after").and_then(|secs| u64::try_from(secs).ok());
+        let reset_in = if header("x-ratelimit-remaining") == Some(0) {
+            header("x-ratelimit-reset").map(|reset| {
+                u64::try_from(reset - Utc::now().timestamp())
+                    .unwrap_or(0)
+                    .max(1)
+            })
+        } else {
+            None
+        };
+        match octocrab::map_github_error(response).await {
+            Ok(response) => {
+                let text = client
+                    .body_to_string(response)
+                    .await
+                    .map_err(|err| Failure {
+                        error: self.error(err, ctx, secrets),
+                        verdict: Verdict::Again(None),
+                        already_exists: false,
+                    })?;
+                let text = if text.trim().is_empty() {
+                    "null"
+                } else {
+                    &text
+                };
+                serde_json::from_str(text).map_err(|err| Failure {
+                    error: ForgeError::UnexpectedResponse {
+                        action: ctx.action.clone(),
+                        reason: format!("the answer is not the expected JSON: {err}"),
+                    },
+                    verdict: Verdict::Final,
+                    already_exists: false,
+                })
+            }
+            Err(err) => {
+                let message = match &err {
+                    octocrab::Error::GitHub { source, .. } => source.message.clone(),
+                    _ => String::new(),
+                };
+                let verdict = retry::verdict(status, retry_after, reset_in, &message);
+                let already_exists = is_already_exists(&err);
+                let error = match verdict {
+                    Verdict::TooLong(wait) => ForgeError::WaitTooLong {
+                        action: ctx.action.clone(),
+                        status,
+                        message: self.scrub(&message, secrets),
+                        wait_secs: wait.as_secs(),
+                        max_secs: MAX_WAIT.as_secs(),
+                    },
+                    // An answer that is not GitHub's JSON (a proxy's HTML 502 page): say the
+                    // status, which is what matters.
+                    _ if !matches!(err, octocrab::Error::GitHub { .. }) => self.status_error(
+                        status,
+                        ctx.action.clone(),
+                        "(no message)".to_owned(),
+                        String::new(),
+                        ctx,
+                    ),
+                    _ => self.error(err, ctx, secrets),
+                };
+                Err(Failure {
+                    error,
+                    verdict,
+                    already_exists,
+                })
+            }
+        }
+    }
+
     fn status_error(
         &self,
         status: u16,
@@ -678,7 +902,16 @@ impl GitHub {
             403 if message.to_ascii_lowercase().contains("rate limit") => ForgeError::Forbidden {
                 action,
                 message,
-                hint: "GitHub's rate limit is used up; wait for it to reset and run again"
+                hint: "GitHub's rate limit is used up; wait for it to reset and run again, and \
+                       if it keeps happening lower `concurrency` or the number of scheduled tasks"
+                    .to_owned(),
+            },
+            429 => ForgeError::Api {
+                action,
+                status,
+                message: format!("{message}{details}"),
+                hint: "GitHub is limiting how fast maxions may call it; run again in a few \
+                       minutes, and if it keeps happening lower `concurrency`"
                     .to_owned(),
             },
             403 => ForgeError::Forbidden {
@@ -833,6 +1066,34 @@ struct Session {
     minted: bool,
 }
 
+/// A failed request and whether another attempt could succeed.
+struct Failure {
+    error: ForgeError,
+    verdict: Verdict,
+    /// GitHub's 422 "a pull request already exists" for this head.
+    already_exists: bool,
+}
+
+#[derive(Debug, Clone, Copy)]
+enum Verb {
+    Get,
+    Post,
+    Patch,
+}
+
+/// `text` percent-encoded for a query string value (everything but unreserved characters).
+fn encode_query_value(text: &str) -> String {
+    let mut out = String::with_capacity(text.len());
+    for byte in text.bytes() {
+        if byte.is_ascii_alphanumeric() || matches!(byte, b'-' | b'.' | b'_' | b'~') {
+            out.push(char::from(byte));
+        } else {
+            out.push_str(&format!("%{byte:02X}"));
+        }
+    }
+    out
+}
+
 /// What maxions was doing when GitHub answered, to pick the hint.
 #[derive(Debug, Clone, Copy, PartialEq, Eq)]
 enum Doing {
@@ -875,7 +1136,10 @@ fn build_client(base: &str, auth: ClientAuth<'_>) -> Result<Octocrab, ForgeError
         .map_err(|_| invalid("it is not a valid URL".to_owned()))?
         .set_connect_timeout(Some(CONNECT_TIMEOUT))
         .set_read_timeout(Some(READ_TIMEOUT))
-        .set_write_timeout(Some(WRITE_TIMEOUT));
+        .set_write_timeout(Some(WRITE_TIMEOUT))
+        // maxions retries itself (see `super::retry`): with backoff, honouring `Retry-After`,
+        // and never by resending a pull request's `POST` blindly.
+        .add_retry_config(octocrab::service::middleware::retry::RetryConfig::None);
     let builder = match auth {
         ClientAuth::App(app_id, key) => builder.app(AppId(app_id), key),
         ClientAuth::Token(token) => builder.personal_token(token.to_owned()),

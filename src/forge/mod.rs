@@ -9,6 +9,7 @@
 pub mod credentials;
 pub mod error;
 pub mod github;
+pub mod retry;
 pub mod run_credentials;
 
 use std::future::Future;

@@ -362,6 +362,7 @@ impl DockerEngine {
             .await
             .map_err(|e| engine_error(&e))?;
         let mut removed = 0;
+        let mut failed = None;
         for container in containers {
             let run = container
                 .labels
@@ -397,11 +398,20 @@ impl DockerEngine {
                     }
                     tracing::info!(run, container = %id, "removed the sandbox of a run that is not live");
                 }
-                Err(error) if status_of(&error) == Some(404) => {}
-                Err(error) => return Err(engine_error(&error)),
+                // Gone already, or another daemon sharing the engine is removing it (409
+                // "removal … is already in progress"): either way it goes.
+                Err(error) if matches!(status_of(&error), Some(404 | 409)) => {}
+                // One container the engine will not remove must not keep the rest: carry on,
+                // and report the first failure at the end.
+                Err(error) => {
+                    failed.get_or_insert_with(|| engine_error(&error));
+                }
             }
         }
-        Ok(removed)
+        match failed {
+            Some(error) => Err(error),
+            None => Ok(removed),
+        }
     }
 }
 

@@ -1278,3 +1278,163 @@ fn editing_a_task_file_mid_run_cancels_the_old_version_and_runs_the_new_one() {
     assert_eq!(project.runs("a"), [run, next]);
     daemon.stop(PATIENCE);
 }
+
+// ---------------------------------------------------------------------------------------------
+// `kill -9` at every event boundary of a run, in turn.
+
+/// A run of four steps whose every step takes a moment, so that the daemon can be caught
+/// between any two of its log lines.
+const STEPS: &str = "name: steps\nsandbox:\n  network: none\n  timeout: 5m\nsteps:\n  - id: checkout\n    checkout: {}\n  - id: one\n    run: sleep 0.3; echo one\n  - id: two\n    run: sleep 0.3; echo two\n  - id: three\n    run: sleep 0.3; echo three\n";
+
+fn steps_project() -> Project {
+    let project = Project::new("concurrency: 1\n");
+    write(&project.root(), "blueprints/steps.yaml", STEPS);
+    project
+}
+
+/// Polls `check` every few milliseconds (the boundary to catch may last a fraction of a
+/// second), for at most [`PATIENCE`].
+fn soon<T>(what: &str, daemon: &Daemon, mut check: impl FnMut() -> Option<T>) -> T {
+    let started = Instant::now();
+    loop {
+        if let Some(value) = check() {
+            return value;
+        }
+        assert!(
+            daemon.running() && started.elapsed() < PATIENCE,
+            "waiting for {what}; the daemon's output:\n{}",
+            daemon.output()
+        );
+        std::thread::sleep(Duration::from_millis(2));
+    }
+}
+
+#[test]
+fn kill_9_at_every_event_boundary_of_a_run_loses_nothing_and_leaves_no_container() {
+    if !docker("dp-kill-every") {
+        return;
+    }
+    // The reference run: how many lines a whole run writes.
+    let project = steps_project();
+    let daemon = Daemon::start(&project, "reference");
+    project.task("a", "steps", "count to three");
+    let run = new_run(&daemon, &project, "a", &[]);
+    let reference = wait_finished(&daemon, &project, "a", &run);
+    assert_whole(&reference, "the reference run");
+    assert_eq!(status_of(&reference), "succeeded", "{reference:#?}");
+    daemon.stop(PATIENCE);
+    let lines = reference.len();
+    assert!(lines >= 10, "a run of some length: {reference:#?}");
+
+    // Kill after line k, for every k before the last (a daemon killed after `run_finished`
+    // is `a_run_whose_log_ended_before_the_daemon_died_is_not_recorded_twice_nor_run_again`).
+    // Four at a time, each in its own project, to stay well under a minute.
+    let points: Vec<usize> = (1..lines).collect();
+    let caught: Vec<(usize, usize)> = std::thread::scope(|scope| {
+        points
+            .chunks(points.len().div_ceil(4))
+            .map(|chunk| {
+                scope.spawn(move || {
+                    chunk
+                        .iter()
+                        .map(|&k| (k, kill_9_after(k)))
+                        .collect::<Vec<_>>()
+                })
+            })
+            .collect::<Vec<_>>()
+            .into_iter()
+            .flat_map(|handle| handle.join().expect("a kill point passed"))
+            .collect()
+    });
+    // The figure for the README: at how many distinct boundaries the daemon really died.
+    // Lines written in the same instant as the one before (`step_finished` then the next
+    // `step_started`) leave no gap to die in from the outside; those are named.
+    let mut at: Vec<usize> = caught.iter().map(|&(_, at)| at).collect();
+    at.sort_unstable();
+    at.dedup();
+    let missed: Vec<String> = (1..lines)
+        .filter(|k| !at.contains(k))
+        .map(|k| format!("after line {k} ({})", reference[k - 1]["type"]))
+        .collect();
+    eprintln!(
+        "kill -9 at {} of {} boundaries of a {lines}-line run (aimed, caught): {caught:?}; \
+         not caught: {missed:?}",
+        at.len(),
+        lines - 1
+    );
+}
+
+/// Starts a daemon on a fresh project, kills it with `kill -9` once the run's log holds `k`
+/// lines, starts another and checks that the run ends once, whole, with its sandbox gone.
+/// Returns how many lines the log held when the daemon died.
+fn kill_9_after(k: usize) -> usize {
+    let project = steps_project();
+    let first = Daemon::start(&project, "daemon1");
+    project.task("a", "steps", "count to three");
+    let run = new_run(&first, &project, "a", &[]);
+    soon(&format!("line {k} of run {run}"), &first, || {
+        (project.log("a", &run).len() >= k).then_some(())
+    });
+    first.kill9();
+    let before = project.log("a", &run);
+    let context = format!("kill -9 after line {k} (caught at {})", before.len());
+
+    let second = Daemon::start(&project, "daemon2");
+    let log = project.log("a", &run);
+    assert_whole(&log, &context);
+    assert_eq!(
+        &log[..before.len()],
+        &before[..],
+        "{context}: what was logged is kept"
+    );
+    let mut runs = vec![run.clone()];
+    if finished(&before).is_some() {
+        // It died after the last line: recorded as it was, never run again.
+        assert_eq!(log, before, "{context}");
+    } else {
+        assert_eq!(status_of(&log), "interrupted", "{context}: {log:#?}");
+        assert_eq!(
+            log.len(),
+            before.len() + 1,
+            "{context}: one line added: {log:#?}"
+        );
+        let reason = reason_of(&log);
+        assert!(
+            reason.contains("queued again (attempt 2 of 3)"),
+            "{context}: {reason}"
+        );
+        let retry = new_run(&second, &project, "a", &runs);
+        let again = wait_finished(&second, &project, "a", &retry);
+        assert_whole(&again, &context);
+        assert_eq!(status_of(&again), "succeeded", "{context}: {again:#?}");
+        runs.push(retry);
+    }
+    let state = second.wait_until(&format!("{context}: nothing queued or running"), || {
+        let state = project.state();
+        (state["queue"].as_array()?.is_empty() && state["running"].as_array()?.is_empty())
+            .then_some(state)
+    });
+    assert_eq!(
+        project.runs("a"),
+        runs,
+        "{context}: no run beyond the requeue: {state:#}"
+    );
+    for run in &runs {
+        wait_gone(&second, run);
+    }
+    second.wait_until(
+        &format!("{context}: the killed daemon's sandboxes removed"),
+        || {
+            containers(&format!("maxions.owner={}", first.owner))
+                .is_empty()
+                .then_some(())
+        },
+    );
+    second.stop(PATIENCE);
+    assert_eq!(
+        project.runs("a"),
+        runs,
+        "{context}: nothing ran on the way out"
+    );
+    before.len()
+}

@@ -13,6 +13,7 @@ mod dashboard;
 mod disk_full;
 mod egress;
 mod forge;
+mod forge_faults;
 mod git_host;
 mod hostile_repos;
 mod images;

@@ -1612,3 +1612,78 @@ async fn a_task_without_a_base_starts_from_the_repositorys_default_branch() {
     assert_eq!(String::from_utf8_lossy(&parent.stdout).trim(), trunk);
     assert_eq!(world.fake.pulls()[0].base, "trunk");
 }
+
+// ---------------------------------------------------------------------------------------------
+// The forge under faults, seen from a run (the forge's own retries: tests/it/forge_faults.rs).
+
+#[tokio::test]
+async fn a_forge_that_recovers_leaves_one_pull_request_and_a_succeeded_run() {
+    let Some(engine) = engine("runner-forge-blip").await else {
+        return;
+    };
+    let world = World::new();
+    let task = standard_task(&world, "blip", "Anything.");
+    // The create takes effect, then GitHub rate-limits the answer away; the look that follows
+    // finds the pull request.
+    world.fake.fail(
+        "POST",
+        PULLS,
+        crate::support::github::Fault::secondary_rate_limit().after_handling(),
+    );
+    world.fake.fail(
+        "GET",
+        PULLS,
+        crate::support::github::Fault::server_error(502),
+    );
+
+    let outcome = Run::new(&engine, &task, Some(&world.app_forge()))
+        .go()
+        .await;
+
+    outcome.assert_status(RunStatus::Succeeded);
+    assert_eq!(world.fake.pulls().len(), 1, "exactly one pull request");
+    assert_eq!(world.fake.count("POST", PULLS), 1);
+    let pr = outcome.result.pull_request.as_ref().unwrap();
+    assert_eq!(pr.number, Some(world.fake.pulls()[0].number));
+    outcome.assert_no_leak(&world.tokens());
+}
+
+#[tokio::test]
+async fn a_forge_that_stays_down_fails_the_run_saying_what_it_answered_and_what_to_do() {
+    let Some(engine) = engine("runner-forge-down").await else {
+        return;
+    };
+    let world = World::new();
+    let task = standard_task(&world, "down", "Anything.");
+    world.fake.fail(
+        "POST",
+        PULLS,
+        crate::support::github::Fault::server_error(502).times(100),
+    );
+
+    let outcome = Run::new(&engine, &task, Some(&world.app_forge()))
+        .go()
+        .await;
+
+    outcome.assert_status(RunStatus::Failed);
+    let reason = outcome.reason();
+    for needle in [
+        "step `pr` failed",
+        "GitHub answered 502",
+        "opening a pull request",
+        "run again later",
+        "tried 4 times",
+    ] {
+        assert!(reason.contains(needle), "`{needle}` missing in: {reason}");
+    }
+    assert_eq!(
+        world.fake.count("POST", PULLS),
+        4,
+        "a few attempts, not more"
+    );
+    assert!(world.fake.pulls().is_empty());
+    // The branch was pushed: a re-run opens the pull request without redoing the work twice.
+    assert!(world.branch("maxions/down").is_some());
+    outcome.assert_no_leak(&world.tokens());
+    world.assert_no_leak_in_files(&[]);
+}

@@ -27,7 +27,7 @@ use std::hash::{BuildHasher, Hasher};
 use std::net::SocketAddr;
 use std::process::{Command, Stdio};
 use std::sync::{Arc, Mutex, OnceLock};
-use std::time::{SystemTime, UNIX_EPOCH};
+use std::time::{Instant, SystemTime, UNIX_EPOCH};
 
 use axum::Router;
 use axum::body::Bytes;
@@ -111,6 +111,8 @@ pub struct Recorded {
     pub token: Option<String>,
     /// What the fake answered.
     pub status: u16,
+    /// When it arrived, to measure the pauses between retries.
+    pub at: Instant,
 }
 
 /// A pull request the fake holds.
@@ -310,20 +312,101 @@ impl FakeGitHub {
 
     /// Answer the next `method path` request with `status` and `body` instead of handling it.
     pub fn respond_once(&self, method: &str, path: &str, status: u16, body: Value) {
+        self.fail(
+            method,
+            path,
+            Fault {
+                status,
+                headers: Vec::new(),
+                body,
+                times: 1,
+                after_handling: false,
+            },
+        );
+    }
+
+    /// Answer the next [`Fault::times`] `method path` requests with `fault`. Faults for the
+    /// same route are used up in the order they were added.
+    pub fn fail(&self, method: &str, path: &str, fault: Fault) {
         self.state.lock().unwrap().canned.push(Canned {
             method: method.to_owned(),
             path: path.to_owned(),
-            status,
-            body,
+            fault,
         });
+    }
+}
+
+/// A scripted failure: what GitHub answers when it has a bad moment, or is rate limiting.
+#[derive(Debug, Clone)]
+pub struct Fault {
+    pub status: u16,
+    pub headers: Vec<(String, String)>,
+    pub body: Value,
+    /// How many requests in a row get it.
+    pub times: usize,
+    /// Handle the request first (it takes effect: the pull request is opened) and only then
+    /// answer with the fault, as when GitHub's answer is lost on the way back.
+    pub after_handling: bool,
+}
+
+impl Fault {
+    /// A 5xx with GitHub's usual body.
+    pub fn server_error(status: u16) -> Self {
+        Self {
+            status,
+            headers: Vec::new(),
+            body: json!({ "message": "Server Error" }),
+            times: 1,
+            after_handling: false,
+        }
+    }
+
+    /// 429 with `Retry-After: 1`.
+    pub fn too_many_requests() -> Self {
+        Self {
+            status: 429,
+            headers: vec![("Retry-After".to_owned(), "1".to_owned())],
+            body: json!({ "message": "API rate limit exceeded" }),
+            times: 1,
+            after_handling: false,
+        }
+    }
+
+    /// GitHub's secondary rate limit: a 403 with `retry-after` and this message.
+    pub fn secondary_rate_limit() -> Self {
+        Self {
+            status: 403,
+            headers: vec![("retry-after".to_owned(), "1".to_owned())],
+            body: json!({
+                "message": "You have exceeded a secondary rate limit. Please wait a few minutes \
+                            before you try again.",
+                "documentation_url": "https://docs.github.com/rest/overview/rate-limits-for-the-rest-api"
+            }),
+            times: 1,
+            after_handling: false,
+        }
+    }
+
+    pub fn times(mut self, times: usize) -> Self {
+        self.times = times;
+        self
+    }
+
+    pub fn header(mut self, name: &str, value: &str) -> Self {
+        self.headers.push((name.to_owned(), value.to_owned()));
+        self
+    }
+
+    pub fn after_handling(mut self) -> Self {
+        self.after_handling = true;
+        self
     }
 }
 
 struct Canned {
     method: String,
     path: String,
-    status: u16,
-    body: Value,
+    fault: Fault,
 }
 
 struct State {
@@ -408,13 +491,17 @@ async fn handle(
         .canned
         .iter()
         .position(|c| c.method == method.as_str() && c.path == path);
-    let (status, answer) = if let Some(index) = canned {
-        let canned = state.canned.remove(index);
-        (
-            StatusCode::from_u16(canned.status).expect("valid status"),
-            canned.body,
-        )
-    } else {
+    let fault = canned.map(|index| {
+        let canned = &mut state.canned[index];
+        canned.fault.times = canned.fault.times.saturating_sub(1);
+        let fault = canned.fault.clone();
+        if canned.fault.times == 0 {
+            state.canned.remove(index);
+        }
+        fault
+    });
+    let handle = fault.as_ref().is_none_or(|fault| fault.after_handling);
+    let (mut status, mut answer) = if handle {
         state.route(
             &method,
             &full_path,
@@ -423,7 +510,15 @@ async fn handle(
             body.as_ref(),
             token.as_deref(),
         )
+    } else {
+        (StatusCode::OK, Value::Null)
     };
+    let mut headers = Vec::new();
+    if let Some(fault) = fault {
+        status = StatusCode::from_u16(fault.status).expect("valid status");
+        answer = fault.body;
+        headers = fault.headers;
+    }
     state.requests.push(Recorded {
         method: method.to_string(),
         path,
@@ -432,11 +527,20 @@ async fn handle(
         body,
         token,
         status: status.as_u16(),
+        at: Instant::now(),
     });
-    if status == StatusCode::NO_CONTENT {
-        return status.into_response();
+    let mut response = if status == StatusCode::NO_CONTENT {
+        status.into_response()
+    } else {
+        (status, axum::Json(answer)).into_response()
+    };
+    for (name, value) in headers {
+        response.headers_mut().insert(
+            axum::http::HeaderName::from_bytes(name.as_bytes()).expect("valid header name"),
+            axum::http::HeaderValue::from_str(&value).expect("valid header value"),
+        );
     }
-    (status, axum::Json(answer)).into_response()
+    response
 }
 
 impl State {
