@@ -11,6 +11,7 @@ mod daemon_process;
 mod dashboard;
 mod egress;
 mod forge;
+mod fuzz;
 mod git_host;
 mod images;
 mod llm;
