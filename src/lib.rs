@@ -12,6 +12,8 @@ pub mod config;
 pub mod daemon;
 pub mod error_chain;
 pub mod forge;
+#[cfg(test)]
+mod fuzzing;
 pub mod git;
 pub mod logging;
 pub mod runner;

@@ -921,4 +921,65 @@ mod tests {
             assert!(!valid_id(bad), "{bad:?}");
         }
     }
+
+    /// Fuzz target (see `crate::fuzzing`): a log of real event lines, garbage and lines cut
+    /// anywhere folds without a panic; `last_seq` is the highest seq of the lines that parse, and
+    /// every step started or skipped is on the timeline in order.
+    #[test]
+    fn fuzz_fold_takes_any_log() {
+        use proptest::prelude::*;
+        let event = prop_oneof![
+            Just(r#""type":"run_started","task":"t","blueprint":"b","repo":"r","branch":"x","base":"main""#.to_owned()),
+            "[a-z]{1,3}".prop_map(|s| format!(r#""type":"step_started","step":"{s}","kind":"run""#)),
+            "[a-z]{1,3}".prop_map(|s| format!(r#""type":"step_skipped","step":"{s}","reason":"r""#)),
+            "[a-z]{1,3}".prop_map(|s| format!(r#""type":"step_finished","step":"{s}","status":"passed","exit_code":0,"duration_ms":3"#)),
+            "[a-z]{1,3}".prop_map(|s| format!(r#""type":"fix_round","step":"{s}","round":2,"max_rounds":3,"fixing":[],"passed":false"#)),
+            Just(r#""type":"run_finished","status":"failed","reason":"x","duration_ms":9"#.to_owned()),
+            Just(r#""type":"from_the_future","x":1"#.to_owned()),
+        ];
+        let line = prop_oneof![
+            4 => (any::<u64>(), event).prop_map(|(seq, e)| format!(r#"{{"ts":"2026-12-02T10:00:00.000Z","run":"r","seq":{seq},{e}}}"#)),
+            1 => "[ -~\n]{0,30}",
+            1 => any::<String>(),
+        ];
+        let log =
+            (proptest::collection::vec((line, any::<prop::sample::Index>(), any::<bool>()), 0..24))
+                .prop_map(|lines| {
+                    let mut bytes = Vec::new();
+                    for (line, cut, cut_it) in lines {
+                        let line = line.into_bytes();
+                        let end = if cut_it {
+                            cut.index(line.len() + 1)
+                        } else {
+                            line.len()
+                        };
+                        bytes.extend_from_slice(&line[..end]);
+                        bytes.push(b'\n');
+                    }
+                    bytes
+                });
+        crate::fuzzing::fuzz("api_fold", 512, log, |bytes| {
+            let folded = fold(&bytes);
+            let parsed: Vec<EventLine> = bytes
+                .split(|b| *b == b'\n')
+                .filter_map(|line| serde_json::from_slice(line).ok())
+                .collect();
+            prop_assert_eq!(
+                folded.last_seq,
+                parsed.iter().map(|l| l.seq).max().unwrap_or(0)
+            );
+            let steps: Vec<&str> = parsed
+                .iter()
+                .filter_map(|l| match &l.event {
+                    Event::StepStarted { step, .. } | Event::StepSkipped { step, .. } => {
+                        Some(step.as_str())
+                    }
+                    _ => None,
+                })
+                .collect();
+            let folded_steps: Vec<&str> = folded.steps.iter().map(|s| s.id.as_str()).collect();
+            prop_assert_eq!(folded_steps, steps);
+            Ok(())
+        });
+    }
 }

@@ -11,7 +11,7 @@ use tokio::sync::{mpsc, watch};
 use tower::ServiceExt;
 
 use super::*;
-use crate::daemon::handle::{Command, Submitted, View};
+use crate::daemon::handle::{Command, Refusal, Submitted, View};
 
 const TOKEN: &str = "unit-token";
 
@@ -57,7 +57,16 @@ impl World {
                         log.lock().unwrap().push(format!("forget {run}"));
                         let _ = reply.send(Ok(()));
                     }
-                    other => panic!("unexpected {other:?}"),
+                    Command::Kill { run, reply, .. } => {
+                        log.lock().unwrap().push(format!("kill {run}"));
+                        let _ = reply.send(Err(Refusal::NotActive(run)));
+                    }
+                    Command::Rerun { task, reply, .. } => {
+                        log.lock()
+                            .unwrap()
+                            .push(format!("rerun {}", task.display()));
+                        let _ = reply.send(Err(Refusal::TaskGone(task)));
+                    }
                 }
             }
         });
@@ -402,5 +411,203 @@ async fn metrics_and_the_document_are_served() {
         "/healthz",
     ] {
         assert!(document["paths"].get(path).is_some(), "{path}");
+    }
+}
+
+/// Fuzz target (see `crate::fuzzing`): any method, path, query, headers and body get an answer
+/// that is not a server error, and every 4xx is the JSON `{error, message}` a client can read.
+mod fuzz {
+    use proptest::prelude::*;
+
+    use super::*;
+
+    fn segment() -> impl Strategy<Value = String> {
+        prop_oneof![
+            Just("maxions".to_owned()),
+            Just("20261202T100000-000001".to_owned()),
+            Just("kill".to_owned()),
+            Just("rerun".to_owned()),
+            Just("logs".to_owned()),
+            Just("stream".to_owned()),
+            Just("schedules".to_owned()),
+            Just("metrics".to_owned()),
+            Just("openapi.json".to_owned()),
+            Just("healthz".to_owned()),
+            Just("api".to_owned()),
+            Just("config".to_owned()),
+            Just("..".to_owned()),
+            Just("%2e%2e".to_owned()),
+            Just("%2F".to_owned()),
+            Just("%00".to_owned()),
+            Just("%ff".to_owned()),
+            "[a-zA-Z0-9._~%-]{0,12}",
+        ]
+    }
+
+    fn query() -> impl Strategy<Value = String> {
+        let pair = (
+            prop_oneof![
+                Just("status"),
+                Just("task"),
+                Just("limit"),
+                Just("before"),
+                Just("after"),
+                Just("token"),
+                Just("x")
+            ],
+            prop_oneof![
+                Just("failed".to_owned()),
+                Just("-1".to_owned()),
+                Just("0".to_owned()),
+                Just("501".to_owned()),
+                Just("18446744073709551616".to_owned()),
+                Just("%ZZ".to_owned()),
+                "[a-zA-Z0-9%&=+._-]{0,10}",
+            ],
+        )
+            .prop_map(|(k, v)| format!("{k}={v}"));
+        proptest::collection::vec(pair, 0..4).prop_map(|pairs| pairs.join("&"))
+    }
+
+    fn body() -> impl Strategy<Value = Vec<u8>> {
+        prop_oneof![
+            Just(Vec::new()),
+            Just(br#"{"name":"a","yaml":"task: x\nrepo: acme/app\nblueprint: quick\n"}"#.to_vec()),
+            Just(br#"{"name":"../../evil","yaml":"x"}"#.to_vec()),
+            Just(br#"{"name":"a"}"#.to_vec()),
+            Just(br#"{"name":1,"yaml":[]}"#.to_vec()),
+            ("[a-z./-]{0,12}", "[ -~\n]{0,60}",).prop_map(|(name, yaml)| {
+                serde_json::json!({ "name": name, "yaml": yaml })
+                    .to_string()
+                    .into_bytes()
+            }),
+            proptest::collection::vec(any::<u8>(), 0..80),
+        ]
+    }
+
+    #[derive(Debug, Clone)]
+    struct Case {
+        method: &'static str,
+        path: String,
+        token: Option<&'static str>,
+        headers: Vec<(&'static str, String)>,
+        body: Vec<u8>,
+    }
+
+    fn case() -> impl Strategy<Value = Case> {
+        let header = (
+            prop_oneof![
+                Just("content-type"),
+                Just("accept"),
+                Just("host"),
+                Just("origin"),
+                Just("last-event-id"),
+                Just("content-length"),
+                Just("x-anything"),
+            ],
+            prop_oneof![
+                Just("application/json".to_owned()),
+                Just("text/event-stream".to_owned()),
+                Just("evil.example".to_owned()),
+                "[ -~]{0,20}",
+            ],
+        );
+        (
+            prop_oneof![
+                Just("GET"),
+                Just("POST"),
+                Just("DELETE"),
+                Just("PUT"),
+                Just("HEAD"),
+                Just("OPTIONS"),
+                Just("PATCH")
+            ],
+            proptest::collection::vec(segment(), 0..5),
+            prop::option::of(query()),
+            prop_oneof![Just(Some(TOKEN)), Just(None), Just(Some("wrong"))],
+            proptest::collection::vec(header, 0..4),
+            body(),
+        )
+            .prop_map(|(method, segments, query, token, headers, body)| {
+                let mut path = format!("/{}", segments.join("/"));
+                if let Some(query) = query {
+                    path = format!("{path}?{query}");
+                }
+                Case {
+                    method,
+                    path,
+                    token,
+                    headers,
+                    body,
+                }
+            })
+    }
+
+    #[test]
+    fn fuzz_api_requests_get_client_errors_in_json() {
+        let runtime = tokio::runtime::Builder::new_current_thread()
+            .enable_all()
+            .build()
+            .expect("runtime");
+        let world = runtime.block_on(async {
+            let world = World::new();
+            write_log(&world.root(), "a", "20261202T100000-000001", "succeeded");
+            world
+        });
+        crate::fuzzing::fuzz("api_requests", 256, case(), |case| {
+            let mut request = Request::builder()
+                .method(case.method)
+                .uri(case.path.as_str())
+                .header("host", "127.0.0.1:7878");
+            if let Some(token) = case.token {
+                request = request.header("authorization", format!("Bearer {token}"));
+            }
+            for (name, value) in &case.headers {
+                request = request.header(*name, value.as_str());
+            }
+            // A request the HTTP layer (hyper) would refuse before the router sees it.
+            let Ok(request) = request.body(Body::from(case.body.clone())) else {
+                return Ok(());
+            };
+            let answer = runtime.block_on(async {
+                let response = tokio::time::timeout(
+                    std::time::Duration::from_secs(10),
+                    world.router.clone().oneshot(request),
+                )
+                .await
+                .expect("an answer within 10 s")
+                .expect("infallible");
+                let status = response.status();
+                let streaming = response
+                    .headers()
+                    .get("content-type")
+                    .is_some_and(|v| v.as_bytes().starts_with(b"text/event-stream"));
+                // A stream that is open is a success; its body never ends.
+                let body = if streaming {
+                    Vec::new()
+                } else {
+                    axum::body::to_bytes(response.into_body(), 1 << 24)
+                        .await
+                        .expect("body")
+                        .to_vec()
+                };
+                (status, body)
+            });
+            let (status, body) = answer;
+            prop_assert!(
+                !status.is_server_error(),
+                "{status} for {case:?}: {}",
+                String::from_utf8_lossy(&body)
+            );
+            if status.is_client_error() && case.method != "HEAD" {
+                let json: Value = serde_json::from_slice(&body).unwrap_or(Value::Null);
+                prop_assert!(
+                    json["error"].is_string() && json["message"].is_string(),
+                    "{status} for {case:?} is not an error body: {}",
+                    String::from_utf8_lossy(&body)
+                );
+            }
+            Ok(())
+        });
     }
 }

@@ -562,4 +562,45 @@ mod tests {
             "{error}"
         );
     }
+
+    /// Fuzz target (see `crate::fuzzing`): however a log's bytes arrive, the lines shown are its
+    /// lines, none is cut, none is lost, and what is left is the unfinished last line.
+    #[test]
+    fn fuzz_log_lines_survive_any_chunking() {
+        use proptest::prelude::*;
+        let bytes = proptest::collection::vec(
+            prop_oneof![Just(b'\n'), Just(b'{'), Just(b'}'), any::<u8>()],
+            0..400,
+        );
+        crate::fuzzing::fuzz(
+            "log_lines",
+            512,
+            (bytes, proptest::collection::vec(1usize..64, 1..16)),
+            |(input, sizes)| {
+                let mut lines = Lines::default();
+                let mut shown = Vec::new();
+                let mut rest = input.as_slice();
+                for size in sizes.iter().cycle() {
+                    if rest.is_empty() {
+                        break;
+                    }
+                    let (chunk, tail) = rest.split_at((*size).min(rest.len()));
+                    shown.extend(lines.push(chunk));
+                    rest = tail;
+                }
+                let last = input.iter().rposition(|&b| b == b'\n');
+                let whole: Vec<Vec<u8>> = match last {
+                    Some(last) => input[..last]
+                        .split(|&b| b == b'\n')
+                        .map(<[u8]>::to_vec)
+                        .collect(),
+                    None => Vec::new(),
+                };
+                prop_assert_eq!(shown, whole);
+                let tail = last.map_or(input.as_slice(), |last| &input[last + 1..]);
+                prop_assert_eq!(lines.rest(), (!tail.is_empty()).then(|| tail.to_vec()));
+                Ok(())
+            },
+        );
+    }
 }

@@ -220,7 +220,10 @@ impl Validator {
             Err(err) => {
                 let valid = &err.as_bytes()[..err.utf8_error().valid_up_to()];
                 let line = valid.iter().filter(|&&b| b == b'\n').count() + 1;
-                let column = valid.iter().rev().take_while(|&&b| b != b'\n').count() + 1;
+                // Columns count characters, as everywhere else (not bytes: `日` is one column).
+                let valid_text = std::str::from_utf8(valid).unwrap_or_default();
+                let last_line = valid_text.rsplit('\n').next().unwrap_or_default();
+                let column = last_line.chars().count() + 1;
                 let d = Diagnostic::error("not-utf8", "file is not valid UTF-8 text")
                     .in_file(display)
                     .at(Pos::new(line, column))
@@ -1216,7 +1219,9 @@ impl BlueprintChecker<'_> {
         let width = err
             .range
             .as_ref()
-            .map_or(1, |r| text[r.clone()].chars().count().clamp(1, 40));
+            // `get`: the range comes from the template engine and may not fall on characters.
+            .and_then(|r| text.get(r.clone()))
+            .map_or(1, |t| t.chars().count().clamp(1, 40));
         self.found.push(
             Diagnostic::error(
                 "template-syntax",
@@ -1420,7 +1425,11 @@ fn find_name(text: &str, name: &str) -> (usize, usize) {
 
 /// Maps a byte offset in a template (a YAML string) to its line and column in the YAML file.
 fn template_pos(source: &str, node: &Node, text: &str, offset: usize) -> Pos {
-    let offset = offset.min(text.len());
+    let mut offset = offset.min(text.len());
+    // An offset from the template engine may fall inside a character (after a BOM, say).
+    while !text.is_char_boundary(offset) {
+        offset -= 1;
+    }
     let before = &text[..offset];
     let line_in_template = before.matches('\n').count();
     let line_start = before.rfind('\n').map_or(0, |i| i + 1);

@@ -62,7 +62,14 @@ impl<'a> Ended<'a> {
         }
         let mut seq = last_seq;
         let mut line = |event: Event| -> io::Result<()> {
-            seq += 1;
+            // A log whose last seq is u64::MAX (written by hand, or corrupt) cannot be continued
+            // in order; overflowing would panic, or wrap to a seq that goes backwards.
+            seq = seq.checked_add(1).ok_or_else(|| {
+                io::Error::other(format!(
+                    "{} ends at the largest seq there is; move it away to record the run's end",
+                    log.display()
+                ))
+            })?;
             let line = EventLine {
                 ts: crate::runner::now_rfc3339(),
                 run: self.run.to_owned(),

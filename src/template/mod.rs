@@ -141,6 +141,8 @@ impl Templates {
         // In shell mode every value is quoted, whatever filter made it, and bracketed by markers
         // so that `render` can check where it landed; only a `Raw` (`| safe`) goes in as code.
         // Markers inside a value (captured blocks, macro output) are dropped: it is all one word.
+        // So is NUL: no script handed to `sh -c` (a C string) can hold one, and a task text or
+        // agent output with one would otherwise stop the step from starting at all.
         env.set_formatter(|out, state, value| {
             if !is_shell(state) {
                 return minijinja::escape_formatter(out, state, value);
@@ -155,7 +157,10 @@ impl Templates {
                 Some(s) => s.to_owned(),
                 None => value.to_string(),
             };
-            let text: String = text.chars().filter(|c| !shell::is_marker(*c)).collect();
+            let text: String = text
+                .chars()
+                .filter(|&c| !shell::is_marker(c) && c != '\0')
+                .collect();
             out.write_char(VALUE_START)?;
             out.write_str(&shell_quote(&text))?;
             out.write_char(VALUE_END)?;

@@ -14,6 +14,7 @@ mod disk_full;
 mod egress;
 mod forge;
 mod forge_faults;
+mod fuzz;
 mod git_host;
 mod hostile_repos;
 mod images;

@@ -553,4 +553,119 @@ mod tests {
             Err(HeadError::LineTooLong)
         ));
     }
+
+    /// Fuzz targets (see `crate::fuzzing`): any bytes are answered, and an authority that parses
+    /// comes back out as the same host and port.
+    mod fuzz {
+        use proptest::prelude::*;
+
+        use super::*;
+        use crate::fuzzing::fuzz;
+
+        /// Request-ish bytes: pieces of real heads mixed with arbitrary bytes, so that the parser
+        /// gets past httparse often enough to reach the proxy's own checks.
+        fn head_bytes() -> impl Strategy<Value = Vec<u8>> {
+            let piece = prop_oneof![
+                Just(b"CONNECT ".to_vec()),
+                Just(b"GET ".to_vec()),
+                Just(b"POST ".to_vec()),
+                Just(b"http://".to_vec()),
+                Just(b"https://".to_vec()),
+                Just(b"[::1]".to_vec()),
+                Just(b"example.com".to_vec()),
+                Just(b":443".to_vec()),
+                Just(b":0".to_vec()),
+                Just(b":99999".to_vec()),
+                Just(b"@".to_vec()),
+                Just(b"/".to_vec()),
+                Just(b" HTTP/1.1\r\n".to_vec()),
+                Just(b" HTTP/1.0\r\n".to_vec()),
+                Just(b"Host: example.com\r\n".to_vec()),
+                Just(b"Host: \r\n".to_vec()),
+                Just(b"Content-Length: 5\r\n".to_vec()),
+                Just(b"Content-Length: -1\r\n".to_vec()),
+                Just(b"Transfer-Encoding: chunked\r\n".to_vec()),
+                Just(b"Transfer-Encoding: gzip, chunked\r\n".to_vec()),
+                Just(b"\r\n".to_vec()),
+                Just(b"\n".to_vec()),
+                proptest::collection::vec(any::<u8>(), 0..12),
+                "[ -~]{0,12}".prop_map(String::into_bytes),
+            ];
+            proptest::collection::vec(piece, 0..16).prop_map(|pieces| pieces.concat())
+        }
+
+        fn host_text() -> impl Strategy<Value = String> {
+            prop_oneof![
+                "[a-zA-Z0-9_]([a-zA-Z0-9_-]{0,8}[a-zA-Z0-9_])?(\\.[a-zA-Z][a-zA-Z0-9-]{0,6}[a-zA-Z0-9]){0,3}\\.?",
+                any::<std::net::Ipv4Addr>().prop_map(|ip| ip.to_string()),
+                any::<std::net::Ipv6Addr>().prop_map(|ip| format!("[{ip}]")),
+                "[ -~]{0,16}",
+            ]
+        }
+
+        #[test]
+        fn fuzz_proxy_heads_never_panic() {
+            fuzz(
+                "proxy_heads",
+                256,
+                (
+                    prop_oneof![head_bytes(), proptest::collection::vec(any::<u8>(), 0..300)],
+                    1usize..400,
+                ),
+                |(bytes, max)| {
+                    // Every prefix too: the proxy parses the head as it arrives.
+                    for end in [bytes.len() / 3, bytes.len() / 2, bytes.len()] {
+                        if let Ok(Some((_, head_len))) = parse(&bytes[..end], max) {
+                            prop_assert!(head_len <= end && head_len <= max);
+                        }
+                    }
+                    Ok(())
+                },
+            );
+        }
+
+        #[test]
+        fn fuzz_proxy_authorities_round_trip() {
+            fuzz(
+                "proxy_authorities",
+                512,
+                (host_text(), 0u32..70_000, any::<bool>()),
+                |(host, port, connect)| {
+                    let authority = format!("{host}:{port}");
+                    let head = if connect {
+                        format!("CONNECT {authority} HTTP/1.1\r\nHost: {authority}\r\n\r\n")
+                    } else {
+                        format!("GET http://{authority}/x HTTP/1.1\r\nHost: {authority}\r\n\r\n")
+                    };
+                    let Ok(Some((request, len))) = parse(head.as_bytes(), 16 * 1024) else {
+                        return Ok(());
+                    };
+                    prop_assert_eq!(len, head.len());
+                    let (parsed, parsed_port) = match request {
+                        Request::Connect { host, port } => (host, port),
+                        Request::Http(r) => (r.host, r.port),
+                    };
+                    prop_assert_eq!(u32::from(parsed_port), port);
+                    // The host as the proxy will name and match it: the input, lowercased, one
+                    // trailing dot dropped, brackets of an IPv6 literal off.
+                    let expected = host
+                        .trim_start_matches('[')
+                        .trim_end_matches(']')
+                        .to_ascii_lowercase();
+                    let expected = expected.strip_suffix('.').unwrap_or(&expected);
+                    let shown = parsed.to_string();
+                    match parsed {
+                        Host::Ip(ip) => {
+                            prop_assert_eq!(Ok(ip), expected.parse::<std::net::IpAddr>());
+                        }
+                        Host::Name(_) => prop_assert_eq!(shown.as_str(), expected),
+                    }
+                    // And it parses again to the same thing.
+                    let again = parse_authority(&authority_text(&parsed, parsed_port), Some(80));
+                    prop_assert_eq!(again.ok(), Some((parsed, parsed_port)));
+                    Ok(())
+                },
+            );
+        }
+    }
 }
