@@ -173,10 +173,19 @@ fn check_origin(headers: &HeaderMap, open: bool) -> Result<(), String> {
             crate::cli::terminal::printable(host)
         ));
     }
-    if headers
-        .get("sec-fetch-site")
+    // A link followed from another site (a top-level navigation) may open the dashboard: it
+    // reads nothing and changes nothing, and the page then asks for the token. Anything else
+    // a browser sends for another site is refused.
+    let navigation = headers
+        .get("sec-fetch-mode")
         .and_then(|v| v.to_str().ok())
-        .is_some_and(|site| site.eq_ignore_ascii_case("cross-site"))
+        .is_some_and(|mode| mode.eq_ignore_ascii_case("navigate"))
+        && headers.get(header::ORIGIN).is_none();
+    if !navigation
+        && headers
+            .get("sec-fetch-site")
+            .and_then(|v| v.to_str().ok())
+            .is_some_and(|site| site.eq_ignore_ascii_case("cross-site"))
     {
         return Err("cross-site requests are refused (CORS is off)".to_owned());
     }
@@ -263,6 +272,21 @@ mod tests {
         assert!(check_origin(&foreign, false).is_err());
         let fetch = headers(&[("host", "127.0.0.1:7878"), ("sec-fetch-site", "cross-site")]);
         assert!(check_origin(&fetch, false).is_err());
+        // Following a link from another site opens the page; a form posted from one does not
+        // pass (it carries an Origin).
+        let link = headers(&[
+            ("host", "127.0.0.1:7878"),
+            ("sec-fetch-site", "cross-site"),
+            ("sec-fetch-mode", "navigate"),
+        ]);
+        assert!(check_origin(&link, false).is_ok());
+        let form = headers(&[
+            ("host", "127.0.0.1:7878"),
+            ("sec-fetch-site", "cross-site"),
+            ("sec-fetch-mode", "navigate"),
+            ("origin", "https://evil.example"),
+        ]);
+        assert!(check_origin(&form, false).is_err());
         let rebound = headers(&[("host", "evil.example:7878")]);
         assert!(check_origin(&rebound, true).is_err());
         assert!(check_origin(&rebound, false).is_ok());
