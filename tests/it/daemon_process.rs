@@ -38,24 +38,9 @@ impl Project {
     /// A project whose `maxions.yaml` holds `config`, with two blueprints: `quick` (checkout,
     /// one command) and `gated` (checkout, then the gates `gate1` and `gate2`).
     fn new(config: &str) -> Self {
-        let dir = tempfile::tempdir().expect("temp dir");
+        let (dir, origin) = crate::support::api::scaffold(config);
         let root = dir.path().canonicalize().expect("canonical temp dir");
-        let origin = crate::support::api::origin_repo(&root);
-        // Tests run side by side: each daemon's API takes a free port (see `api.json`).
-        let config = if config.contains("api:") {
-            config.to_owned()
-        } else {
-            format!("{config}api:\n  listen: 127.0.0.1:0\n")
-        };
-        write(&root, "maxions.yaml", &config);
-        let sandbox = "sandbox:\n  network: none\n  timeout: 5m\n";
-        write(
-            &root,
-            "blueprints/quick.yaml",
-            &format!(
-                "name: quick\n{sandbox}steps:\n  - id: checkout\n    checkout: {{}}\n  - id: hello\n    run: cat /workspace/repo/README.md\n"
-            ),
-        );
+        let sandbox = crate::support::api::SANDBOX;
         write(
             &root,
             "blueprints/gated.yaml",

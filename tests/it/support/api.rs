@@ -29,23 +29,9 @@ impl Project {
     /// A project whose `maxions.yaml` is `config` plus an API on a free port (unless `config`
     /// has an `api:` section of its own).
     pub fn new(config: &str) -> Self {
-        let dir = tempfile::tempdir().expect("temp dir");
+        let (dir, origin) = scaffold(config);
         let root = dir.path().canonicalize().expect("canonical temp dir");
-        let origin = origin_repo(&root);
-        let config = if config.contains("api:") {
-            config.to_owned()
-        } else {
-            format!("{config}api:\n  listen: 127.0.0.1:0\n")
-        };
-        write(&root, "maxions.yaml", &config);
-        let sandbox = "sandbox:\n  network: none\n  timeout: 5m\n";
-        write(
-            &root,
-            "blueprints/quick.yaml",
-            &format!(
-                "name: quick\n{sandbox}steps:\n  - id: checkout\n    checkout: {{}}\n  - id: hello\n    run: cat /workspace/repo/README.md\n"
-            ),
-        );
+        let sandbox = SANDBOX;
         // Prints `line N` every 0.2 s for a minute: a run to watch and cancel.
         write(
             &root,
@@ -76,6 +62,33 @@ impl Project {
         std::fs::write(&path, self.task_yaml(blueprint, text)).expect("write the task");
         path
     }
+}
+
+/// The `sandbox:` section of the test blueprints.
+pub const SANDBOX: &str = "sandbox:\n  network: none\n  timeout: 5m\n";
+
+/// A temporary project: `maxions.yaml` (`config`, plus an API on a free port unless it has an
+/// `api:` section: tests run side by side), `blueprints/quick.yaml` (checkout, one command),
+/// `tasks/` and [`origin_repo`]. Returns the directory and the origin.
+pub fn scaffold(config: &str) -> (tempfile::TempDir, PathBuf) {
+    let dir = tempfile::tempdir().expect("temp dir");
+    let root = dir.path().canonicalize().expect("canonical temp dir");
+    let origin = origin_repo(&root);
+    let config = if config.contains("api:") {
+        config.to_owned()
+    } else {
+        format!("{config}api:\n  listen: 127.0.0.1:0\n")
+    };
+    write(&root, "maxions.yaml", &config);
+    write(
+        &root,
+        "blueprints/quick.yaml",
+        &format!(
+            "name: quick\n{SANDBOX}steps:\n  - id: checkout\n    checkout: {{}}\n  - id: hello\n    run: cat /workspace/repo/README.md\n"
+        ),
+    );
+    std::fs::create_dir_all(root.join("tasks")).expect("tasks dir");
+    (dir, origin)
 }
 
 /// `origin/repo.git` below `root`: a bare repository with one commit (a README) on `main`,
