@@ -772,7 +772,9 @@ async fn end_step_kills_every_process_however_it_detached() {
     );
 
     let killed = sandbox.end_step().await.unwrap();
-    assert!(killed >= 5, "killed {killed}: {before}");
+    // The spy's `sleep 0.1` may be between two iterations when the step ends: one fewer then.
+    // What matters is the next assertion: nothing is left.
+    assert!(killed >= 4, "killed {killed}: {before}");
     assert_eq!(
         stray_processes(&*sandbox).await,
         "",
