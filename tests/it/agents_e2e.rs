@@ -380,16 +380,17 @@ async fn a_spent_token_budget_ends_in_a_draft_pull_request_that_says_so() {
     );
     // What the agent left is what the draft holds. The tool call that came with the answer
     // that spent the budget may or may not have run (it starts the moment that answer ends,
-    // as the kill goes out), but the agent asks the model nothing more.
+    // as the kill goes out), and on a loaded machine the request the agent makes right after
+    // it can leave before the kill lands; but nothing after that one.
     let left = world
         .git
         .file("octo", "hello", "maxions/greet", "greeting.txt")
         .unwrap_or_default();
     assert!(left == "hi\n" || left == "hi\nmore\n", "{left:?}");
-    assert_eq!(
-        world.llm.model_requests().len(),
-        2,
-        "a model call after the budget was spent"
+    let asked = world.llm.model_requests().len();
+    assert!(
+        asked == 2 || (asked == 3 && left == "hi\nmore\n"),
+        "{asked} model calls (the agent left {left:?}): more than the one in flight when the budget was spent"
     );
     world.assert_no_key_in(&events, &result);
 }
