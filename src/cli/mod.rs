@@ -2,6 +2,7 @@
 
 mod daemon;
 mod demo;
+mod egress_proxy;
 mod image;
 mod logs;
 mod render;
@@ -112,6 +113,12 @@ pub enum Command {
     /// `-f`, the status `maxions run` gives the run once it finishes (0, 1, 2, 124, 130); 2 the
     /// log could not be found or read.
     Logs(logs::Args),
+    /// Serve the egress proxy on its own: what maxions runs in a small container beside a
+    /// sandbox on an engine that does not share this machine's files.
+    ///
+    /// Binds `egress.sock` in --dir, writes the sandbox's relay beside it, prints a ready line,
+    /// then one JSON line per decision. Stops on SIGTERM.
+    EgressProxy(egress_proxy::Args),
 }
 
 /// Exit statuses shared by the commands.
@@ -171,6 +178,7 @@ pub fn main() -> ExitCode {
         Command::Status(args) => daemon::status(&args, output),
         Command::Cancel(args) => daemon::cancel(&args, output),
         Command::Logs(args) => logs::run(&args, output),
+        Command::EgressProxy(args) => egress_proxy::run(&args, output),
     };
     ExitCode::from(code)
 }

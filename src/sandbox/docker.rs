@@ -32,6 +32,7 @@ use tokio_util::task::TaskTracker;
 
 use super::egress::relay::{self, EgressDir};
 use super::egress::{EgressEvent, EgressProxy, Resolver};
+use super::egress_container::{ContainerEgress, EgressContainer};
 use super::procs::{self, COPY_IN, END_STEP, PREPARE, REAPER, WRAPPER};
 use super::redact::{RedactStream, Redactor};
 use super::{
@@ -73,6 +74,9 @@ pub struct DockerEngine {
     resolver: Option<Arc<dyn Resolver>>,
     /// Tests only: the proxies may dial loopback (where the tests' servers listen).
     loopback: bool,
+    /// Run each allowlisted sandbox's proxy in a container beside it, as this form says,
+    /// instead of in this process (the default for an engine reached over TCP).
+    egress_container: Option<EgressContainer>,
 }
 
 impl DockerEngine {
@@ -114,6 +118,8 @@ impl DockerEngine {
             instance: "default".to_owned(),
             resolver: None,
             loopback: false,
+            egress_container: (!host.is_empty() && !host.starts_with("unix://"))
+                .then(EgressContainer::default),
         })
     }
 
@@ -139,6 +145,15 @@ impl DockerEngine {
     pub fn with_egress_to_loopback_for_tests(mut self, resolver: impl Resolver) -> Self {
         self.resolver = Some(Arc::new(resolver));
         self.loopback = true;
+        self
+    }
+
+    /// Runs each allowlisted sandbox's egress proxy in a container beside it on the engine (see
+    /// [`super::egress_container`]), as an engine that does not share this machine's files
+    /// needs, instead of in this process.
+    #[must_use]
+    pub fn with_egress_container(mut self, form: EgressContainer) -> Self {
+        self.egress_container = Some(form);
         self
     }
 
@@ -194,17 +209,49 @@ impl DockerEngine {
             ..Mount::default()
         }];
         let mut cmd = vec!["sh".to_owned(), "-c".to_owned(), REAPER.to_owned()];
-        // Dropped on any early return below: stops the proxy and removes its directory.
+        // Dropped on any early return below: stops the proxy and removes its directory (or its
+        // container and volume).
         let mut egress = None;
+        let mut container_egress = None;
         let network_mode = match &spec.network {
             NetworkPolicy::None => "none",
             NetworkPolicy::Host => "host",
+            NetworkPolicy::Allowlist(policy) if self.egress_container.is_some() => {
+                let form = self
+                    .egress_container
+                    .as_ref()
+                    .expect("checked by the guard");
+                let proxy = ContainerEgress::start(
+                    &self.docker,
+                    &name,
+                    &labels,
+                    policy,
+                    self.loopback,
+                    form,
+                    spec.on_egress.clone(),
+                )
+                .await?;
+                mounts.push(Mount {
+                    target: Some(relay::CONTAINER_DIR.to_owned()),
+                    source: Some(proxy.volume().to_owned()),
+                    typ: Some(MountType::VOLUME),
+                    read_only: Some(true),
+                    ..Mount::default()
+                });
+                let relay_argv: Vec<String> = relay::container_command()
+                    .iter()
+                    .map(|a| shell_quote(a))
+                    .collect();
+                cmd[2] = format!("{} </dev/null & {REAPER}", relay_argv.join(" "));
+                env.extend(
+                    relay::proxy_env()
+                        .into_iter()
+                        .map(|(k, v)| format!("{k}={v}")),
+                );
+                container_egress = Some(proxy);
+                "none"
+            }
             NetworkPolicy::Allowlist(policy) => {
-                if !self.local {
-                    return Err(SandboxError::Config(
-                        "`network: allowlist` needs a local Docker engine (the egress socket is mounted from this machine); use `none` or `host` with DOCKER_HOST".into(),
-                    ));
-                }
                 let dir = self.egress_root.join(sanitize(&spec.run_id));
                 let (egress_dir, listener) = EgressDir::prepare(&dir).map_err(|e| {
                     SandboxError::Create(format!(
@@ -330,6 +377,7 @@ impl DockerEngine {
             kept: AtomicBool::new(false),
             kept_dir: self.egress_root.join(KEPT_DIR),
             egress,
+            container_egress,
             reaper: tokio::sync::Mutex::new(None),
         };
         if let Err(error) = self.docker.start_container(&sandbox.id, None).await {
@@ -407,6 +455,36 @@ impl DockerEngine {
                     failed.get_or_insert_with(|| engine_error(&error));
                 }
             }
+        }
+        // The volumes of egress proxies in containers (a sandbox's own volume goes with it).
+        let volumes = self
+            .docker
+            .list_volumes(Some(
+                bollard::query_parameters::ListVolumesOptionsBuilder::new()
+                    .filters(&HashMap::from([(
+                        "label",
+                        vec![format!("{INSTANCE_LABEL}={}", self.instance)],
+                    )]))
+                    .build(),
+            ))
+            .await
+            .map_err(|e| engine_error(&e))?;
+        for volume in volumes.volumes.unwrap_or_default() {
+            let run = volume.labels.get(RUN_LABEL).map_or("", String::as_str);
+            let owner = volume.labels.get(OWNER_LABEL).map_or("", String::as_str);
+            if live.iter().any(|l| l == run)
+                || (owner != self::owner() && owner_alive(owner, self.local))
+            {
+                continue;
+            }
+            // In use (409: its proxy is still being removed) or gone: the next sweep has it.
+            let _ = self
+                .docker
+                .remove_volume(
+                    &volume.name,
+                    None::<bollard::query_parameters::RemoveVolumeOptions>,
+                )
+                .await;
         }
         match failed {
             Some(error) => Err(error),
@@ -525,6 +603,7 @@ pub struct DockerSandbox {
     /// leave a sandbox kept for debugging alone.
     kept_dir: PathBuf,
     egress: Option<Egress>,
+    container_egress: Option<ContainerEgress>,
     /// An open attach to the reaper's stdin: killing a process group costs one small write.
     reaper: tokio::sync::Mutex<Option<std::pin::Pin<Box<dyn tokio::io::AsyncWrite + Send>>>>,
 }
@@ -1230,6 +1309,14 @@ impl DockerSandbox {
         if let Some(egress) = &self.egress {
             egress.stop().await;
         }
+        let removed = self.remove_container().await;
+        if let Some(egress) = &self.container_egress {
+            egress.stop().await;
+        }
+        removed
+    }
+
+    async fn remove_container(&self) -> Result<(), SandboxError> {
         match self
             .docker
             .remove_container(&self.id, Some(force_remove()))
@@ -1636,21 +1723,21 @@ fn force_remove() -> bollard::query_parameters::RemoveContainerOptions {
         .build()
 }
 
-fn status_of(error: &bollard::errors::Error) -> Option<u16> {
+pub(super) fn status_of(error: &bollard::errors::Error) -> Option<u16> {
     match error {
         bollard::errors::Error::DockerResponseServerError { status_code, .. } => Some(*status_code),
         _ => None,
     }
 }
 
-fn engine_message(error: &bollard::errors::Error) -> String {
+pub(super) fn engine_message(error: &bollard::errors::Error) -> String {
     match error {
         bollard::errors::Error::DockerResponseServerError { message, .. } => message.clone(),
         other => other.to_string(),
     }
 }
 
-fn engine_error(error: &bollard::errors::Error) -> SandboxError {
+pub(super) fn engine_error(error: &bollard::errors::Error) -> SandboxError {
     match status_of(error) {
         Some(_) => SandboxError::Engine(engine_message(error)),
         None => SandboxError::EngineUnreachable(unreachable_reason(error)),

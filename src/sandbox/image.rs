@@ -24,6 +24,8 @@ pub const AGENT_PI_IMAGE: &str = "maxions/agent-pi:latest";
 pub const AGENT_CLAUDE_IMAGE: &str = "maxions/agent-claude:latest";
 /// The image `agent.kind: codex` runs in (`images/agent-codex/`).
 pub const AGENT_CODEX_IMAGE: &str = "maxions/agent-codex:latest";
+/// The egress proxy for sandboxes on engines that do not share this machine's files.
+pub const EGRESS_IMAGE: &str = "maxions/egress:latest";
 /// `@mariozechner/pi-coding-agent`, as pinned by `images/agent-pi/package-lock.json`.
 pub const PI_VERSION: &str = "0.73.1";
 /// `@anthropic-ai/claude-code`, as pinned by `images/agent-claude/package-lock.json`. Not the
@@ -69,6 +71,11 @@ enum Source {
         text: &'static str,
         base: &'static str,
     },
+    /// A Dockerfile whose build context holds this maxions binary (as `maxions`, stripped).
+    Maxions {
+        text: &'static str,
+        base: &'static str,
+    },
     /// A Dockerfile whose build context is an npm install made on this machine (see
     /// [`build_agent`] for why there, not in the build).
     Npm {
@@ -100,7 +107,7 @@ impl Recipe {
     pub fn agent(&self) -> Option<&Agent> {
         match &self.source {
             Source::Npm { agent, .. } => Some(agent),
-            Source::Debootstrap | Source::Dockerfile { .. } => None,
+            Source::Debootstrap | Source::Dockerfile { .. } | Source::Maxions { .. } => None,
         }
     }
 
@@ -109,7 +116,9 @@ impl Recipe {
     pub fn base(&self) -> Option<&'static Recipe> {
         let base = match self.source {
             Source::Debootstrap => return None,
-            Source::Dockerfile { base, .. } | Source::Npm { base, .. } => base,
+            Source::Dockerfile { base, .. }
+            | Source::Maxions { base, .. }
+            | Source::Npm { base, .. } => base,
         };
         RECIPES.iter().find(|r| r.tag == base)
     }
@@ -166,6 +175,15 @@ pub const RECIPES: &[Recipe] = &[
         what: "the default sandbox: git, bash, curl, user `sandbox`, /workspace",
         source: Source::Dockerfile {
             text: include_str!("../../images/sandbox/Dockerfile"),
+            base: BASE_IMAGE,
+        },
+    },
+    Recipe {
+        name: "egress",
+        tag: EGRESS_IMAGE,
+        what: "the egress proxy (this maxions binary) run beside sandboxes on remote engines",
+        source: Source::Maxions {
+            text: include_str!("../../images/egress/Dockerfile"),
             base: BASE_IMAGE,
         },
     },
@@ -260,6 +278,8 @@ pub enum ImageError {
     },
     #[error("{0}: {1}")]
     Io(String, io::Error),
+    #[error("cannot build {EGRESS_IMAGE}: {0}")]
+    NoMaxionsBinary(String),
 }
 
 /// What happened to one image.
@@ -365,6 +385,7 @@ fn build_one(recipe: &Recipe, say: &mut dyn FnMut(&str)) -> Result<(), ImageErro
     match recipe.source {
         Source::Debootstrap => build_base(recipe, &recipe_id, say),
         Source::Dockerfile { text, .. } => build_dockerfile(recipe, text, &recipe_id, say),
+        Source::Maxions { text, .. } => build_maxions(recipe, text, &recipe_id, say),
         Source::Npm {
             dockerfile,
             package_json,
@@ -396,6 +417,11 @@ fn recipe_id(recipe: &Recipe) -> String {
     let text = match recipe.source {
         Source::Debootstrap => format!("debootstrap {SUITE} minbase {BASE_PACKAGES}"),
         Source::Dockerfile { text, base } => format!("{base}\n{text}"),
+        // The binary's own fingerprint: a new build of maxions makes a new proxy image.
+        Source::Maxions { text, base } => format!(
+            "{base}\n{text}\n{}",
+            maxions_binary().map_or_else(|e| e.to_string(), |(_, id)| id)
+        ),
         // The base's id too, so that a new sandbox recipe rebuilds the agent images on it; the
         // labels, so that a version bump that forgot the lockfile still rebuilds (and fails).
         Source::Npm {
@@ -551,6 +577,75 @@ fn build_dockerfile(
         .arg(context))?;
     say(&format!("{}: built", recipe.tag));
     Ok(())
+}
+
+/// The egress image: the Dockerfile and a stripped copy of the maxions binary (the debug
+/// information is most of a development build's size and nothing the proxy needs).
+fn build_maxions(
+    recipe: &Recipe,
+    dockerfile: &str,
+    recipe_id: &str,
+    say: &mut dyn FnMut(&str),
+) -> Result<(), ImageError> {
+    let (binary, _) = maxions_binary()?;
+    let scratch = Scratch::new("maxions-image")?;
+    let context = scratch.path();
+    write(&context.join("Dockerfile"), dockerfile.as_bytes())?;
+    let copy = context.join("maxions");
+    std::fs::copy(&binary, &copy)
+        .map_err(|e| ImageError::Io(format!("cannot copy {}", binary.display()), e))?;
+    if which("strip").is_some() {
+        // Best effort: an unstripped binary works as well, only bigger.
+        let _ = Command::new("strip")
+            .arg("--strip-debug")
+            .arg(&copy)
+            .stderr(Stdio::null())
+            .status();
+    }
+    say(&format!("{}: docker build", recipe.tag));
+    run(Command::new("docker")
+        .env("DOCKER_BUILDKIT", "0")
+        .args(["build", "--quiet", "--force-rm", "--label"])
+        .arg(format!("{RECIPE_LABEL}={recipe_id}"))
+        .args(["--tag", recipe.tag])
+        .arg(context))?;
+    say(&format!("{}: built", recipe.tag));
+    Ok(())
+}
+
+/// The maxions binary the egress image is built from, and a fingerprint of its bytes: this
+/// executable when it is maxions, else (a test binary, a tool linking the library)
+/// `MAXIONS_BINARY`, or `maxions` one or two directories up (cargo's `target/debug/deps`).
+/// The fingerprint only has to tell two binaries apart, and the binary that compares it is the
+/// one that computed it, so a hash that is not stable across Rust versions is good enough.
+fn maxions_binary() -> Result<(PathBuf, String), ImageError> {
+    static FOUND: std::sync::OnceLock<Result<(PathBuf, String), String>> =
+        std::sync::OnceLock::new();
+    let found = FOUND.get_or_init(|| {
+        let exe = std::env::current_exe().map_err(|e| e.to_string())?;
+        let path = if let Some(path) = std::env::var_os("MAXIONS_BINARY") {
+            PathBuf::from(path)
+        } else if exe.file_name().is_some_and(|n| n == "maxions") {
+            exe
+        } else {
+            exe.ancestors()
+                .skip(1)
+                .take(2)
+                .map(|dir| dir.join("maxions"))
+                .find(|p| p.is_file())
+                .ok_or_else(|| {
+                    format!(
+                        "{} is not maxions and no maxions binary is beside it; set MAXIONS_BINARY to the maxions to put in {EGRESS_IMAGE}",
+                        exe.display()
+                    )
+                })?
+        };
+        let bytes = std::fs::read(&path).map_err(|e| format!("cannot read {}: {e}", path.display()))?;
+        let mut hasher = std::collections::hash_map::DefaultHasher::new();
+        std::hash::Hasher::write(&mut hasher, &bytes);
+        Ok((path, format!("{:016x}-{}", std::hash::Hasher::finish(&hasher), bytes.len())))
+    });
+    found.clone().map_err(ImageError::NoMaxionsBinary)
 }
 
 /// An agent image. Its npm packages are installed here, on the host, into the build context,

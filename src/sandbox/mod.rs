@@ -8,6 +8,7 @@
 pub mod bootstrap;
 pub mod docker;
 pub mod egress;
+pub mod egress_container;
 pub mod image;
 mod procs;
 pub mod redact;

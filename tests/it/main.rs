@@ -12,6 +12,7 @@ mod daemon_process;
 mod dashboard;
 mod disk_full;
 mod egress;
+mod egress_container;
 mod forge;
 mod forge_faults;
 mod fuzz;
