@@ -19,6 +19,7 @@ mod fuzz;
 mod git_host;
 mod hostile_repos;
 mod images;
+mod leaks;
 mod llm;
 mod load;
 mod logs_cli;
