@@ -470,3 +470,152 @@ fn no_canary_reaches_any_output_in_any_form() {
     );
     assert!(hits.is_empty(), "secrets leaked:\n{}", hits.join("\n"));
 }
+
+/// The model provider's key (pi reads it by the name the blueprint gives).
+const LLM_KEY: &str = "sk-leak-canary-Qm7+Tz/Wp3=Lx";
+
+/// The LLM route, with the real pi against the scripted provider: the check that fails prints
+/// the task secret, and its output is the fix prompt; the agent prints its environment (where
+/// its provider key is). Neither the task secret nor anything but masks may reach the provider,
+/// and the provider key may reach nothing but the provider.
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn the_model_provider_gets_no_secret_and_its_key_goes_nowhere_else() {
+    use std::net::{IpAddr, Ipv4Addr};
+    use std::sync::Arc;
+
+    use maxions::config::load::load_task;
+    use maxions::forge::GitHub;
+    use maxions::runner::{RunOptions, RunStatus, run};
+    use maxions::sandbox::egress::StaticResolver;
+    use tokio_util::sync::CancellationToken;
+
+    use crate::support::events::Events;
+    use crate::support::github::{APP_ID, INSTALLATION, app_key};
+    use crate::support::llm::{ScriptedLlm, Turn};
+
+    let Some(engine) = crate::support::docker::engine("leaks-llm").await else {
+        return;
+    };
+    crate::support::docker::agent_image("pi").await;
+    let engine = engine.with_egress_to_loopback_for_tests(
+        StaticResolver::new().with("llm.test", [IpAddr::V4(Ipv4Addr::LOCALHOST)]),
+    );
+    let llm = ScriptedLlm::builder()
+        .turn(Turn::shell("env | sort; echo hi > greeting.txt"))
+        .turn(Turn::text("I wrote greeting.txt."))
+        .turn(Turn::shell("echo hello > greeting.txt"))
+        .turn(Turn::text("Fixed."))
+        .start();
+    let fake = FakeGitHub::standard(PAT);
+    let git = GitServer::start_with(fake.token_check());
+    let url = git.create_repo("octo", "hello");
+    let port = llm.addr().port();
+    let dir = crate::support::tree(&[
+        (
+            "maxions.yaml",
+            "secrets:\n  LLM_KEY: { env: LEAK_LLM_KEY }\n  TASK_SECRET: { env: LEAK_TASK_SECRET }\n",
+        ),
+        (
+            "blueprints/llm.yaml",
+            &format!(
+                "name: llm\nsandbox:\n  network: allowlist\n  allow: [\"llm.test:{port}\"]\n  memory: 2g\n  timeout: 5m\nagent:\n  kind: pi\n  model: fake-model\n  provider: {{ base_url: \"http://llm.test:{port}/v1\", key: LLM_KEY }}\nsteps:\n  - {{ id: checkout, checkout: {{}} }}\n  - {{ id: implement, agent: \"{{{{ task }}}}\" }}\n  - id: checks\n    secrets: [TASK_SECRET]\n    check:\n      - {{ id: greeting, run: \"echo the check saw $TASK_SECRET; grep -q hello /workspace/repo/greeting.txt\" }}\n    fix: {{ max_rounds: 1, agent: \"{{% for c in failed %}}{{{{ c.output }}}}{{% endfor %}}\" }}\n  - {{ id: commit, commit: {{ message: \"Add a greeting\" }} }}\n  - {{ id: push, push: {{}} }}\n  - {{ id: pr, pull_request: {{ title: \"Add a greeting\", body: \"Written by pi.\" }} }}\n"
+            ),
+        ),
+        (
+            "tasks/greet.yaml",
+            &format!(
+                "task: Create greeting.txt saying hello.\nrepo: {url}\nblueprint: llm\nbase: main\n"
+            ),
+        ),
+    ]);
+    let loaded = load_task(&dir.path().join("tasks/greet.yaml"), None)
+        .unwrap_or_else(|v| panic!("{:#?}", v.diagnostics));
+    let forge = GitHub::with_app(
+        &fake.base_url(),
+        APP_ID,
+        INSTALLATION,
+        &app_key().private_pem,
+    )
+    .and_then(|f| f.with_web_url(&git.base_url()))
+    .expect("forge");
+    let mut options = RunOptions::new(&engine, crate::support::docker::unique("leaks-llm"));
+    options.forge = Some(Arc::new(forge));
+    options.env = Arc::new(|name| match name {
+        "LEAK_LLM_KEY" => Some(LLM_KEY.to_owned()),
+        "LEAK_TASK_SECRET" => Some(TASK_SECRET.to_owned()),
+        _ => None,
+    });
+    let events = Events::default();
+    let result = run(&loaded, options, &events, CancellationToken::new()).await;
+    assert_eq!(result.status, RunStatus::Succeeded, "{:?}", result.reason);
+    assert_eq!(result.fix_rounds, 1);
+
+    let requests = llm.requests();
+    let mut to_provider = Outputs::default();
+    let mut elsewhere = Outputs::default();
+    let mut prompt_seen = false;
+    for (n, request) in requests.iter().enumerate() {
+        let body = request
+            .body
+            .as_ref()
+            .map(ToString::to_string)
+            .unwrap_or_default();
+        prompt_seen |= body.contains("the check saw ***");
+        let headers: String = request
+            .headers
+            .iter()
+            .map(|(name, value)| format!("{name}: {value}\n"))
+            .collect();
+        to_provider.add(format!("LLM request #{n}"), format!("{headers}\n{body}"));
+    }
+    assert!(
+        prompt_seen,
+        "the fix prompt, with the check's output masked, reached the model"
+    );
+    elsewhere.add("events", serde_json::to_vec(&events.all()).unwrap());
+    elsewhere.add("result", serde_json::to_vec(&result).unwrap());
+    elsewhere.add_tree("project", dir.path());
+    elsewhere.add_git_objects("pushed repository", &git.repo_path("octo", "hello"));
+    for (n, request) in fake.requests().iter().enumerate() {
+        elsewhere.add(
+            format!("fake GitHub request #{n}"),
+            request
+                .body
+                .as_ref()
+                .map(ToString::to_string)
+                .unwrap_or_default(),
+        );
+    }
+    // The task secret reaches no output at all, the provider's requests included; the provider
+    // key nothing but those requests (pi sends it, and the agent's own `env` output goes back to
+    // the model as a tool result: that is the agent's provider, which has it).
+    let mut hits = Vec::new();
+    for (form, needle) in forms(TASK_SECRET) {
+        for outputs in [&to_provider, &elsewhere] {
+            for (name, bytes) in &outputs.items {
+                if bytes.windows(needle.len()).any(|w| w == needle.as_slice()) {
+                    hits.push(format!("{name}: the task secret ({form})"));
+                }
+            }
+        }
+    }
+    for (form, needle) in forms(LLM_KEY) {
+        for (name, bytes) in &elsewhere.items {
+            if bytes.windows(needle.len()).any(|w| w == needle.as_slice()) {
+                hits.push(format!("{name}: the provider key ({form})"));
+            }
+        }
+    }
+    assert!(
+        requests.iter().any(|r| r.api_key() == Some(LLM_KEY)),
+        "pi authenticated with the key"
+    );
+    eprintln!(
+        "leak harness (LLM route): 2 canaries x {} forms x {} outputs ({} bytes), {} hits",
+        forms(LLM_KEY).len(),
+        to_provider.items.len() + elsewhere.items.len(),
+        to_provider.bytes() + elsewhere.bytes(),
+        hits.len()
+    );
+    assert!(hits.is_empty(), "secrets leaked:\n{}", hits.join("\n"));
+}
