@@ -602,6 +602,9 @@ fn build_maxions(
             .stderr(Stdio::null())
             .status();
     }
+    // Every new maxions build makes a new image: the one it replaces goes, unless a container
+    // still uses it (then `docker image rm` refuses, and it stays).
+    let old = image_id(recipe.tag);
     say(&format!("{}: docker build", recipe.tag));
     run(Command::new("docker")
         .env("DOCKER_BUILDKIT", "0")
@@ -609,8 +612,29 @@ fn build_maxions(
         .arg(format!("{RECIPE_LABEL}={recipe_id}"))
         .args(["--tag", recipe.tag])
         .arg(context))?;
+    if let Some(old) = old
+        && image_id(recipe.tag).as_ref() != Some(&old)
+    {
+        let _ = Command::new("docker")
+            .args(["image", "rm", &old])
+            .stdout(Stdio::null())
+            .stderr(Stdio::null())
+            .status();
+    }
     say(&format!("{}: built", recipe.tag));
     Ok(())
+}
+
+fn image_id(tag: &str) -> Option<String> {
+    let output = Command::new("docker")
+        .args(["image", "inspect", "--format", "{{.Id}}", tag])
+        .stderr(Stdio::null())
+        .output()
+        .ok()?;
+    output
+        .status
+        .success()
+        .then(|| String::from_utf8_lossy(&output.stdout).trim().to_owned())
 }
 
 /// The maxions binary the egress image is built from, and a fingerprint of its bytes: this
