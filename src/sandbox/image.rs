@@ -900,7 +900,7 @@ mod tests {
         assert_eq!(select(&[]).unwrap().len(), RECIPES.len());
         let error = select(&["sandbx".into()]).unwrap_err().to_string();
         assert!(
-            error.contains("base, sandbox, agent-pi, agent-claude, agent-codex"),
+            error.contains("base, sandbox, egress, agent-pi, agent-claude, agent-codex"),
             "{error}"
         );
     }
