@@ -75,7 +75,8 @@ pub enum Command {
     ///
     /// Writes `<task>.runs/<run-id>.jsonl` and `<task>.result.json` beside the task file.
     /// Exit status: 0 succeeded or nothing to change, 1 a step failed, 2 the task or the
-    /// environment is not usable, 124 timed out, 130 cancelled (Ctrl-C).
+    /// environment is not usable, 124 timed out, 130 cancelled (Ctrl-C) or interrupted (the
+    /// Docker engine went away).
     Run(run::Args),
     /// Run the whole pipeline on a local demo repository: no GitHub or LLM account needed.
     ///

@@ -42,7 +42,7 @@ pub mod code {
     pub const SETUP: u8 = 2;
     /// The run exceeded `sandbox.timeout`.
     pub const TIMED_OUT: u8 = 124;
-    /// Cancelled (Ctrl-C).
+    /// Cancelled (Ctrl-C), or interrupted: the Docker engine went away under it.
     pub const CANCELLED: u8 = 130;
 }
 

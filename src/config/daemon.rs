@@ -69,12 +69,13 @@ pub struct DaemonConfig {
     /// Either way it is logged, and two runs of one task never overlap. Default: `skip`.
     #[serde(default)]
     pub overlap: Overlap,
-    /// Runs the daemon was running when it died (`kill -9`, power loss): `requeue` runs them
-    /// again at start-up (at most `max_attempts` times in all), `record` only marks them
-    /// `interrupted`. Default: `requeue`.
+    /// Runs the daemon was running when it died (`kill -9`, power loss), or that the Docker
+    /// engine went away under (stopped, crashed): `requeue` runs them again, at start-up or
+    /// when the engine answers again (at most `max_attempts` times in all); `record` only marks
+    /// them `interrupted`. Default: `requeue`.
     #[serde(default)]
     pub interrupted: Interrupted,
-    /// How many times in all a run interrupted by a crash is tried. Default: 3.
+    /// How many times in all an interrupted run is tried. Default: 3.
     #[serde(default = "default_max_attempts")]
     #[schemars(range(min = 1))]
     pub max_attempts: u32,

@@ -204,7 +204,23 @@ pub struct Daemon {
     commands_rx: Option<mpsc::Receiver<Command>>,
     /// No new runs: the daemon is stopping.
     draining: bool,
+    /// The engine went away under a run: no run starts until it answers again.
+    engine_down: Option<EngineDown>,
 }
+
+/// The Docker engine stopped answering: since when, and when to ask again.
+struct EngineDown {
+    since: Instant,
+    retry_at: Instant,
+    backoff: Duration,
+}
+
+/// How long the daemon waits before asking a gone engine again, at first and at most (doubling
+/// in between).
+const ENGINE_RETRY_FIRST: Duration = Duration::from_secs(1);
+const ENGINE_RETRY_MAX: Duration = Duration::from_secs(60);
+/// How long one such question may take.
+const ENGINE_PING_TIMEOUT: Duration = Duration::from_secs(5);
 
 impl Daemon {
     /// Reads the config, takes the state dir's lock, and records what a previous daemon left
@@ -248,6 +264,7 @@ impl Daemon {
             last_scan: Instant::now(),
             watching: false,
             next_sweep: Instant::now() + FIRST_SWEEP,
+            engine_down: None,
             view: tokio::sync::watch::Sender::new(Arc::default()),
             commands,
             commands_rx: Some(commands_rx),
@@ -332,6 +349,9 @@ impl Daemon {
             if let Some(at) = self.next_slot() {
                 wake = wake.min(at);
             }
+            if let Some(down) = &self.engine_down {
+                wake = wake.min(down.retry_at);
+            }
             if let Some(at) = grace_over
                 && !cancelled_all
             {
@@ -383,6 +403,9 @@ impl Daemon {
                     }
                     if watcher.is_none() && !draining && self.tasks_dir.is_dir() {
                         (watcher, hints) = self.start_watching();
+                    }
+                    if self.engine_down.as_ref().is_some_and(|d| d.retry_at <= Instant::now()) {
+                        self.ask_engine().await;
                     }
                     if self.next_sweep <= Instant::now() {
                         self.sweep().await;
@@ -980,6 +1003,9 @@ impl Daemon {
     // ---- runs ------------------------------------------------------------------------------
 
     fn dispatch(&mut self) {
+        if self.engine_down.is_some() {
+            return;
+        }
         while self.state.running.len() < self.config.concurrency as usize {
             let Some(index) = queue::pick(&self.state.queue, &self.state.running) else {
                 break;
@@ -1115,7 +1141,31 @@ impl Daemon {
         self.state
             .finished(active.done(status, reason, pull_request));
         let stopping = handle.as_ref().is_some_and(|h| h.stopping);
-        if stopping
+        if status == RunStatus::Interrupted && !stopping {
+            // The engine went away under it (the runner says `interrupted` for nothing else):
+            // nothing starts until it answers, and the run is tried again then, a bounded
+            // number of times.
+            self.engine_gone();
+            let again = self.config.interrupted == Interrupted::Requeue
+                && active.entry.attempt < self.config.max_attempts
+                && active.entry.task.is_file();
+            if again {
+                let mut entry = active.entry.clone();
+                entry.id = runner::new_run_id();
+                entry.attempt += 1;
+                entry.trigger = format!(
+                    "queued again after run {} was interrupted by the Docker engine (attempt {} of {})",
+                    active.run, entry.attempt, self.config.max_attempts
+                );
+                tracing::warn!(run = %active.run, task = %active.entry.task.display(), "{}", entry.trigger);
+                self.state.queue.insert(0, entry);
+            } else {
+                if self.config.interrupted == Interrupted::Requeue {
+                    tracing::warn!(run = %active.run, task = %active.entry.task.display(), "not queued again: it was tried {} times (`max_attempts`)", active.entry.attempt);
+                }
+                self.mark_handled(&active.entry);
+            }
+        } else if stopping
             && self.config.interrupted == Interrupted::Requeue
             && active.entry.task.is_file()
         {
@@ -1134,6 +1184,56 @@ impl Daemon {
             records::prune_logs(&active.entry.task, self.config.keep_runs as usize, &protect)
         {
             tracing::warn!(%error, task = %active.entry.task.display(), "cannot prune old run logs");
+        }
+    }
+
+    // ---- the engine going away ------------------------------------------------------------
+
+    /// A run says the engine went away: hold new runs until it answers.
+    fn engine_gone(&mut self) {
+        if self.engine_down.is_none() {
+            tracing::warn!(
+                "the Docker engine went away under a run; no run starts until it answers again (asked again in {})",
+                crate::config::units::HumanDuration(ENGINE_RETRY_FIRST)
+            );
+            self.engine_down = Some(EngineDown {
+                since: Instant::now(),
+                retry_at: Instant::now() + ENGINE_RETRY_FIRST,
+                backoff: ENGINE_RETRY_FIRST,
+            });
+        }
+    }
+
+    /// Asks a gone engine whether it is back; if not, asks again later, less and less often.
+    async fn ask_engine(&mut self) {
+        let answer = tokio::time::timeout(ENGINE_PING_TIMEOUT, self.engine.ping()).await;
+        let Some(down) = self.engine_down.as_mut() else {
+            return;
+        };
+        match answer {
+            Ok(Ok(())) => {
+                tracing::info!(
+                    down_for = %crate::config::units::HumanDuration(down.since.elapsed()),
+                    "the Docker engine answers again; runs start again"
+                );
+                self.engine_down = None;
+                // What the runs it lost left behind goes now, not at the next sweep.
+                self.next_sweep = Instant::now();
+            }
+            Ok(Err(error)) => {
+                down.backoff = (down.backoff * 2).min(ENGINE_RETRY_MAX);
+                down.retry_at = Instant::now() + down.backoff;
+                tracing::warn!(%error, "the Docker engine still does not answer; asked again in {}", crate::config::units::HumanDuration(down.backoff));
+            }
+            Err(_) => {
+                down.backoff = (down.backoff * 2).min(ENGINE_RETRY_MAX);
+                down.retry_at = Instant::now() + down.backoff;
+                tracing::warn!(
+                    "the Docker engine did not answer within {}; asked again in {}",
+                    crate::config::units::HumanDuration(ENGINE_PING_TIMEOUT),
+                    crate::config::units::HumanDuration(down.backoff)
+                );
+            }
         }
     }
 

@@ -188,8 +188,9 @@ pub enum RunStatus {
     NoChanges,
     Cancelled,
     TimedOut,
-    /// The process running it died (`kill -9`, power loss); the daemon recorded it at its next
-    /// start.
+    /// The process running it died (`kill -9`, power loss), and the daemon recorded it at its
+    /// next start; or the Docker engine went away under it (stopped, crashed, unreachable).
+    /// Nothing says the task was at fault: the daemon queues it again (`interrupted`).
     Interrupted,
     /// The task file is not valid: nothing ran (the result lists the problems).
     Invalid,

@@ -147,7 +147,7 @@ impl Runner<'_> {
             batch.logged
         };
         self.logged_output += logged;
-        let outcome = result.map_err(|e| StepError::Fatal(e.to_string()))?;
+        let outcome = result.map_err(|e| self.sandbox_failed(&e))?;
         self.exec_time += outcome.duration;
         match &outcome.status {
             ExecStatus::Cancelled => Err(StepError::Cancelled),

@@ -29,7 +29,7 @@ use crate::forge::{Forge, GitCredentials, RunCredentials};
 use crate::git::{Mirror, Oid};
 use crate::sandbox::egress::EgressEvent;
 use crate::sandbox::redact::Redactor;
-use crate::sandbox::{ContainerSpec, Engine, Sandbox};
+use crate::sandbox::{ContainerSpec, Engine, Sandbox, SandboxError};
 use crate::secret::Secret;
 use crate::template::{Context, Mode, RunInfo, Templates};
 pub use events::{Event, EventLine, EventSink, JsonlLog, RunStatus, StepStatus, Tee};
@@ -164,6 +164,7 @@ pub async fn run(
     }
     let (status, reason) = match outcome {
         Ok(status) => (status, runner.failure.take()),
+        Err(Stop::Failed(reason)) if runner.engine_fault => (RunStatus::Interrupted, Some(reason)),
         Err(Stop::Failed(reason)) => (RunStatus::Failed, Some(reason)),
         Err(Stop::Budget(reason)) => (RunStatus::BudgetExceeded, Some(reason)),
         Err(Stop::Cancelled) if cancel.is_cancelled() => (
@@ -268,6 +269,9 @@ struct Runner<'a> {
     started_event: bool,
     /// A failure of a `continue_on_error` step, reported if nothing worse happens.
     failure: Option<String>,
+    /// The Docker engine went away under the run (see [`SandboxError::is_engine_fault`]): a
+    /// failure it causes ends the run as `interrupted`.
+    engine_fault: bool,
     no_changes: bool,
     /// Output bytes logged so far in this run (see [`exec::MAX_RUN_OUTPUT`]).
     logged_output: u64,
@@ -329,6 +333,7 @@ impl<'a> Runner<'a> {
             started_at: now_rfc3339(),
             started_event: false,
             failure: None,
+            engine_fault: false,
             no_changes: false,
             logged_output: 0,
             scratch: None,
@@ -398,6 +403,13 @@ impl<'a> Runner<'a> {
                 ),
             });
         }
+    }
+
+    /// A sandbox's error as the step's: the run cannot go on, and when the engine is at fault it
+    /// ends as `interrupted`.
+    fn sandbox_failed(&mut self, error: &SandboxError) -> steps::StepError {
+        self.engine_fault |= error.is_engine_fault();
+        steps::StepError::Fatal(error.to_string())
     }
 
     fn sandbox(&self) -> Result<&dyn Sandbox, steps::StepError> {
@@ -506,7 +518,10 @@ impl<'a> Runner<'a> {
         let create = options.engine.create(&spec);
         tokio::pin!(create);
         let sandbox = tokio::select! {
-            created = &mut create => created.map_err(|e| Stop::Failed(e.to_string()))?,
+            created = &mut create => created.map_err(|e| {
+                self.engine_fault |= e.is_engine_fault();
+                Stop::Failed(e.to_string())
+            })?,
             () = cancel.cancelled() => {
                 // The engine goes on making a container it was asked for: let it finish (for a
                 // while) and remove it, rather than leave it behind.

@@ -494,6 +494,16 @@ impl DockerEngine {
 }
 
 impl Engine for DockerEngine {
+    fn ping(&self) -> BoxFuture<'_, Result<(), SandboxError>> {
+        Box::pin(async move {
+            self.docker
+                .ping()
+                .await
+                .map(drop)
+                .map_err(|e| SandboxError::EngineUnreachable(unreachable_reason(&e)))
+        })
+    }
+
     fn create<'a>(
         &'a self,
         spec: &'a ContainerSpec,

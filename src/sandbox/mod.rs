@@ -367,6 +367,18 @@ pub enum SandboxError {
     Engine(String),
 }
 
+impl SandboxError {
+    /// Whether the engine, not the task, ended the run: it went away or cannot be reached, or
+    /// the sandbox stopped under a command. Such a run is `interrupted`, and worth running again.
+    #[must_use]
+    pub fn is_engine_fault(&self) -> bool {
+        matches!(
+            self,
+            Self::EngineUnreachable(_) | Self::EngineLost { .. } | Self::ContainerGone { .. }
+        )
+    }
+}
+
 /// Makes sandboxes. One per process is enough; cheap to share.
 pub trait Engine: Send + Sync {
     /// Creates and starts a hardened container for `spec`, ready for [`Sandbox::exec`].
@@ -379,6 +391,11 @@ pub trait Engine: Send + Sync {
     /// (its first use). Returns whether it was built. Default: nothing to do.
     fn prepare_image<'a>(&'a self, _image: &'a str) -> BoxFuture<'a, Result<bool, SandboxError>> {
         Box::pin(async { Ok(false) })
+    }
+
+    /// Whether the engine answers now. Default: it does.
+    fn ping(&self) -> BoxFuture<'_, Result<(), SandboxError>> {
+        Box::pin(async { Ok(()) })
     }
 
     /// Removes the containers (and their volumes) of runs that are not in `live`: left behind by

@@ -13,6 +13,7 @@ mod dashboard;
 mod disk_full;
 mod egress;
 mod egress_container;
+mod engine_restart;
 mod forge;
 mod forge_faults;
 mod fuzz;

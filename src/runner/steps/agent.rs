@@ -323,7 +323,7 @@ impl Runner<'_> {
         self.agent_usage = self.agent_usage.plus(&usage);
         let entry = self.step_usage.entry(id.to_owned()).or_default();
         *entry = entry.plus(&usage);
-        let outcome = result.map_err(|e| StepError::Fatal(e.to_string()))?;
+        let outcome = result.map_err(|e| self.sandbox_failed(&e))?;
         self.exec_time += outcome.duration;
         self.agent_time += outcome.duration;
         if let Some((limit, reason)) = stop

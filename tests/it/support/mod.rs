@@ -4,6 +4,7 @@
 pub mod api;
 pub mod cli;
 pub mod docker;
+pub mod engine;
 pub mod events;
 pub mod git_http;
 pub mod github;
