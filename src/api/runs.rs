@@ -500,7 +500,12 @@ impl ApiState {
             summary.attempt = Some(entry.attempt);
         }
         if let Some(Activity::Running(active)) = view.active(id) {
-            summary.status = Status::Running;
+            // The log is ahead of the daemon's record: once it holds the run's end, the run
+            // has ended, even if the daemon has not noted it yet (a client that saw `end` on the
+            // stream must not read `running` here a moment later).
+            if folded.as_ref().is_none_or(|f| f.status.is_none()) {
+                summary.status = Status::Running;
+            }
             summary.queued_at = Some(active.entry.queued_at.to_rfc3339());
             summary.attempt = Some(active.entry.attempt);
             summary.trigger = Some(active.entry.trigger.clone());
