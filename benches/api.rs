@@ -50,6 +50,10 @@ fn main() -> ExitCode {
 
 type BoxError = Box<dyn std::error::Error + Send + Sync>;
 
+#[path = "common/figures.rs"]
+mod figures;
+use figures::{Figure, Figures};
+
 fn bench() -> Result<(), BoxError> {
     let dir = tempfile::tempdir()?;
     let project = dir.path().canonicalize()?;
@@ -68,9 +72,11 @@ fn bench() -> Result<(), BoxError> {
     daemon.idle_rss = idle;
     println!("idle: VmRSS {}", mb(idle));
 
+    let mut figures = Figures::new("api");
     for clients in [1, 100] {
-        round(&client, &daemon, &origin, clients)?;
+        round(&client, &daemon, &origin, clients, &mut figures)?;
     }
+    figures.write();
     println!(
         "peak over the whole bench: VmHWM {}",
         mb(rss_kb(daemon.pid(), "VmHWM")?)
@@ -79,7 +85,13 @@ fn bench() -> Result<(), BoxError> {
 }
 
 /// One run with `clients` streams on it; prints the figures.
-fn round(client: &Client, daemon: &Daemon, origin: &Path, clients: usize) -> Result<(), BoxError> {
+fn round(
+    client: &Client,
+    daemon: &Daemon,
+    origin: &Path,
+    clients: usize,
+    figures: &mut Figures,
+) -> Result<(), BoxError> {
     let name = format!("marks-{clients}");
     let yaml = format!(
         "task: Print marks for {clients} clients.\nrepo: file://{}\nblueprint: marks\nbase: main\n",
@@ -212,6 +224,36 @@ fn round(client: &Client, daemon: &Daemon, origin: &Path, clients: usize) -> Res
     );
     println!("    step's print -> client:  {}", summary(&mut from_mark));
     println!("    event's ts  -> client:  {}", summary(&mut from_ts));
+    let median = |values: &[u64]| {
+        // Sorted by `summary`.
+        values
+            .get(values.len().saturating_sub(1) / 2)
+            .map_or(f64::NAN, |&v| v as f64 / 1e6)
+    };
+    figures.push(
+        Figure::new(
+            &format!("sse.latency.{clients}"),
+            &format!("SSE: a line a step prints -> {clients} client(s) (median)"),
+            "ms",
+            median(&from_mark),
+        )
+        .note(&format!(
+            "of which the API's share, the event's own `ts` -> client: {:.2} ms; the rest is the runner batching output every 50 ms",
+            median(&from_ts)
+        )),
+    );
+    figures.push(
+        Figure::new(
+            &format!("sse.rss.{clients}"),
+            &format!("daemon RSS with {clients} SSE client(s) following a run (max)"),
+            "MB",
+            peak as f64 * 1024.0 / 1e6,
+        )
+        .against(
+            "the same daemon idle",
+            daemon.idle_rss as f64 * 1024.0 / 1e6,
+        ),
+    );
     println!(
         "    daemon VmRSS during the round: max {} (idle was {})",
         mb(peak),

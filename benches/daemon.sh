@@ -16,9 +16,12 @@
 #    (utime+stime) over IDLE_SECONDS. Reference: the peak RSS of a one-shot `maxions validate`
 #    of one task file (same binary, allocator and config code, no runtime, watcher or engine
 #    client), so the ratio says what being a daemon adds. Targets: < 20 MB, ~0 % CPU.
-# 3. Queued: concurrency 1, a blueprint whose first step is `sleep 600`; 100 task files dropped
-#    at once (until state.json holds 99 queued and 1 running), then 900 more (999 queued), RSS
-#    and CPU at each, and RSS per queued task. Target: < 50 MB at 100 queued.
+# 3. Queued: concurrency 1, a blueprint whose first step is `sleep 600`; 11 task files dropped
+#    at once (until state.json holds 10 queued and 1 running), then 90 more (100 queued), then
+#    900 more (1,000 queued), RSS and CPU at each, and RSS per queued task. Target: < 50 MB at
+#    100 queued.
+#
+# Figures also go to target/bench/daemon.json ($MAXIONS_BENCH_DIR; see benches/report.py).
 #
 #   benches/daemon.sh            (N=10 IDLE_SECONDS=60 QUEUED_CPU_SECONDS=10 by default)
 #   MAXIONS_BIN=path benches/daemon.sh   skips `cargo build --release`
@@ -45,6 +48,9 @@ command -v python3 >/dev/null || { echo "needs python3" >&2; exit 1; }
 docker image inspect "$IMAGE" >/dev/null || { echo "needs $IMAGE: maxions image build" >&2; exit 1; }
 
 work=$(mktemp -d /tmp/maxions-bench-daemon.XXXXXX)
+figs=$work/figures.jsonl
+figure() { python3 "$root/benches/common/figure.py" add "$figs" "$@"; }
+median() { python3 "$root/benches/common/figure.py" median "$1"; }
 bench_label="maxions.bench=daemon-$$"
 daemon_pid=
 cleanup() {
@@ -281,6 +287,14 @@ stats "hardened docker run --rm" "$out/hardened" "$out/raw"
 stats "hardened docker run -d + exec" "$out/exec" "$out/raw"
 stats "maxions daemon (target < 1500 ms)" "$out/daemon.total" "$out/raw"
 echo "  daemon vs hardened run -d + exec: $(stats x "$out/daemon.total" "$out/exec" | grep -o 'ratio.*')"
+figure id=start.daemon "what=run start: task file dropped into a running daemon -> first command in the container (median)" \
+    unit=ms "value=$(median "$out/daemon.total")" "baseline=$(median "$out/raw")" \
+    "baseline_what=raw \`docker run --rm\` of the same command" target=at_most:1500
+figure id=start.daemon_vs_raw "what=run start: the daemon's time over raw \`docker run\` (median)" \
+    unit=ms "value=$(median "$out/daemon.total")" "baseline=$(median "$out/raw")" \
+    "baseline_what=raw \`docker run --rm\`" target=over_baseline_at_most:300
+figure id=start.hardened_exec "what=run start: hardened \`docker run -d\` + \`docker exec\` (the daemon's shape, by hand)" \
+    unit=ms "value=$(median "$out/exec")" "baseline=$(median "$out/raw")" "baseline_what=raw \`docker run --rm\`"
 echo "  where the daemon's time goes (medians):"
 stats "drop -> queued (notice, settle)" "$out/daemon.queued"
 stats "queued -> run_started" "$out/daemon.started"
@@ -308,21 +322,25 @@ printf '  RSS at start %s MB, at end %s MB (anonymous %s MB, peak %s MB, %s thre
 printf '  CPU %s %% of one core over %ss (target ~0 %%)\n' "$cpu" "$IDLE_SECONDS"
 printf '  reference: peak RSS of `maxions validate` on one task file %s MB; idle daemon / validate %sx\n' \
     "$(mb "$ref")" "$(python3 -c "print(f'{$rss1 / $ref:.2f}')")"
+figure id=daemon.idle_rss "what=idle daemon RSS, empty tasks folder" unit=MB "value=$(mb "$rss1")" \
+    "baseline=$(mb "$ref")" "baseline_what=peak RSS of a one-shot \`maxions validate\` of one task" target=at_most:20
+figure id=daemon.idle_cpu "what=idle daemon CPU over ${IDLE_SECONDS} s" unit=% "value=$cpu" target=at_most:0.5
 
 # ---- 3. queued ------------------------------------------------------------------------------
 echo
 echo "3. queued tasks, concurrency 1, the running one sleeps (CPU over ${QUEUED_CPU_SECONDS}s once queued)"
 project=$work/queue
 make_project "$project" 1
-for i in $(seq -w 1 1000); do make_task "$project/prep/q$i.yaml" "$project" slow; done
+for i in $(seq -w 1 1001); do make_task "$project/prep/q$i.yaml" "$project" slow; done
 start_daemon "$project"
 sleep 2
 rss_idle=$(rss_kb "$daemon_pid")
 declare -A rss
-for batch in 100 1000; do
-    from=$([[ $batch == 100 ]] && echo 1 || echo 101)
+from=1
+for batch in 11 101 1001; do
     files=()
     for i in $(seq "$from" "$batch"); do files+=("$project/prep/q$(printf %04d "$i").yaml"); done
+    from=$((batch + 1))
     t0=$(now_ns)
     mv "${files[@]}" "$project/tasks/"
     wait_for 600 "$((batch - 1)) queued" queue_is "$((batch - 1))" 1
@@ -332,8 +350,15 @@ for batch in 100 1000; do
     cpu=$(cpu_pct "$QUEUED_CPU_SECONDS")
     printf '  %4d queued + 1 running: RSS %s MB (anonymous %s MB), CPU %s %%, all queued %s s after the drop%s\n' \
         "$((batch - 1))" "$(mb "${rss[$batch]}")" "$(mb "$(anon_kb "$daemon_pid")")" "$cpu" "$took" \
-        "$([[ $batch == 100 ]] && echo ' (target < 50 MB)')"
+        "$([[ $batch == 101 ]] && echo ' (target < 50 MB)')"
+    target=()
+    [[ $batch == 101 ]] && target=(target=at_most:50)
+    figure "id=daemon.queued.$((batch - 1))" "what=daemon RSS with $((batch - 1)) tasks queued and 1 running" \
+        unit=MB "value=$(mb "${rss[$batch]}")" "baseline=$(mb "$rss_idle")" "baseline_what=the same daemon idle" \
+        "series=daemon RSS: queued tasks" "x=$((batch - 1))" "${target[@]}"
 done
 stop_daemon
 printf '  idle before the drops %s MB; RSS per queued task (RSS1000 - RSS100) / 900 = %s kB\n' \
-    "$(mb "$rss_idle")" "$(python3 -c "print(f'{(${rss[1000]} - ${rss[100]}) * 1024 / 900 / 1000:.2f}')")"
+    "$(mb "$rss_idle")" "$(python3 -c "print(f'{(${rss[1001]} - ${rss[101]}) * 1024 / 900 / 1000:.2f}')")"
+
+python3 "$root/benches/common/figure.py" write "$figs" daemon

@@ -3,13 +3,19 @@
 //!
 //! The input is 64 MiB of log-like text (words, numbers, paths) with a secret every ~64 KiB and
 //! many near misses (secret prefixes), fed in chunks the way exec output arrives. Each figure is
-//! the best of several passes; MB here means 10^6 bytes.
+//! the best of several passes; MB here means 10^6 bytes. Then the same with 1, 10, 50 and 500
+//! secrets (64 KiB chunks), the curve of what each secret costs. Figures go to
+//! `target/bench/redaction.json`.
 
 use std::hint::black_box;
 use std::time::{Duration, Instant};
 
 use maxions::sandbox::redact::Redactor;
 use maxions::secret::Secret;
+
+#[path = "common/figures.rs"]
+mod figures;
+use figures::{Figure, Figures, Target};
 
 const INPUT_BYTES: usize = 64 << 20;
 const SECRETS: usize = 50;
@@ -32,8 +38,12 @@ impl Rng {
 }
 
 fn secrets(rng: &mut Rng) -> Vec<Secret> {
+    secrets_n(rng, SECRETS)
+}
+
+fn secrets_n(rng: &mut Rng, count: usize) -> Vec<Secret> {
     const ALPHABET: &[u8] = b"ABCDEFGHIJKLMNOPQRSTUVWXYZabcdefghijklmnopqrstuvwxyz0123456789";
-    (0..SECRETS)
+    (0..count)
         .map(|i| {
             let len = 20 + rng.below(41);
             let prefix = ["ghp_", "sk-", "xoxb-", "AKIA", ""][i % 5];
@@ -159,6 +169,50 @@ fn main() {
             },
         );
     }
+    let mut figures = Figures::new("redaction");
+    {
+        let chunk = 64 * 1024;
+        let copy = best_of(|| {
+            out.clear();
+            for piece in input.chunks(chunk) {
+                out.extend_from_slice(black_box(piece));
+            }
+            black_box(&out);
+        });
+        let copy_rate = mb_per_s(input.len(), copy);
+        println!("\nsecrets (64 KiB chunks, each input with its own secrets):");
+        for count in [1_usize, 10, 50, 500] {
+            let mut rng = Rng(0x5851_f42d_4c95_7f2d ^ count as u64);
+            let secrets = secrets_n(&mut rng, count);
+            let input = log_text(&mut rng, &secrets);
+            let redactor = Redactor::new(&secrets).expect("redactor");
+            let redact = best_of(|| {
+                out.clear();
+                let mut stream = redactor.stream();
+                for piece in input.chunks(chunk) {
+                    stream.write(black_box(piece), &mut out);
+                }
+                stream.finish(&mut out);
+                black_box(&out);
+            });
+            let rate = mb_per_s(input.len(), redact);
+            println!("{count:>4} secrets: {rate:>6.0} MB/s (copy {copy_rate:.0} MB/s)");
+            // Throughputs: the ratio that says "slower" is the baseline's over this one.
+            let mut figure = Figure::new(
+                &format!("redact.secrets.{count}"),
+                &format!("redactor alone, {count} secrets, 64 KiB chunks"),
+                "MB/s",
+                rate,
+            )
+            .at("redactor: secrets", count as f64)
+            .against("plain copy of the same bytes", copy_rate);
+            if count == SECRETS {
+                figure = figure.target(Target::AtLeast { value: 200.0 });
+            }
+            figures.push(figure);
+        }
+    }
+    figures.write();
     let one_shot = best_of(|| {
         black_box(redactor.redact(black_box(&input)));
     });

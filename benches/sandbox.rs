@@ -44,6 +44,20 @@ use maxions::sandbox::{
 use maxions::secret::Secret;
 use tokio_util::sync::CancellationToken;
 
+#[path = "common/figures.rs"]
+mod figures;
+use figures::{Figure, Figures, Target};
+
+/// What this run measured, written to `target/bench/sandbox.json` at the end.
+static FIGURES: std::sync::Mutex<Vec<Figure>> = std::sync::Mutex::new(Vec::new());
+
+fn figure(figure: Figure) {
+    FIGURES
+        .lock()
+        .unwrap_or_else(std::sync::PoisonError::into_inner)
+        .push(figure);
+}
+
 type BoxError = Box<dyn std::error::Error + Send + Sync>;
 
 const IMAGE: &str = "maxions/sandbox:latest";
@@ -142,6 +156,15 @@ async fn run(engine: DockerEngine) -> Result<(), BoxError> {
     per_step(&engine, &docker).await?;
     create_start(&engine, &docker).await?;
     stream(&engine, &docker).await?;
+    let mut figures = Figures::new("sandbox");
+    for f in std::mem::take(
+        &mut *FIGURES
+            .lock()
+            .unwrap_or_else(std::sync::PoisonError::into_inner),
+    ) {
+        figures.push(f);
+    }
+    figures.write();
     Ok(())
 }
 
@@ -491,6 +514,11 @@ async fn per_step_in(sandbox: &dyn Sandbox, docker: &Docker) -> Result<(), BoxEr
     for (label, argv, expected) in [
         ("true", strings(&["true"]), 0_u64),
         ("echo hi", strings(&["echo", "hi"]), 3),
+        (
+            "10 MB",
+            strings(&["sh", "-c", "head -c 10000000 /dev/zero | tr '\\0' x"]),
+            10_000_000,
+        ),
     ] {
         let request = ExecRequest::new(argv.clone());
         let wrapped_argv = wrapped(&argv);
@@ -575,6 +603,16 @@ async fn per_step_in(sandbox: &dyn Sandbox, docker: &Docker) -> Result<(), BoxEr
             ]);
         }
         let r = maxions.median() / api.median();
+        figure(
+            Figure::new(
+                &format!("step.{}", label.replace(' ', "_")),
+                &format!("step overhead: maxions exec of `{label}` (median)"),
+                "ms",
+                maxions.median(),
+            )
+            .against(&format!("raw Engine-API exec of `{label}`"), api.median())
+            .target(Target::RatioAtMost { value: TARGET }),
+        );
         verdicts.push(format!(
             "maxions exec `{label}`: {} the raw API exec, {:+.2} ms per step (target <= {TARGET:.2}x: {})",
             ratio(r),
@@ -767,6 +805,26 @@ async fn create_start(engine: &DockerEngine, docker: &Docker) -> Result<(), BoxE
     .into_iter()
     .enumerate()
     {
+        if index == 0 {
+            figure(
+                Figure::new(
+                    "sandbox.create",
+                    "hardened sandbox create + start (median)",
+                    "ms",
+                    ready[0].median(),
+                )
+                .against("raw API create + start, same flags", ready[1].median()),
+            );
+            figure(
+                Figure::new(
+                    "sandbox.remove",
+                    "sandbox removal (median)",
+                    "ms",
+                    removal[0].median(),
+                )
+                .against("raw API remove -f -v", removal[1].median()),
+            );
+        }
         table.row(vec![
             name.to_owned(),
             ms(ready[index].median()),
@@ -907,6 +965,29 @@ async fn stream_in(sandbox: &dyn Sandbox, docker: &Docker) -> Result<(), BoxErro
         }
         sandbox.set_redactor(Redactor::none());
         let [redacted, plain, api, api_small, cli_samples] = &samples;
+        let mbps = |s: &Samples| STREAM_BYTES as f64 / 1e3 / s.median();
+        let key = if label.contains("zero") {
+            "zeros"
+        } else {
+            "text"
+        };
+        for (id, what, subject) in [
+            (
+                format!("stream.{key}.redacted"),
+                format!("exec stream, {SECRETS} secrets redacted, {label}"),
+                redacted,
+            ),
+            (
+                format!("stream.{key}.plain"),
+                format!("exec stream, no redaction, {label}"),
+                plain,
+            ),
+        ] {
+            figure(Figure::new(&id, &what, "MB/s", mbps(subject)).against(
+                "raw API exec to nothing (`/dev/null`), 64 KiB frames",
+                mbps(api),
+            ));
+        }
         for (name, subject) in [
             (
                 format!("maxions, {SECRETS} secrets redacted, {label}"),
