@@ -160,6 +160,10 @@ def svg(series, points):
                 f'stroke="#ddd"/>'
             )
 
+    # The extremes too: a curve within one decade would have no label on its axis.
+    for y in (min(values), max(values)):
+        out.append(f'<text x="{pad - 6}" y="{py(y) + 4:.1f}" text-anchor="end">{y:.3g}</text>')
+
     def line(key, colour, label, row):
         pts = [(p["x"], p[key]) for p in points if p.get(key)]
         if not pts:
@@ -221,14 +225,16 @@ def main():
         "",
     ]
     for series, name, points in plots:
-        first, last = points[0], points[-1]
         growth = ""
-        if first["x"] and first["value"] and first["unit"] in ("ms", "s"):
-            per_first = first["value"] / first["x"]
+        if len(points) > 1 and points[0]["unit"] in ("ms", "s"):
+            # The last two points: at scale, where a fixed start-up cost no longer hides the
+            # slope.
+            before, last = points[-2], points[-1]
+            per_before = before["value"] / before["x"]
             per_last = last["value"] / last["x"]
             growth = (
-                f" Cost per unit at {last['x']:g}: {per_last / per_first:.2f}x that at "
-                f"{first['x']:g} (1.00 = linear; below 1, a fixed start-up cost being spread)."
+                f" Cost per unit at {last['x']:g}: {per_last / per_before:.2f}x that at "
+                f"{before['x']:g} (1.00 = linear)."
             )
         cells = ", ".join(
             f"{p['x']:g}: {number(p['value'], p['unit'])}"

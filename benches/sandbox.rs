@@ -2,8 +2,8 @@
 //! same run (DESIGN.md §11, issue 4 "Measure"). Run with `cargo bench --bench sandbox`; it needs a
 //! Docker engine (`scripts/docker-engine.sh`) and the image (`cargo run -- image build`).
 //!
-//! 1. Per-step overhead: a maxions exec of `true` and of `echo hi` against a raw exec of the same
-//!    command into the same container, through the Engine API (bollard: create, start, read to
+//! 1. Per-step overhead: a maxions exec of `true`, `echo hi` and 10 MB of output against a raw
+//!    exec of the same command into the same container, through the Engine API (bollard: create, start, read to
 //!    the end, inspect: what `docker exec` does) and through the `docker exec` CLI. Target: at most
 //!    1.10x the raw API exec. A fourth subject, the raw API running maxions' exact argv (its `sh`
 //!    pid wrapper, working directory), tells the wrapper's share from the client's.
