@@ -177,8 +177,12 @@ fn generate_n(root: &Path, files: usize) -> Vec<PathBuf> {
     paths
 }
 
-fn best_of(mut pass: impl FnMut()) -> Duration {
-    (0..PASSES)
+fn best_of(pass: impl FnMut()) -> Duration {
+    best_of_n(PASSES, pass)
+}
+
+fn best_of_n(passes: usize, mut pass: impl FnMut()) -> Duration {
+    (0..passes)
         .map(|_| {
             let start = Instant::now();
             pass();
@@ -304,29 +308,19 @@ fn curve(figures: &mut Figures) {
         let paths = generate_n(dir.path(), files);
         let root = vec![dir.path().to_path_buf()];
         let passes = if files >= 10_000 { 3 } else { PASSES };
-        let best = |pass: &mut dyn FnMut()| {
-            (0..passes)
-                .map(|_| {
-                    let start = Instant::now();
-                    pass();
-                    start.elapsed()
-                })
-                .min()
-                .unwrap_or_default()
-        };
         let check = Validator::new().validate_paths(&root);
         assert!(
             check.diagnostics.is_empty() && check.files.len() == paths.len(),
             "{:#?}",
             &check.diagnostics[..check.diagnostics.len().min(3)]
         );
-        let baseline = best(&mut || {
+        let baseline = best_of_n(passes, || {
             for path in &paths {
                 let text = std::fs::read_to_string(path).expect("read");
                 black_box(serde_yaml::from_str::<serde_yaml::Value>(&text).expect("parse"));
             }
         });
-        let validate = best(&mut || {
+        let validate = best_of_n(passes, || {
             black_box(Validator::new().validate_paths(black_box(&root)));
         });
         println!(

@@ -473,9 +473,7 @@ impl Daemon {
                 self.dirty = true;
                 continue;
             }
-            let again = self.config.interrupted == Interrupted::Requeue
-                && active.entry.attempt < self.config.max_attempts
-                && active.entry.task.is_file();
+            let again = self.tries_again(&active);
             let reason = format!(
                 "interrupted: the daemon running it stopped unexpectedly (killed, or the machine went down){}",
                 if again {
@@ -504,15 +502,7 @@ impl Daemon {
             }
             tracing::warn!(run = %active.run, task = %active.entry.task.display(), "{reason}");
             if again {
-                let mut entry = active.entry.clone();
-                entry.id = runner::new_run_id();
-                entry.attempt += 1;
-                entry.trigger = format!(
-                    "queued again after run {} was interrupted (attempt {} of {})",
-                    active.run, entry.attempt, self.config.max_attempts
-                );
-                // Its old place in the line: it was first.
-                self.state.queue.insert(0, entry);
+                self.requeue(&active, "");
             } else {
                 // Not to be tried again: the next scan must not take it for a new file.
                 self.mark_handled(&active.entry);
@@ -1146,19 +1136,9 @@ impl Daemon {
             // nothing starts until it answers, and the run is tried again then, a bounded
             // number of times.
             self.engine_gone();
-            let again = self.config.interrupted == Interrupted::Requeue
-                && active.entry.attempt < self.config.max_attempts
-                && active.entry.task.is_file();
-            if again {
-                let mut entry = active.entry.clone();
-                entry.id = runner::new_run_id();
-                entry.attempt += 1;
-                entry.trigger = format!(
-                    "queued again after run {} was interrupted by the Docker engine (attempt {} of {})",
-                    active.run, entry.attempt, self.config.max_attempts
-                );
-                tracing::warn!(run = %active.run, task = %active.entry.task.display(), "{}", entry.trigger);
-                self.state.queue.insert(0, entry);
+            if self.tries_again(&active) {
+                let trigger = self.requeue(&active, " by the Docker engine");
+                tracing::warn!(run = %active.run, task = %active.entry.task.display(), "{trigger}");
             } else {
                 if self.config.interrupted == Interrupted::Requeue {
                     tracing::warn!(run = %active.run, task = %active.entry.task.display(), "not queued again: it was tried {} times (`max_attempts`)", active.entry.attempt);
@@ -1185,6 +1165,30 @@ impl Daemon {
         {
             tracing::warn!(%error, task = %active.entry.task.display(), "cannot prune old run logs");
         }
+    }
+
+    /// Whether an interrupted run is tried again: `interrupted: requeue`, attempts left, and
+    /// its task file still there.
+    fn tries_again(&self, active: &Active) -> bool {
+        self.config.interrupted == Interrupted::Requeue
+            && active.entry.attempt < self.config.max_attempts
+            && active.entry.task.is_file()
+    }
+
+    /// Queues an interrupted run again as its next attempt, first in line (its old place: it
+    /// was taken first). `by` says what interrupted it. Returns the new entry's trigger.
+    fn requeue(&mut self, active: &Active, by: &str) -> String {
+        let mut entry = active.entry.clone();
+        entry.id = runner::new_run_id();
+        entry.attempt += 1;
+        entry.trigger = format!(
+            "queued again after run {} was interrupted{by} (attempt {} of {})",
+            active.run, entry.attempt, self.config.max_attempts
+        );
+        let trigger = entry.trigger.clone();
+        self.state.queue.insert(0, entry);
+        self.dirty = true;
+        trigger
     }
 
     // ---- the engine going away ------------------------------------------------------------
