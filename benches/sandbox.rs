@@ -966,19 +966,14 @@ async fn stream_in(sandbox: &dyn Sandbox, docker: &Docker) -> Result<(), BoxErro
         sandbox.set_redactor(Redactor::none());
         let [redacted, plain, api, api_small, cli_samples] = &samples;
         let mbps = |s: &Samples| STREAM_BYTES as f64 / 1e3 / s.median();
-        let key = if label.contains("zero") {
-            "zeros"
-        } else {
-            "text"
-        };
         for (id, what, subject) in [
             (
-                format!("stream.{key}.redacted"),
+                format!("stream.{label}.redacted"),
                 format!("exec stream, {SECRETS} secrets redacted, {label}"),
                 redacted,
             ),
             (
-                format!("stream.{key}.plain"),
+                format!("stream.{label}.plain"),
                 format!("exec stream, no redaction, {label}"),
                 plain,
             ),

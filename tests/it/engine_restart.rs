@@ -22,15 +22,21 @@ fn lines(log: &Path) -> Vec<Value> {
         .collect()
 }
 
-fn newest_log(runs: &Path) -> Option<std::path::PathBuf> {
+/// The run logs in a task's `.runs` folder, by name.
+fn logs(runs: &Path) -> Vec<std::path::PathBuf> {
     let mut logs: Vec<_> = std::fs::read_dir(runs)
-        .ok()?
+        .into_iter()
+        .flatten()
         .flatten()
         .map(|e| e.path())
         .filter(|p| p.extension().is_some_and(|x| x == "jsonl"))
         .collect();
     logs.sort();
-    logs.pop()
+    logs
+}
+
+fn newest_log(runs: &Path) -> Option<std::path::PathBuf> {
+    logs(runs).pop()
 }
 
 /// A foreground run in `root` on `engine`, started in the background.
@@ -240,12 +246,7 @@ fn a_daemon_requeues_a_run_the_engine_dropped_and_finishes_it_when_the_engine_is
     }
     // While the engine is down, nothing starts: no second log appears.
     std::thread::sleep(Duration::from_secs(3));
-    let count = std::fs::read_dir(&runs)
-        .unwrap()
-        .flatten()
-        .filter(|e| e.path().extension().is_some_and(|x| x == "jsonl"))
-        .count();
-    assert_eq!(count, 1, "{}", daemon.output());
+    assert_eq!(logs(&runs).len(), 1, "{}", daemon.output());
     engine.start_again();
     let result_file = root.join("tasks/t.result.json");
     let started = Instant::now();
@@ -273,12 +274,7 @@ fn a_daemon_requeues_a_run_the_engine_dropped_and_finishes_it_when_the_engine_is
         output.contains("the Docker engine answers again"),
         "{output}"
     );
-    let mut logs: Vec<_> = std::fs::read_dir(&runs)
-        .unwrap()
-        .flatten()
-        .map(|e| e.path())
-        .filter(|p| p.extension().is_some_and(|x| x == "jsonl"))
-        .collect();
+    let mut logs = logs(&runs);
     // In the order they started (run ids sort by the second they were made, then at random).
     logs.sort_by_key(|log| {
         lines(log)
