@@ -45,7 +45,7 @@ pub async fn metrics(State(state): State<ApiState>) -> impl IntoResponse {
         &mut out,
         "maxions_concurrency",
         "How many runs may execute at once.",
-        view.config.concurrency as usize,
+        view.config.concurrency() as usize,
     );
     gauge(
         &mut out,
@@ -59,6 +59,42 @@ pub async fn metrics(State(state): State<ApiState>) -> impl IntoResponse {
         "Live event streams connected.",
         state.0.hub.clients.load(Ordering::Relaxed),
     );
+    let _ = writeln!(
+        out,
+        "# HELP maxions_engine_up Whether the engine answers (1) or is down (0).\n# TYPE maxions_engine_up gauge"
+    );
+    for engine in &view.engines {
+        let _ = writeln!(
+            out,
+            "maxions_engine_up{{engine=\"{}\"}} {}",
+            label(&engine.name),
+            u8::from(engine.state == "up")
+        );
+    }
+    let _ = writeln!(
+        out,
+        "# HELP maxions_engine_runs Runs on the engine now.\n# TYPE maxions_engine_runs gauge"
+    );
+    for engine in &view.engines {
+        let _ = writeln!(
+            out,
+            "maxions_engine_runs{{engine=\"{}\"}} {}",
+            label(&engine.name),
+            engine.running
+        );
+    }
+    let _ = writeln!(
+        out,
+        "# HELP maxions_engine_capacity Runs the engine takes at once.\n# TYPE maxions_engine_capacity gauge"
+    );
+    for engine in &view.engines {
+        let _ = writeln!(
+            out,
+            "maxions_engine_capacity{{engine=\"{}\"}} {}",
+            label(&engine.name),
+            engine.capacity
+        );
+    }
     let counters = match state.0.hub.metrics.lock() {
         Ok(counters) => counters,
         Err(poisoned) => poisoned.into_inner(),

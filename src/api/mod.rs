@@ -84,6 +84,7 @@ pub fn router(state: ApiState) -> Router {
         .route("/maxions/{id}/logs", get(runs::logs))
         .route("/maxions/{id}/stream", get(stream::stream))
         .route("/schedules", get(runs::schedules))
+        .route("/engines", get(runs::engines))
         .route("/metrics", get(metrics::metrics))
         .route("/openapi.json", get(openapi::document))
         .route_layer(axum::middleware::from_fn_with_state(

@@ -10,7 +10,7 @@ use utoipa::{Modify, OpenApi};
 #[openapi(
     info(
         title = "maxions",
-        description = "The HTTP API of `maxions daemon`: runs (\"maxions\") listed, followed live, cancelled, re-run and deleted; task files submitted into the tasks folder; schedules, health and metrics. Every route but `/healthz` and `/api/config` needs `Authorization: Bearer <token>` unless the API is configured open on a loopback address.",
+        description = "The HTTP API of `maxions daemon`: runs (\"maxions\") listed, followed live, cancelled, re-run and deleted; task files submitted into the tasks folder; schedules, engines, health and metrics. Every route but `/healthz` and `/api/config` needs `Authorization: Bearer <token>` unless the API is configured open on a loopback address.",
         license(name = "MIT OR Apache-2.0")
     ),
     paths(
@@ -23,6 +23,7 @@ use utoipa::{Modify, OpenApi};
         super::runs::logs,
         super::stream::stream,
         super::runs::schedules,
+        super::runs::engines,
         super::healthz,
         super::public_config,
         super::metrics::metrics,
@@ -33,6 +34,7 @@ use utoipa::{Modify, OpenApi};
     tags(
         (name = "runs", description = "Runs and task files"),
         (name = "schedules", description = "Scheduled tasks"),
+        (name = "engines", description = "The Docker engines runs are placed on"),
         (name = "meta", description = "Health, metrics and this document"),
     )
 )]

@@ -84,6 +84,8 @@ pub struct RunSummary {
     pub attempt: Option<u32>,
     /// What the run's agents spent so far.
     pub usage: Option<Usage>,
+    /// The Docker engine it runs or ran on (the daemon's `engines`).
+    pub engine: Option<String>,
 }
 
 /// One run with its step timeline.
@@ -193,6 +195,7 @@ pub(super) struct Folded {
     pull_request: Option<PullRequestView>,
     commit: Option<String>,
     usage: Option<Usage>,
+    engine: Option<String>,
     steps: Vec<StepView>,
     pub(super) last_seq: u64,
 }
@@ -223,6 +226,10 @@ pub(super) fn fold(bytes: &[u8]) -> Folded {
                 folded.trigger = trigger;
                 folded.started_at = Some(line.ts);
             }
+            Event::SandboxReady {
+                engine: Some(engine),
+                ..
+            } => folded.engine = Some(engine),
             Event::StepStarted { step, kind } => {
                 folded
                     .steps
@@ -510,6 +517,9 @@ impl ApiState {
             summary.attempt = Some(active.entry.attempt);
             summary.trigger = Some(active.entry.trigger.clone());
             summary.branch.get_or_insert_with(|| active.branch.clone());
+            if !active.engine.is_empty() {
+                summary.engine.get_or_insert_with(|| active.engine.clone());
+            }
             summary
                 .started_at
                 .get_or_insert_with(|| active.started_at.to_rfc3339());
@@ -536,6 +546,7 @@ fn summarize(view: &View, id: &str, task: &Path, folded: Option<&Folded>) -> Run
         pull_request: folded.pull_request.and_then(|pr| pr.url),
         attempt: None,
         usage: folded.usage,
+        engine: folded.engine,
     }
 }
 
@@ -860,6 +871,22 @@ pub async fn schedules(State(state): State<ApiState>) -> Json<ScheduleList> {
         .collect();
     schedules.sort_by(|a, b| a.task_file.cmp(&b.task_file));
     Json(ScheduleList { schedules })
+}
+
+#[derive(Debug, Serialize, utoipa::ToSchema)]
+pub struct EngineList {
+    pub engines: Vec<crate::daemon::engines::EngineStatus>,
+}
+
+/// The Docker engines runs are placed on: each one's state (`up`, or `down` with why and when it
+/// is asked again), capacity, load and labels.
+#[utoipa::path(get, path = "/engines", tag = "engines",
+    responses((status = 200, body = EngineList), (status = 401, body = super::error::ErrorBody)))]
+pub async fn engines(State(state): State<ApiState>) -> Json<EngineList> {
+    let view = state.0.daemon.now();
+    Json(EngineList {
+        engines: view.engines.clone(),
+    })
 }
 
 pub(super) fn schedule_view(view: &View, s: &crate::daemon::handle::Scheduled) -> ScheduleView {

@@ -11,11 +11,11 @@ use super::Output;
 use super::terminal::printable;
 use crate::api::{self, ApiState, Auth, Hub};
 use crate::config::daemon::ApiConfig;
+use crate::daemon::engines::Engines;
 use crate::daemon::schedule::Schedule;
 use crate::daemon::state::{self, State};
 use crate::daemon::{Daemon, Setup, Shutdown, control};
 use crate::runner::{EventSink, RunStatus};
-use crate::sandbox::DockerEngine;
 
 /// Exit statuses of `maxions daemon`.
 pub mod code {
@@ -59,8 +59,15 @@ pub fn daemon(args: &DaemonArgs, _output: Output) -> u8 {
     };
     runtime.block_on(async {
         let setup = Setup::locate(args.config.as_deref());
-        let engine = match DockerEngine::connect().await {
-            Ok(engine) => Arc::new(engine),
+        let config = match setup.config() {
+            Ok(config) => config,
+            Err(problems) => {
+                tracing::error!("cannot start the daemon: {problems}");
+                return code::CRITICAL;
+            }
+        };
+        let engines = match Engines::connect(&config, &setup.dir).await {
+            Ok(engines) => engines,
             Err(error) => {
                 tracing::error!("{error}");
                 return code::CRITICAL;
@@ -69,7 +76,7 @@ pub fn daemon(args: &DaemonArgs, _output: Output) -> u8 {
         // The runs' events are in their logs; the hub passes them on to live API streams.
         let hub = Arc::new(Hub::default());
         let daemon =
-            match Daemon::start(setup, engine, Arc::clone(&hub) as Arc<dyn EventSink>).await {
+            match Daemon::start_on(setup, engines, Arc::clone(&hub) as Arc<dyn EventSink>).await {
                 Ok(daemon) => daemon,
                 Err(error) => {
                     tracing::error!("cannot start the daemon: {error}");
@@ -296,6 +303,7 @@ pub fn status(args: &StatusArgs, _output: Output) -> u8 {
         let value = serde_json::json!({
             "daemon": daemon.map(|pid| serde_json::json!({"pid": pid, "api": api_url})),
             "state_dir": state_dir,
+            "engines": state.engines,
             "running": state.running,
             "queued": state.queue,
             "recent": state.recent.iter().rev().collect::<Vec<_>>(),
@@ -325,11 +333,49 @@ pub fn status(args: &StatusArgs, _output: Output) -> u8 {
     if let Some(url) = &api_url {
         let _ = writeln!(out, "dashboard and API: {url}/");
     }
+    if !state.engines.is_empty() {
+        let _ = writeln!(out, "\nENGINES ({})", state.engines.len());
+        for engine in &state.engines {
+            let labels = if engine.labels.is_empty() {
+                String::new()
+            } else {
+                format!(" [{}]", engine.labels.join(", "))
+            };
+            let host = if engine.host.is_empty() {
+                "local socket"
+            } else {
+                engine.host.as_str()
+            };
+            let mut line = format!(
+                "  {:<12} {:<5} {}/{} runs  {}{labels}",
+                printable(&engine.name),
+                engine.state,
+                engine.running,
+                engine.capacity,
+                printable(host)
+            );
+            if let Some(reason) = &engine.reason {
+                line.push_str(&format!(
+                    "\n               down since {}: {}",
+                    engine
+                        .down_since
+                        .map_or_else(String::new, |t| t.format("%H:%M:%S UTC").to_string()),
+                    printable(reason)
+                ));
+            }
+            let _ = writeln!(out, "{line}");
+        }
+    }
     let _ = writeln!(out, "\nRUNNING ({})", state.running.len());
     for active in &state.running {
+        let on = if active.engine.is_empty() {
+            String::new()
+        } else {
+            format!(" on {}", printable(&active.engine))
+        };
         let _ = writeln!(
             out,
-            "  {:<24} {:<28} since {}",
+            "  {:<24} {:<28} since {}{on}",
             active.run,
             printable(&active.entry.task.display().to_string()),
             active.started_at.format("%Y-%m-%d %H:%M:%S UTC")

@@ -34,6 +34,14 @@ pub enum ImageCommand {
         /// Rebuild even when the image is present and up to date.
         #[arg(long)]
         force: bool,
+        /// Make the images ready on this engine of maxions.yaml's `engines` too: built on the
+        /// engine the `docker` command reaches, then loaded onto it through the Engine API
+        /// (as `docker save | docker load`) unless it has them from the same recipe already.
+        #[arg(long, value_name = "NAME")]
+        engine: Option<String>,
+        /// The config file naming the engines. Default: ./maxions.yaml if there is one.
+        #[arg(long, value_name = "FILE", requires = "engine")]
+        config: Option<std::path::PathBuf>,
     },
     /// List the images maxions builds and whether each is present.
     List,
@@ -41,7 +49,20 @@ pub enum ImageCommand {
 
 pub fn run(args: &Args, output: Output) -> u8 {
     match &args.command {
-        ImageCommand::Build { names, force } => build(names, *force, output),
+        ImageCommand::Build {
+            names,
+            force,
+            engine,
+            config,
+        } => {
+            let code = build(names, *force, output);
+            match engine {
+                Some(engine) if code == exit::OK => {
+                    load_onto(names, engine, config.as_deref(), output)
+                }
+                _ => code,
+            }
+        }
         ImageCommand::List => {
             for recipe in RECIPES {
                 let state = if image::exists(recipe.tag) {
@@ -99,6 +120,107 @@ fn build(names: &[String], force: bool, output: Output) -> u8 {
         }
     }
     exit::OK
+}
+
+/// Loads the images named (default: all) onto the engine `name` of maxions.yaml from the one
+/// the `docker` command reaches, each unless it is there from the same recipe already.
+fn load_onto(names: &[String], name: &str, config: Option<&std::path::Path>, output: Output) -> u8 {
+    use crate::sandbox::peers::{Peer, copy_image, has_current};
+    use crate::sandbox::{DockerEngine, Endpoint};
+    let setup = crate::daemon::Setup::locate(config);
+    let config = match setup.config() {
+        Ok(config) => config,
+        Err(problems) => {
+            eprintln!("error: {problems}");
+            return exit::INVALID;
+        }
+    };
+    let Some(engine) = config.engines.iter().find(|e| e.name == name) else {
+        let known: Vec<&str> = config.engines.iter().map(|e| e.name.as_str()).collect();
+        eprintln!(
+            "error: no engine `{name}` under `engines:` in {}; the engines are: {}",
+            setup
+                .config_file
+                .as_deref()
+                .map_or_else(|| "maxions.yaml".into(), |p| p.display().to_string()),
+            if known.is_empty() {
+                "none".to_owned()
+            } else {
+                known.join(", ")
+            }
+        );
+        return exit::INVALID;
+    };
+    let endpoint = match &engine.host {
+        Some(host) => Endpoint {
+            host: host.clone(),
+            tls: engine.tls.as_ref().map(|t| setup.dir.join(t)),
+        },
+        None => Endpoint::from_env(),
+    };
+    let recipes = match image::select(names) {
+        Ok(recipes) => recipes,
+        Err(error) => {
+            eprintln!("error: {error}");
+            return exit::INVALID;
+        }
+    };
+    let Some(runtime) = super::runtime() else {
+        return exit::UNREADABLE;
+    };
+    runtime.block_on(async {
+        let (here, there) = match tokio::try_join!(
+            DockerEngine::connect(),
+            DockerEngine::connect_endpoint(&endpoint)
+        ) {
+            Ok(both) => both,
+            Err(error) => {
+                eprintln!("error: {error}");
+                return exit::UNREADABLE;
+            }
+        };
+        let from = Peer {
+            name: "this machine's".to_owned(),
+            docker: here.client().clone(),
+        };
+        let to = Peer {
+            name: name.to_owned(),
+            docker: there.client().clone(),
+        };
+        for recipe in recipes {
+            match has_current(&to.docker, recipe.tag).await {
+                Ok(true) => {
+                    if !output.quiet {
+                        eprintln!("{} is on engine {name} already", recipe.tag);
+                    }
+                    continue;
+                }
+                Ok(false) => {}
+                Err(error) => {
+                    eprintln!("error: {error}");
+                    return exit::UNREADABLE;
+                }
+            }
+            let started = std::time::Instant::now();
+            match copy_image(&from, &to, recipe.tag).await {
+                Ok(bytes) => {
+                    if !output.quiet {
+                        eprintln!(
+                            "loaded {} onto engine {name} ({} MB in {:.1} s)",
+                            recipe.tag,
+                            bytes / 1_000_000,
+                            started.elapsed().as_secs_f32()
+                        );
+                    }
+                }
+                Err(error) => {
+                    eprintln!("error: {error}");
+                    return exit::UNREADABLE;
+                }
+            }
+        }
+        exit::OK
+    })
 }
 
 /// Before a run: an engine that answers (started when none does and this machine allows it), and

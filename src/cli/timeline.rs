@@ -227,8 +227,18 @@ impl EventSink for Printer {
                     line.run
                 ));
             }
-            Event::SandboxReady { container, image } if !self.output.quiet => {
-                self.line(&format!("sandbox {} ({image}) ready", short(container, 12)));
+            Event::SandboxReady {
+                container,
+                image,
+                engine,
+            } if !self.output.quiet => {
+                let on = engine
+                    .as_deref()
+                    .map_or_else(String::new, |e| format!(" on engine {e}"));
+                self.line(&format!(
+                    "sandbox {} ({image}) ready{on}",
+                    short(container, 12)
+                ));
             }
             Event::StepStarted { step, kind } => {
                 self.state().tails.insert(step.clone(), Tail::new(4096));

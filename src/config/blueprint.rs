@@ -63,6 +63,10 @@ pub struct SandboxSpec {
     /// Time limit for the whole run.
     #[serde(default, skip_serializing_if = "Option::is_none")]
     pub timeout: Option<HumanDuration>,
+    /// Labels the engine a run goes to must have (see `engines` in maxions.yaml), e.g.
+    /// `[large]`. Default: none, any engine.
+    #[serde(default, skip_serializing_if = "Vec::is_empty")]
+    pub engine_labels: Vec<crate::config::daemon::EngineLabel>,
 }
 
 /// A host pattern of an egress allowlist.

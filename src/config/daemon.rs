@@ -24,10 +24,18 @@ pub struct DaemonConfig {
     /// Where the daemon keeps its own state (queue, run index). Default: `.maxions`.
     #[serde(default = "default_state_dir")]
     pub state_dir: PathBuf,
-    /// How many runs may execute at once. Default: 3.
-    #[serde(default = "default_concurrency")]
+    /// How many runs may execute at once, on all engines together. Default: 3 with the one
+    /// local engine; with `engines`, the sum of their capacities.
+    #[serde(default, skip_serializing_if = "Option::is_none")]
     #[schemars(range(min = 1, max = 256))]
-    pub concurrency: u32,
+    pub concurrency: Option<u32>,
+    /// The Docker engines runs are placed on, each with a capacity and labels. A run goes to an
+    /// engine with a free slot and every label its blueprint's `sandbox.engine_labels` names,
+    /// the least loaded first; an engine that stops answering gets no runs until it answers
+    /// again. Default: one engine, `local`: `DOCKER_HOST` (with `DOCKER_TLS_VERIFY` and
+    /// `DOCKER_CERT_PATH`), else the local socket, with a capacity of `concurrency`.
+    #[serde(default, skip_serializing_if = "Vec::is_empty")]
+    pub engines: Vec<EngineConfig>,
     /// The image for blueprints that name none. Default: `maxions/sandbox:latest`.
     #[serde(default = "default_image")]
     pub default_image: String,
@@ -118,7 +126,8 @@ impl Default for DaemonConfig {
             tasks_dir: default_tasks_dir(),
             blueprints_dir: default_blueprints_dir(),
             state_dir: default_state_dir(),
-            concurrency: default_concurrency(),
+            concurrency: None,
+            engines: Vec::new(),
             default_image: default_image(),
             secrets: BTreeMap::new(),
             github: None,
@@ -145,9 +154,74 @@ fn default_blueprints_dir() -> PathBuf {
 fn default_state_dir() -> PathBuf {
     ".maxions".into()
 }
-fn default_concurrency() -> u32 {
-    3
+/// Runs at once with the one default engine, and each listed engine's default capacity.
+pub const DEFAULT_CONCURRENCY: u32 = 3;
+
+impl DaemonConfig {
+    /// How many runs may execute at once, on all engines together: `concurrency`, else the sum
+    /// of the engines' capacities (3 for the default engine).
+    #[must_use]
+    pub fn concurrency(&self) -> u32 {
+        self.concurrency.unwrap_or_else(|| {
+            if self.engines.is_empty() {
+                DEFAULT_CONCURRENCY
+            } else {
+                self.engines.iter().map(EngineConfig::capacity).sum()
+            }
+        })
+    }
 }
+
+/// One Docker engine runs may be placed on (see [`DaemonConfig::engines`]).
+#[derive(Debug, Clone, PartialEq, Eq, Serialize, Deserialize, JsonSchema)]
+#[serde(deny_unknown_fields)]
+pub struct EngineConfig {
+    /// What status, logs and `maxions image build --engine` call it. Unique.
+    #[schemars(extend("format" = "maxions-engine-name"))]
+    pub name: String,
+    /// Where it listens: `unix:///path/docker.sock`, or `tcp://HOST:PORT` with `tls`. Default:
+    /// `DOCKER_HOST` (with `DOCKER_TLS_VERIFY` and `DOCKER_CERT_PATH`), else the local socket.
+    /// For an engine behind SSH, forward its socket (`ssh -nNT -L
+    /// /run/maxions/b.sock:/var/run/docker.sock user@host`) and name the local end
+    /// `unix:///run/maxions/b.sock`.
+    #[serde(default, skip_serializing_if = "Option::is_none")]
+    #[schemars(extend("format" = "maxions-docker-host"))]
+    pub host: Option<String>,
+    /// A directory holding the client certificate for a `tcp://` engine, as `DOCKER_CERT_PATH`
+    /// does: `ca.pem` (the CA that signed the engine's certificate), `cert.pem` and `key.pem`
+    /// (this client's). Relative to this file. Required for `tcp://`: an engine reached over
+    /// plain TCP is root on its machine for anyone who can reach the port.
+    #[serde(default, skip_serializing_if = "Option::is_none")]
+    pub tls: Option<PathBuf>,
+    /// How many runs it takes at once. Default: 3.
+    #[serde(default, skip_serializing_if = "Option::is_none")]
+    #[schemars(range(min = 1, max = 256))]
+    pub capacity: Option<u32>,
+    /// What it offers (`gpu`, `large`): a blueprint's `sandbox.engine_labels` names the labels
+    /// its runs need.
+    #[serde(default, skip_serializing_if = "Vec::is_empty")]
+    pub labels: Vec<EngineLabel>,
+    /// The engine's network that egress proxies (for `network: allowlist`) join: the one the
+    /// allowed traffic leaves by. Only for an engine that does not share this machine's files
+    /// (`tcp://`), where the proxy runs in a container beside the sandbox. Default: `bridge`.
+    #[serde(default, skip_serializing_if = "Option::is_none")]
+    pub egress_network: Option<String>,
+}
+
+impl EngineConfig {
+    /// `capacity`, or 3.
+    #[must_use]
+    pub fn capacity(&self) -> u32 {
+        self.capacity.unwrap_or(DEFAULT_CONCURRENCY)
+    }
+}
+
+/// A label of an engine, or one a blueprint needs: lower-case letters, digits, `-`, `_`, `.`.
+#[derive(
+    Debug, Clone, PartialEq, Eq, PartialOrd, Ord, Hash, Serialize, Deserialize, JsonSchema,
+)]
+#[serde(transparent)]
+pub struct EngineLabel(#[schemars(extend("format" = "maxions-engine-label"))] pub String);
 fn default_keep_runs() -> u32 {
     20
 }

@@ -36,6 +36,9 @@ pub fn check(format: &str, text: &str) -> Result<(), Problem> {
         "maxions-host-pattern" => check_host_pattern(text),
         "maxions-identifier" => check_identifier(text),
         "maxions-env-name" => check_env_name(text),
+        "maxions-engine-name" => check_name(text, "engine name", "invalid-engine-name"),
+        "maxions-engine-label" => check_name(text, "engine label", "invalid-engine-label"),
+        "maxions-docker-host" => check_docker_host(text),
         "maxions-repo" => RepoRef::parse(text).map(drop).map_err(|m| {
             problem(
                 "invalid-repo",
@@ -102,6 +105,69 @@ fn check_host_pattern(text: &str) -> Result<(), Problem> {
                 .to_owned(),
         )),
     }
+}
+
+/// An engine's name or label: lower-case letters, digits, `-`, `_`, `.`, starting with a letter
+/// or digit, at most 63 characters.
+fn check_name(text: &str, what: &str, code: &'static str) -> Result<(), Problem> {
+    let ok = text.len() <= 63
+        && text
+            .chars()
+            .next()
+            .is_some_and(|c| c.is_ascii_lowercase() || c.is_ascii_digit())
+        && text
+            .chars()
+            .all(|c| c.is_ascii_lowercase() || c.is_ascii_digit() || matches!(c, '-' | '_' | '.'));
+    if ok {
+        return Ok(());
+    }
+    Err(problem(
+        code,
+        format!("`{text}` is not a valid {what}"),
+        "use lower-case letters, digits, `-`, `_` and `.`, starting with a letter or digit (at most 63)".to_owned(),
+    ))
+}
+
+/// Where a Docker engine listens, as maxions can reach it: `unix:///path` or `tcp://host:port`.
+pub fn check_docker_host(text: &str) -> Result<(), Problem> {
+    if let Some(path) = text.strip_prefix("unix://") {
+        if path.starts_with('/') {
+            return Ok(());
+        }
+        return Err(problem(
+            "invalid-docker-host",
+            format!("`{text}`: a Unix socket's path must be absolute"),
+            "e.g. `unix:///var/run/docker.sock`".to_owned(),
+        ));
+    }
+    if let Some(rest) = text.strip_prefix("tcp://") {
+        let authority = rest.trim_end_matches('/');
+        let port = authority
+            .rsplit_once(':')
+            .and_then(|(host, port)| (!host.is_empty()).then_some(port));
+        if port.is_some_and(|p| p.parse::<u16>().is_ok_and(|p| p > 0))
+            && !authority.contains(['/', '@'])
+        {
+            return Ok(());
+        }
+        return Err(problem(
+            "invalid-docker-host",
+            format!("`{text}` is not `tcp://HOST:PORT`"),
+            "e.g. `tcp://builder.example:2376` (2376 is Docker's TLS port)".to_owned(),
+        ));
+    }
+    let hint = if text.starts_with("ssh://") {
+        "maxions does not speak SSH to an engine: forward its socket (`ssh -nNT -L /run/maxions/b.sock:/var/run/docker.sock user@host`) and name the local end, `unix:///run/maxions/b.sock`"
+    } else if text.starts_with("http://") || text.starts_with("https://") {
+        "write `tcp://HOST:PORT`, with `tls` for the certificates"
+    } else {
+        "write `unix:///path/docker.sock` or `tcp://HOST:PORT`"
+    };
+    Err(problem(
+        "invalid-docker-host",
+        format!("`{text}` is not an engine address maxions can use"),
+        hint.to_owned(),
+    ))
 }
 
 fn check_identifier(text: &str) -> Result<(), Problem> {

@@ -748,6 +748,7 @@ impl BlueprintChecker<'_> {
         let Some(sandbox) = self.doc.tree.get("sandbox") else {
             return;
         };
+        self.check_engine_labels(sandbox);
         let network = sandbox.get("network");
         let allow_empty = match sandbox.get("allow").map(|a| &a.value) {
             None | Some(Value::Null) => true,
@@ -794,6 +795,57 @@ impl BlueprintChecker<'_> {
             }
             _ => {}
         }
+    }
+
+    /// `engine_labels` that no engine of maxions.yaml has: no run of this blueprint could start.
+    fn check_engine_labels(&mut self, sandbox: &Node) {
+        let Some(Value::Seq(items)) = sandbox.get("engine_labels").map(|n| &n.value) else {
+            return;
+        };
+        let Some(config) = self.config else {
+            return;
+        };
+        let wanted: Vec<&Node> = items.iter().filter(|n| n.as_str().is_some()).collect();
+        let fits = |engine: &crate::config::daemon::EngineConfig| {
+            wanted.iter().all(|w| {
+                engine
+                    .labels
+                    .iter()
+                    .any(|l| Some(l.0.as_str()) == w.as_str())
+            })
+        };
+        if wanted.is_empty() || config.engines.iter().any(fits) {
+            return;
+        }
+        let offered = if config.engines.is_empty() {
+            "maxions.yaml lists no `engines`: the one default engine has no labels".to_owned()
+        } else {
+            let each: Vec<String> = config
+                .engines
+                .iter()
+                .map(|e| {
+                    let labels: Vec<&str> = e.labels.iter().map(|l| l.0.as_str()).collect();
+                    format!("`{}` [{}]", e.name, labels.join(", "))
+                })
+                .collect();
+            format!("the engines offer: {}", each.join("; "))
+        };
+        let first = wanted[0];
+        let names: Vec<&str> = wanted.iter().filter_map(|n| n.as_str()).collect();
+        self.found.push(
+            Diagnostic::error(
+                "no-engine-fits",
+                format!(
+                    "no engine has every label of `engine_labels` ({}): no run of this blueprint could start",
+                    names.join(", ")
+                ),
+            )
+            .at(first.pos)
+            .width(token_width(&self.doc.text, first.pos))
+            .hint(format!(
+                "{offered}; add the labels to an engine under `engines:` in maxions.yaml, or drop them here"
+            )),
+        );
     }
 
     fn check_agent(&mut self, agent: &Node) {
@@ -1479,6 +1531,7 @@ fn check_config(doc: &Document, found: &mut Vec<Diagnostic>) {
         }
     }
     check_config_paths(doc, found);
+    check_engines(doc, found);
     if let Some(app) = doc.tree.get("github").and_then(|g| g.get("app"))
         && app.get("private_key_env").is_none()
         && app.get("private_key_file").is_none()
@@ -1492,6 +1545,85 @@ fn check_config(doc: &Document, found: &mut Vec<Diagnostic>) {
             .at(key.pos)
             .width(3),
         );
+    }
+}
+
+/// `engines:`: names unique, `tcp://` only with `tls`, and the certificates there.
+fn check_engines(doc: &Document, found: &mut Vec<Diagnostic>) {
+    let Some(Value::Seq(engines)) = doc.tree.get("engines").map(|e| &e.value) else {
+        return;
+    };
+    let dir = doc.path.parent().unwrap_or(Path::new("."));
+    let located =
+        |d: Diagnostic, node: &Node| d.at(node.pos).width(token_width(&doc.text, node.pos));
+    let mut names: HashMap<&str, usize> = HashMap::new();
+    for engine in engines {
+        let name = engine.get("name");
+        if let Some(node) = name
+            && let Some(text) = node.as_str()
+            && let Some(line) = names.insert(text, node.pos.line)
+        {
+            found.push(
+                located(
+                    Diagnostic::error(
+                        "duplicate-engine",
+                        format!("engine `{text}` is named twice (first on line {line})"),
+                    ),
+                    node,
+                )
+                .hint("give each engine its own name"),
+            );
+        }
+        let host = engine.get("host").and_then(|h| Some((h, h.as_str()?)));
+        let tls = engine.get("tls").and_then(|t| Some((t, t.as_str()?)));
+        if let Some((node, host)) = host
+            && host.starts_with("tcp://")
+            && tls.is_none()
+        {
+            found.push(
+                located(
+                    Diagnostic::error(
+                        "plain-tcp-engine",
+                        format!("engine `{host}` over `tcp://` needs `tls`"),
+                    ),
+                    node,
+                )
+                .hint("an engine over plain TCP is root on its machine for anyone who can reach the port: give it TLS with client certificates (`dockerd --tlsverify`) and name their directory in `tls:`"),
+            );
+        }
+        if let Some((node, tls)) = tls {
+            let path = dir.join(tls);
+            let missing: Vec<&str> = ["ca.pem", "cert.pem", "key.pem"]
+                .into_iter()
+                .filter(|f| !path.join(f).is_file())
+                .collect();
+            if !missing.is_empty() {
+                found.push(
+                    located(
+                        Diagnostic::error(
+                            "missing-file",
+                            format!(
+                                "`tls`: `{}` has no {}",
+                                display_path(&path),
+                                missing.join(", ")
+                            ),
+                        ),
+                        node,
+                    )
+                    .hint("the directory holds `ca.pem` (the CA of the engine's certificate), `cert.pem` and `key.pem` (this client's), as DOCKER_CERT_PATH does; a relative path is read relative to the directory of maxions.yaml"),
+                );
+            }
+            if let Some((_, host)) = host
+                && host.starts_with("unix://")
+                && let Some(key) = engine.key("tls")
+            {
+                found.push(
+                    Diagnostic::warning("unused-tls", "`tls` has no effect on a `unix://` engine")
+                        .at(key.pos)
+                        .width(3),
+                );
+            }
+        }
     }
 }
 
@@ -1757,6 +1889,7 @@ fn detect_kind(path: &Path, tree: &Node) -> Option<FileKind> {
             "git",
             "branch_prefix",
             "local_repos",
+            "engines",
         ];
         if config_keys.iter().any(|k| has(k)) {
             return Some(FileKind::Config);

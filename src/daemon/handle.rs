@@ -21,6 +21,8 @@ pub struct View {
     pub scheduled: Vec<Scheduled>,
     /// The config in force (the last good `maxions.yaml`).
     pub config: Arc<DaemonConfig>,
+    /// The engines runs are placed on: state, capacity, load.
+    pub engines: Vec<super::engines::EngineStatus>,
     /// The directory of `maxions.yaml` (what the config's paths are relative to).
     pub project: PathBuf,
     /// The tasks folder, canonical.

@@ -8,6 +8,7 @@
 //! broken `maxions.yaml` edit) is reported and the daemon carries on.
 
 pub mod control;
+pub mod engines;
 pub mod handle;
 pub mod queue;
 pub mod records;
@@ -34,6 +35,7 @@ use crate::runner::{
     self, CancelReason, EventSink, Launch, LaunchError, RunResult, RunStatus, forge_for,
 };
 use crate::sandbox::Engine;
+use engines::{Engines, Placement};
 use handle::{Command, Handle, Refusal, Submitted, View};
 use schedule::Schedule;
 use state::{Active, Entry, State, Store, StoreError, content_hash};
@@ -176,7 +178,7 @@ pub struct Daemon {
     /// `maxions.yaml` as last read (length, mtime), to notice edits.
     config_seen: Option<(u64, SystemTime)>,
     tasks_dir: PathBuf,
-    engine: Arc<dyn Engine>,
+    engines: Engines,
     sink: Arc<dyn EventSink>,
     store: Store,
     state: State,
@@ -204,23 +206,9 @@ pub struct Daemon {
     commands_rx: Option<mpsc::Receiver<Command>>,
     /// No new runs: the daemon is stopping.
     draining: bool,
-    /// The engine went away under a run: no run starts until it answers again.
-    engine_down: Option<EngineDown>,
+    /// When the engines that answer are asked again.
+    next_health: Instant,
 }
-
-/// The Docker engine stopped answering: since when, and when to ask again.
-struct EngineDown {
-    since: Instant,
-    retry_at: Instant,
-    backoff: Duration,
-}
-
-/// How long the daemon waits before asking a gone engine again, at first and at most (doubling
-/// in between).
-const ENGINE_RETRY_FIRST: Duration = Duration::from_secs(1);
-const ENGINE_RETRY_MAX: Duration = Duration::from_secs(60);
-/// How long one such question may take.
-const ENGINE_PING_TIMEOUT: Duration = Duration::from_secs(5);
 
 impl Daemon {
     /// Reads the config, takes the state dir's lock, and records what a previous daemon left
@@ -231,6 +219,20 @@ impl Daemon {
     pub async fn start(
         setup: Setup,
         engine: Arc<dyn Engine>,
+        sink: Arc<dyn EventSink>,
+    ) -> Result<Self, DaemonError> {
+        let config = setup.config().map_err(DaemonError::Config)?;
+        let engines = Engines::single(engine, config.concurrency());
+        Self::start_on(setup, engines, sink).await
+    }
+
+    /// [`Daemon::start`] with the engines runs are placed on (see [`Engines::connect`]).
+    ///
+    /// # Errors
+    /// [`DaemonError`]: nothing can run.
+    pub async fn start_on(
+        setup: Setup,
+        engines: Engines,
         sink: Arc<dyn EventSink>,
     ) -> Result<Self, DaemonError> {
         let config = setup.config().map_err(DaemonError::Config)?;
@@ -248,7 +250,7 @@ impl Daemon {
             config,
             config_seen,
             tasks_dir,
-            engine,
+            engines,
             sink,
             store,
             state,
@@ -264,7 +266,7 @@ impl Daemon {
             last_scan: Instant::now(),
             watching: false,
             next_sweep: Instant::now() + FIRST_SWEEP,
-            engine_down: None,
+            next_health: Instant::now() + engines::HEALTH_EVERY,
             view: tokio::sync::watch::Sender::new(Arc::default()),
             commands,
             commands_rx: Some(commands_rx),
@@ -316,7 +318,8 @@ impl Daemon {
         tracing::info!(
             tasks = %self.tasks_dir.display(),
             state = %self.store.dir().display(),
-            concurrency = self.config.concurrency,
+            concurrency = self.config.concurrency(),
+            engines = self.engines.slots.len(),
             "maxions daemon started"
         );
         let mut recheck = self.rescan();
@@ -349,9 +352,10 @@ impl Daemon {
             if let Some(at) = self.next_slot() {
                 wake = wake.min(at);
             }
-            if let Some(down) = &self.engine_down {
-                wake = wake.min(down.retry_at);
+            if let Some(at) = self.engines.next_retry() {
+                wake = wake.min(at);
             }
+            wake = wake.min(self.next_health);
             if let Some(at) = grace_over
                 && !cancelled_all
             {
@@ -404,9 +408,7 @@ impl Daemon {
                     if watcher.is_none() && !draining && self.tasks_dir.is_dir() {
                         (watcher, hints) = self.start_watching();
                     }
-                    if self.engine_down.as_ref().is_some_and(|d| d.retry_at <= Instant::now()) {
-                        self.ask_engine().await;
-                    }
+                    self.ask_engines().await;
                     if self.next_sweep <= Instant::now() {
                         self.sweep().await;
                     }
@@ -509,12 +511,17 @@ impl Daemon {
             }
             self.dirty = true;
         }
-        // Their containers: every maxions container whose process is gone.
-        match self.engine.remove_orphans(&[]).await {
-            Ok(0) => {}
-            Ok(n) => tracing::info!("removed {n} sandbox containers of runs that were interrupted"),
-            Err(error) => {
-                tracing::warn!(%error, "cannot look for the sandboxes of interrupted runs")
+        // Their containers: every maxions container whose process is gone, on every engine.
+        for (name, engine) in self.engines.up() {
+            match engine.remove_orphans(&[]).await {
+                Ok(0) => {}
+                Ok(n) => tracing::info!(
+                    engine = name,
+                    "removed {n} sandbox containers of runs that were interrupted"
+                ),
+                Err(error) => {
+                    tracing::warn!(engine = name, %error, "cannot look for the sandboxes of interrupted runs")
+                }
             }
         }
     }
@@ -524,14 +531,24 @@ impl Daemon {
     async fn sweep(&mut self) {
         self.next_sweep = Instant::now() + SWEEP_EVERY;
         let live: Vec<String> = self.handles.keys().cloned().collect();
-        match tokio::time::timeout(SWEEP_TIMEOUT, self.engine.remove_orphans(&live)).await {
-            Ok(Ok(0)) => {}
-            Ok(Ok(n)) => tracing::info!("removed {n} sandbox containers that no run owns"),
-            Ok(Err(error)) => tracing::warn!(%error, "cannot look for orphaned sandboxes"),
-            Err(_) => tracing::warn!(
-                "looking for orphaned sandboxes took longer than {}s; trying again later",
-                SWEEP_TIMEOUT.as_secs()
-            ),
+        for (name, engine) in self.engines.up() {
+            match tokio::time::timeout(SWEEP_TIMEOUT, engine.remove_orphans(&live)).await {
+                Ok(Ok(0)) => {}
+                Ok(Ok(n)) => {
+                    tracing::info!(
+                        engine = name,
+                        "removed {n} sandbox containers that no run owns"
+                    );
+                }
+                Ok(Err(error)) => {
+                    tracing::warn!(engine = name, %error, "cannot look for orphaned sandboxes");
+                }
+                Err(_) => tracing::warn!(
+                    engine = name,
+                    "looking for orphaned sandboxes took longer than {}s; trying again later",
+                    SWEEP_TIMEOUT.as_secs()
+                ),
+            }
         }
     }
 
@@ -878,11 +895,17 @@ impl Daemon {
                     );
                 }
                 tracing::info!(file = %file.display(), "maxions.yaml changed: the next runs use it");
+                if config.engines != self.config.engines
+                    || config.concurrency() != self.config.concurrency()
+                {
+                    self.engines.reconfigure(&config, &self.setup.dir);
+                }
                 self.config = DaemonConfig {
                     tasks_dir: self.config.tasks_dir.clone(),
                     state_dir: self.config.state_dir.clone(),
                     ..config
                 };
+                self.dirty = true;
             }
             Err(problems) => tracing::error!(
                 "maxions.yaml is not valid; the daemon keeps the last good config until it is fixed:\n{problems}"
@@ -992,21 +1015,29 @@ impl Daemon {
 
     // ---- runs ------------------------------------------------------------------------------
 
+    /// Starts queued runs while there are free slots: each on an engine with its labels and a
+    /// free slot. One that must wait for its engine does not hold up those behind it.
     fn dispatch(&mut self) {
-        if self.engine_down.is_some() {
-            return;
-        }
-        while self.state.running.len() < self.config.concurrency as usize {
-            let Some(index) = queue::pick(&self.state.queue, &self.state.running) else {
+        let mut waiting: Vec<String> = Vec::new();
+        while self.engines.any_free()
+            && self.state.running.len() < self.config.concurrency() as usize
+        {
+            let Some(index) = queue::pick_except(&self.state.queue, &self.state.running, &waiting)
+            else {
                 break;
             };
             let entry = self.state.queue.remove(index);
             self.dirty = true;
-            self.start_run(entry);
+            if let Some(entry) = self.start_run(entry) {
+                waiting.push(entry.id.clone());
+                self.state.queue.insert(index, entry);
+            }
         }
     }
 
-    fn start_run(&mut self, entry: Entry) {
+    /// Starts `entry` on an engine, or ends it when it cannot run; gives it back when no engine
+    /// it may use has a free slot now.
+    fn start_run(&mut self, mut entry: Entry) -> Option<Entry> {
         // Checked again: the file may have been swapped for a link since it was queued.
         if let Err(problem) = std::fs::read(&entry.task)
             .map_err(|e| format!("cannot read the task file: {e}"))
@@ -1017,7 +1048,7 @@ impl Daemon {
                 &entry.hash,
                 &outside_project(&entry.task, problem),
             );
-            return;
+            return None;
         }
         // Loaded now, not when queued: an edited blueprint or maxions.yaml counts from the next run.
         let loaded = match self.load(&entry.task) {
@@ -1026,19 +1057,63 @@ impl Daemon {
                 if entry.task.is_file() {
                     self.invalid(&entry.task, &entry.hash, &validation);
                 }
-                return;
+                return None;
             }
         };
-        let run_id = if entry.id.is_empty() {
-            runner::new_run_id()
-        } else {
-            entry.id.clone()
+        if entry.id.is_empty() {
+            entry.id = runner::new_run_id();
+        }
+        let needs: BTreeSet<String> = loaded
+            .blueprint
+            .sandbox
+            .engine_labels
+            .iter()
+            .map(|l| l.0.clone())
+            .collect();
+        let slot = match self.engines.place(&needs) {
+            Placement::On(slot) => slot,
+            Placement::Wait => return Some(entry),
+            Placement::Nowhere => {
+                let offered: Vec<String> = self
+                    .engines
+                    .slots
+                    .iter()
+                    .map(|s| {
+                        let labels: Vec<&str> = s.labels.iter().map(String::as_str).collect();
+                        format!("`{}` [{}]", s.name, labels.join(", "))
+                    })
+                    .collect();
+                let needs: Vec<&str> = needs.iter().map(String::as_str).collect();
+                let reason = format!(
+                    "no engine has every label the blueprint's `sandbox.engine_labels` names ({}); the engines offer: {}. Add the labels to an engine in maxions.yaml, or drop them from the blueprint",
+                    needs.join(", "),
+                    offered.join("; ")
+                );
+                let active = Active {
+                    log: runner::result::log_path(&entry.task, &entry.id),
+                    run: entry.id.clone(),
+                    branch: loaded.branch.clone(),
+                    started_at: Utc::now(),
+                    engine: String::new(),
+                    entry,
+                };
+                tracing::error!(run = %active.run, task = %active.entry.task.display(), "{reason}");
+                self.record_ended(&active, RunStatus::Failed, &reason);
+                self.mark_handled(&active.entry);
+                return None;
+            }
+        };
+        let run_id = entry.id.clone();
+        let engine_name = self.engines.slots[slot].name.clone();
+        let Some(engine) = self.engines.slots[slot].engine().cloned() else {
+            return Some(entry);
         };
         let active = Active {
             log: runner::result::log_path(&entry.task, &run_id),
             run: run_id.clone(),
             branch: loaded.branch.clone(),
             started_at: Utc::now(),
+            engine: engine_name.clone(),
             entry,
         };
         let forge = match forge_for(&loaded) {
@@ -1047,17 +1122,19 @@ impl Daemon {
                 let reason = format!("cannot use the forge: {error}");
                 self.record_ended(&active, RunStatus::Failed, &reason);
                 self.mark_handled(&active.entry);
-                return;
+                return None;
             }
         };
+        self.engines.slots[slot].running += 1;
         // Persisted before it starts: a crash from here on finds it and records it interrupted.
         self.state.running.push(active.clone());
         self.dirty = true;
         self.persist();
         let cancel = self.root.child_token();
         let reason = CancelReason::default();
-        let mut launch = Launch::new(Arc::new(loaded), Arc::clone(&self.engine), run_id.clone());
+        let mut launch = Launch::new(Arc::new(loaded), engine, run_id.clone());
         launch.forge = forge;
+        launch.engine_name = Some(engine_name.clone());
         launch.trigger = Some(active.entry.trigger.clone());
         launch.cancel_reason = reason.clone();
         launch.state_dir = Some(self.store.dir().to_path_buf());
@@ -1069,7 +1146,7 @@ impl Daemon {
             Ended { run, outcome }
         });
         self.run_ids.insert(task.id(), run_id.clone());
-        tracing::info!(run = %run_id, task = %active.entry.task.display(), trigger = %active.entry.trigger, "run started");
+        tracing::info!(run = %run_id, task = %active.entry.task.display(), engine = %engine_name, trigger = %active.entry.trigger, "run started");
         self.handles.insert(
             run_id,
             Running {
@@ -1078,6 +1155,7 @@ impl Daemon {
                 stopping: false,
             },
         );
+        None
     }
 
     fn finish(&mut self, joined: Result<(tokio::task::Id, Ended), tokio::task::JoinError>) {
@@ -1097,6 +1175,7 @@ impl Daemon {
                 self.handles.remove(&run);
                 if let Some(index) = self.state.running.iter().position(|a| a.run == run) {
                     let active = self.state.running.remove(index);
+                    self.release(&active);
                     self.record_ended(&active, RunStatus::Failed, &reason);
                     self.mark_handled(&active.entry);
                 }
@@ -1108,6 +1187,7 @@ impl Daemon {
             return;
         };
         let active = self.state.running.remove(index);
+        self.release(&active);
         self.dirty = true;
         let (status, reason, pull_request) = match ended.outcome {
             Ok((result, _)) => (
@@ -1129,15 +1209,16 @@ impl Daemon {
             "run finished"
         );
         self.state
-            .finished(active.done(status, reason, pull_request));
+            .finished(active.done(status, reason.clone(), pull_request));
         let stopping = handle.as_ref().is_some_and(|h| h.stopping);
         if status == RunStatus::Interrupted && !stopping {
             // The engine went away under it (the runner says `interrupted` for nothing else):
-            // nothing starts until it answers, and the run is tried again then, a bounded
-            // number of times.
-            self.engine_gone();
+            // nothing is placed on it until it answers, and the run is tried again (on another
+            // engine, or on this one once it answers), a bounded number of times.
+            self.engine_gone(&active.engine, reason.as_deref().unwrap_or_default());
             if self.tries_again(&active) {
-                let trigger = self.requeue(&active, " by the Docker engine");
+                let by = format!(" by the Docker engine `{}`", active.engine);
+                let trigger = self.requeue(&active, &by);
                 tracing::warn!(run = %active.run, task = %active.entry.task.display(), "{trigger}");
             } else {
                 if self.config.interrupted == Interrupted::Requeue {
@@ -1193,51 +1274,69 @@ impl Daemon {
 
     // ---- the engine going away ------------------------------------------------------------
 
-    /// A run says the engine went away: hold new runs until it answers.
-    fn engine_gone(&mut self) {
-        if self.engine_down.is_none() {
-            tracing::warn!(
-                "the Docker engine went away under a run; no run starts until it answers again (asked again in {})",
-                crate::config::units::HumanDuration(ENGINE_RETRY_FIRST)
-            );
-            self.engine_down = Some(EngineDown {
-                since: Instant::now(),
-                retry_at: Instant::now() + ENGINE_RETRY_FIRST,
-                backoff: ENGINE_RETRY_FIRST,
-            });
+    /// A run's engine slot is free again.
+    fn release(&mut self, active: &Active) {
+        if let Some(slot) = self
+            .engines
+            .index_of(&active.engine)
+            .map(|i| &mut self.engines.slots[i])
+        {
+            slot.running = slot.running.saturating_sub(1);
         }
     }
 
-    /// Asks a gone engine whether it is back; if not, asks again later, less and less often.
-    async fn ask_engine(&mut self) {
-        let answer = tokio::time::timeout(ENGINE_PING_TIMEOUT, self.engine.ping()).await;
-        let Some(down) = self.engine_down.as_mut() else {
+    /// A run says its engine went away: nothing is placed on it until it answers.
+    fn engine_gone(&mut self, name: &str, why: &str) {
+        let Some(slot) = self
+            .engines
+            .index_of(name)
+            .map(|i| &mut self.engines.slots[i])
+        else {
             return;
         };
-        match answer {
-            Ok(Ok(())) => {
-                tracing::info!(
-                    down_for = %crate::config::units::HumanDuration(down.since.elapsed()),
-                    "the Docker engine answers again; runs start again"
-                );
-                self.engine_down = None;
-                // What the runs it lost left behind goes now, not at the next sweep.
-                self.next_sweep = Instant::now();
-            }
-            Ok(Err(error)) => {
-                down.backoff = (down.backoff * 2).min(ENGINE_RETRY_MAX);
-                down.retry_at = Instant::now() + down.backoff;
-                tracing::warn!(%error, "the Docker engine still does not answer; asked again in {}", crate::config::units::HumanDuration(down.backoff));
-            }
-            Err(_) => {
-                down.backoff = (down.backoff * 2).min(ENGINE_RETRY_MAX);
-                down.retry_at = Instant::now() + down.backoff;
-                tracing::warn!(
-                    "the Docker engine did not answer within {}; asked again in {}",
-                    crate::config::units::HumanDuration(ENGINE_PING_TIMEOUT),
-                    crate::config::units::HumanDuration(down.backoff)
-                );
-            }
+        if slot.down.is_none() {
+            tracing::warn!(
+                engine = name,
+                "the Docker engine went away under a run; no run is placed on it until it answers again (asked again in {})",
+                crate::config::units::HumanDuration(engines::RETRY_FIRST)
+            );
+            slot.mark_down(why.to_owned());
+            self.dirty = true;
+        }
+    }
+
+    /// Asks the down engines whose time has come whether they are back, and, every
+    /// [`engines::HEALTH_EVERY`], the others whether they still answer (all at once, each within
+    /// [`engines::PING_TIMEOUT`]).
+    async fn ask_engines(&mut self) {
+        let now = Instant::now();
+        let health = self.next_health <= now;
+        if health {
+            self.next_health = now + engines::HEALTH_EVERY;
+        }
+        let before: Vec<bool> = self
+            .engines
+            .slots
+            .iter()
+            .map(|s| s.down.is_some())
+            .collect();
+        let due = self.engines.slots.iter_mut().filter(|s| match &s.down {
+            Some(down) => down.retry_at <= now,
+            None => health,
+        });
+        let back = futures_util::future::join_all(due.map(engines::Slot::ask)).await;
+        if back.iter().any(|&b| b) {
+            // What the runs it lost left behind goes now, not at the next sweep.
+            self.next_sweep = Instant::now();
+        }
+        let after: Vec<bool> = self
+            .engines
+            .slots
+            .iter()
+            .map(|s| s.down.is_some())
+            .collect();
+        if before != after {
+            self.dirty = true;
         }
     }
 
@@ -1329,6 +1428,7 @@ impl Daemon {
                 run,
                 branch: String::new(),
                 started_at: Utc::now(),
+                engine: String::new(),
                 entry,
             };
             self.record_ended(
@@ -1486,6 +1586,7 @@ impl Daemon {
             running: self.state.running.clone(),
             scheduled,
             config: Arc::new(self.config.clone()),
+            engines: self.state.engines.clone(),
             project: self.setup.dir.clone(),
             tasks_dir: self.tasks_dir.clone(),
             version,
@@ -1498,6 +1599,7 @@ impl Daemon {
         if !self.dirty {
             return;
         }
+        self.state.engines = self.engines.status();
         self.publish();
         match self.store.save(&self.state) {
             Ok(()) => self.dirty = false,

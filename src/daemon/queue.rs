@@ -10,6 +10,13 @@ use super::state::{Active, Entry};
 /// the concurrency limit).
 #[must_use]
 pub fn pick(queue: &[Entry], running: &[Active]) -> Option<usize> {
+    pick_except(queue, running, &[])
+}
+
+/// [`pick`], passing over the entries whose ids are in `waiting` (those that wait for an
+/// engine with a free slot).
+#[must_use]
+pub fn pick_except(queue: &[Entry], running: &[Active], waiting: &[String]) -> Option<usize> {
     let mut per_repo: HashMap<&str, usize> = HashMap::new();
     for active in running {
         *per_repo.entry(active.entry.repo.as_str()).or_default() += 1;
@@ -18,6 +25,7 @@ pub fn pick(queue: &[Entry], running: &[Active]) -> Option<usize> {
         .iter()
         .enumerate()
         .filter(|(_, entry)| !running.iter().any(|a| a.entry.task == entry.task))
+        .filter(|(_, entry)| !waiting.contains(&entry.id))
         .min_by_key(|(_, entry)| {
             (
                 per_repo.get(entry.repo.as_str()).copied().unwrap_or(0),
@@ -52,6 +60,7 @@ mod tests {
             log: "x".into(),
             branch: "b".into(),
             started_at: Utc::now(),
+            engine: String::new(),
             entry,
         }
     }

@@ -36,6 +36,9 @@ pub struct State {
     /// The next [`Entry::seq`].
     #[serde(default)]
     pub next_seq: u64,
+    /// The engines as the daemon last saw them, for `maxions status`.
+    #[serde(default, skip_serializing_if = "Vec::is_empty")]
+    pub engines: Vec<super::engines::EngineStatus>,
 }
 
 /// What the daemon knows of one task file.
@@ -92,6 +95,9 @@ pub struct Active {
     pub log: PathBuf,
     pub branch: String,
     pub started_at: DateTime<Utc>,
+    /// The engine it was placed on (see `engines` in maxions.yaml).
+    #[serde(default, skip_serializing_if = "String::is_empty")]
+    pub engine: String,
 }
 
 /// A run that ended.

@@ -32,6 +32,9 @@ pub enum Event {
     SandboxReady {
         container: String,
         image: String,
+        /// The engine it runs on (the daemon's `engines`), when the daemon placed the run.
+        #[serde(default, skip_serializing_if = "Option::is_none")]
+        engine: Option<String>,
     },
     StepStarted {
         step: String,
@@ -414,6 +417,7 @@ mod tests {
             Event::SandboxReady {
                 container: "c0ffee".into(),
                 image: "maxions/sandbox:latest".into(),
+                engine: Some("local".into()),
             },
             Event::StepStarted {
                 step: "s".into(),

@@ -28,6 +28,9 @@ pub struct Launch {
     pub cancel_reason: CancelReason,
     /// Where mirrors and scratch files go. Default: the task's own state dir.
     pub state_dir: Option<PathBuf>,
+    /// The name of the engine the run is placed on (the daemon's `engines`), for its log and
+    /// for the reason of a run the engine ended.
+    pub engine_name: Option<String>,
 }
 
 impl Launch {
@@ -42,6 +45,7 @@ impl Launch {
             trigger: None,
             cancel_reason: CancelReason::default(),
             state_dir: None,
+            engine_name: None,
         }
     }
 
@@ -112,6 +116,7 @@ pub async fn launch(
     options.trigger = launch.trigger.clone();
     options.cancel_reason = launch.cancel_reason.clone();
     options.state_dir = launch.state_dir.clone();
+    options.engine_name = launch.engine_name.clone();
     let mut result = super::run(&launch.task, options, &both, cancel).await;
     result.log = log_file.display().to_string();
     result.task_hash = task_hash;

@@ -86,6 +86,9 @@ pub struct RunOptions<'a> {
     pub trigger: Option<String>,
     /// Why it was cancelled, when whoever cancels it says so first.
     pub cancel_reason: CancelReason,
+    /// The name of the engine it is placed on, for `sandbox_ready` and the reason of a run the
+    /// engine ended.
+    pub engine_name: Option<String>,
 }
 
 /// Why a run was cancelled: set by whoever cancels it, just before cancelling its token, and
@@ -117,6 +120,7 @@ impl<'a> RunOptions<'a> {
             state_dir: None,
             trigger: None,
             cancel_reason: CancelReason::default(),
+            engine_name: None,
         }
     }
 }
@@ -164,7 +168,13 @@ pub async fn run(
     }
     let (status, reason) = match outcome {
         Ok(status) => (status, runner.failure.take()),
-        Err(Stop::Failed(reason)) if runner.engine_fault => (RunStatus::Interrupted, Some(reason)),
+        Err(Stop::Failed(reason)) if runner.engine_fault => (
+            RunStatus::Interrupted,
+            Some(match &options.engine_name {
+                Some(name) => format!("on engine `{name}`: {reason}"),
+                None => reason,
+            }),
+        ),
         Err(Stop::Failed(reason)) => (RunStatus::Failed, Some(reason)),
         Err(Stop::Budget(reason)) => (RunStatus::BudgetExceeded, Some(reason)),
         Err(Stop::Cancelled) if cancel.is_cancelled() => (
@@ -537,6 +547,7 @@ impl<'a> Runner<'a> {
         self.emit(Event::SandboxReady {
             container: sandbox.id().to_owned(),
             image: spec.image.clone(),
+            engine: options.engine_name.clone(),
         });
         self.sandbox = Some(sandbox);
 

@@ -64,6 +64,50 @@ const REAPER_TIMEOUT: Duration = Duration::from_secs(5);
 /// Who maxions' own processes are: uid 0, whose only capability is `KILL`.
 const MAXIONS_USER: &str = "0:0";
 
+/// Where a Docker engine listens, and the client certificates to reach it by.
+#[derive(Debug, Clone, Default, PartialEq, Eq)]
+pub struct Endpoint {
+    /// `unix:///path`, `tcp://host:port`; empty for the local socket.
+    pub host: String,
+    /// For `tcp://`: a directory with `ca.pem`, `cert.pem` and `key.pem`. Without it, plain TCP.
+    pub tls: Option<PathBuf>,
+}
+
+impl Endpoint {
+    /// The one the Docker CLI would use: `DOCKER_HOST`, over TLS when `DOCKER_TLS_VERIFY` is set
+    /// (certificates in `DOCKER_CERT_PATH`, default `~/.docker`).
+    #[must_use]
+    pub fn from_env() -> Self {
+        let host = std::env::var("DOCKER_HOST").unwrap_or_default();
+        let verify = std::env::var_os("DOCKER_TLS_VERIFY").is_some_and(|v| !v.is_empty());
+        let tls = (verify && host.starts_with("tcp://")).then(|| {
+            std::env::var_os("DOCKER_CERT_PATH")
+                .filter(|p| !p.is_empty())
+                .map(PathBuf::from)
+                .or_else(|| std::env::var_os("HOME").map(|h| PathBuf::from(h).join(".docker")))
+                .unwrap_or_else(|| PathBuf::from(".docker"))
+        });
+        Self { host, tls }
+    }
+
+    /// Whether the engine shares this machine's files (a Unix socket): egress proxies then run
+    /// in this process, their sockets bind-mounted into the sandboxes.
+    #[must_use]
+    pub fn is_local(&self) -> bool {
+        self.host.is_empty() || self.host.starts_with("unix://")
+    }
+
+    /// How messages name it.
+    #[must_use]
+    pub fn describe(&self) -> String {
+        match (&self.host, &self.tls) {
+            (host, _) if host.is_empty() => "the local socket".to_owned(),
+            (host, Some(_)) => format!("{host} (TLS)"),
+            (host, None) => host.clone(),
+        }
+    }
+}
+
 /// A connection to a Docker engine.
 #[derive(Clone)]
 pub struct DockerEngine {
@@ -77,50 +121,159 @@ pub struct DockerEngine {
     /// Run each allowlisted sandbox's proxy in a container beside it, as this form says,
     /// instead of in this process (the default for an engine reached over TCP).
     egress_container: Option<EgressContainer>,
+    /// The other engines of a daemon, to load a missing image from (see [`super::peers`]).
+    peers: Option<Peers>,
+    /// One image preparation at a time on this engine: two runs needing one missing image
+    /// load it once.
+    preparing: Arc<tokio::sync::Mutex<()>>,
+}
+
+/// What an engine knows of the daemon's other engines.
+#[derive(Clone)]
+struct Peers {
+    /// Its own name among them.
+    name: String,
+    all: Arc<super::peers::Peers>,
+    /// Whether the `docker` command (which builds maxions' images) reaches this engine.
+    builds: bool,
 }
 
 impl DockerEngine {
-    /// Connects to `DOCKER_HOST`, or the local socket, and checks that the engine answers.
+    /// Connects to `DOCKER_HOST` (over TLS when `DOCKER_TLS_VERIFY` is set, with the
+    /// certificates in `DOCKER_CERT_PATH`), or the local socket, and checks that the engine
+    /// answers.
     ///
     /// # Errors
     /// [`SandboxError::EngineUnreachable`] when it does not.
     pub async fn connect() -> Result<Self, SandboxError> {
-        Self::connect_to(&std::env::var("DOCKER_HOST").unwrap_or_default()).await
+        Self::connect_endpoint(&Endpoint::from_env()).await
     }
 
     /// Connects to the engine at `host` (`unix:///path`, `tcp://host:port`; empty for the local
-    /// socket).
+    /// socket), without TLS.
     ///
     /// # Errors
     /// [`SandboxError::EngineUnreachable`] when it does not answer.
     pub async fn connect_to(host: &str) -> Result<Self, SandboxError> {
+        Self::connect_endpoint(&Endpoint {
+            host: host.to_owned(),
+            tls: None,
+        })
+        .await
+    }
+
+    /// Connects to the engine at `endpoint` and checks that it answers.
+    ///
+    /// # Errors
+    /// [`SandboxError::EngineUnreachable`] when it does not answer (or its certificates cannot
+    /// be read).
+    pub async fn connect_endpoint(endpoint: &Endpoint) -> Result<Self, SandboxError> {
+        let host = endpoint.host.as_str();
         let docker = if host.is_empty() {
             Docker::connect_with_unix_defaults()
         } else if let Some(path) = host.strip_prefix("unix://") {
             Docker::connect_with_unix(path, API_TIMEOUT, bollard::API_DEFAULT_VERSION)
+        } else if let Some(dir) = &endpoint.tls {
+            Docker::connect_with_ssl(
+                host,
+                &dir.join("key.pem"),
+                &dir.join("cert.pem"),
+                &dir.join("ca.pem"),
+                API_TIMEOUT,
+                bollard::API_DEFAULT_VERSION,
+            )
         } else {
             Docker::connect_with_http(host, API_TIMEOUT, bollard::API_DEFAULT_VERSION)
         }
-        .map_err(|e| SandboxError::EngineUnreachable(e.to_string()))?;
+        .map_err(|e| SandboxError::EngineUnreachable(format!("{}: {e}", endpoint.describe())))?;
         let docker = docker
             .with_timeout(Duration::from_secs(API_TIMEOUT))
             .negotiate_version()
             .await
-            .map_err(|e| SandboxError::EngineUnreachable(unreachable_reason(&e)))?;
-        docker
-            .ping()
-            .await
-            .map_err(|e| SandboxError::EngineUnreachable(unreachable_reason(&e)))?;
+            .map_err(|e| {
+                SandboxError::EngineUnreachable(format!(
+                    "{}: {}",
+                    endpoint.describe(),
+                    unreachable_reason(&e)
+                ))
+            })?;
+        docker.ping().await.map_err(|e| {
+            SandboxError::EngineUnreachable(format!(
+                "{}: {}",
+                endpoint.describe(),
+                unreachable_reason(&e)
+            ))
+        })?;
+        let local = endpoint.is_local();
         Ok(Self {
             docker,
             egress_root: std::env::temp_dir().join("maxions-egress"),
-            local: host.is_empty() || host.starts_with("unix://"),
+            local,
             instance: "default".to_owned(),
             resolver: None,
             loopback: false,
-            egress_container: (!host.is_empty() && !host.starts_with("unix://"))
-                .then(EgressContainer::default),
+            egress_container: (!local).then(EgressContainer::default),
+            peers: None,
+            preparing: Arc::default(),
         })
+    }
+
+    /// Makes this engine one of `peers` as `name`: an image missing here is loaded from
+    /// another that has it current. `builds` says whether the `docker` command reaches this
+    /// engine, so that maxions' images can be built on it.
+    #[must_use]
+    pub fn with_peers(mut self, name: &str, peers: Arc<super::peers::Peers>, builds: bool) -> Self {
+        peers.join(name, self.docker.clone());
+        self.peers = Some(Peers {
+            name: name.to_owned(),
+            all: peers,
+            builds,
+        });
+        self
+    }
+
+    /// Makes `image` runnable here, when this engine is one of several (see
+    /// [`DockerEngine::with_peers`]): present and current already; else loaded from another
+    /// engine that has it current; else (one of maxions' images) built on the engine the
+    /// `docker` command reaches and loaded from there. Returns whether anything was done.
+    async fn prepare_among(&self, peers: &Peers, image: &str) -> Result<bool, SandboxError> {
+        let _one = self.preparing.lock().await;
+        if super::peers::has_current(&self.docker, image).await? {
+            return Ok(false);
+        }
+        let here = super::peers::Peer {
+            name: peers.name.clone(),
+            docker: self.docker.clone(),
+        };
+        let others = peers.all.others(&peers.name);
+        for other in &others {
+            if super::peers::has_current(&other.docker, image)
+                .await
+                .unwrap_or(false)
+            {
+                tracing::info!(image, from = %other.name, to = %peers.name, "loading the image onto the engine");
+                let started = Instant::now();
+                let bytes = super::peers::copy_image(other, &here, image).await?;
+                tracing::info!(image, from = %other.name, to = %peers.name, mb = bytes / 1_000_000, seconds = started.elapsed().as_secs_f32(), "image loaded");
+                return Ok(true);
+            }
+        }
+        if peers.builds {
+            return self.prepare_here(image).await;
+        }
+        Err(SandboxError::Create(format!(
+            "image `{image}` is not on engine `{name}`, and no other engine has it to load from: build it there (`maxions image build --engine {name}`), or load it (`docker save {image} | docker -H HOST load`)",
+            name = peers.name
+        )))
+    }
+
+    /// Builds `image` on this engine when it is one of maxions' and missing or stale.
+    async fn prepare_here(&self, image: &str) -> Result<bool, SandboxError> {
+        let progress = super::bootstrap::Progress::new(|line| tracing::info!("{line}"));
+        let outcome = super::bootstrap::ensure_image(self, image, &progress)
+            .await
+            .map_err(|e| SandboxError::Create(format!("cannot build image `{image}`: {e}")))?;
+        Ok(outcome == super::image::Outcome::Built)
     }
 
     /// Names this maxions among others using the same engine (two daemons, tests running side
@@ -523,11 +676,10 @@ impl Engine for DockerEngine {
 
     fn prepare_image<'a>(&'a self, image: &'a str) -> BoxFuture<'a, Result<bool, SandboxError>> {
         Box::pin(async move {
-            let progress = super::bootstrap::Progress::new(|line| tracing::info!("{line}"));
-            let outcome = super::bootstrap::ensure_image(self, image, &progress)
-                .await
-                .map_err(|e| SandboxError::Create(format!("cannot build image `{image}`: {e}")))?;
-            Ok(outcome == super::image::Outcome::Built)
+            match &self.peers {
+                Some(peers) => self.prepare_among(peers, image).await,
+                None => self.prepare_here(image).await,
+            }
         })
     }
 }

@@ -10,6 +10,7 @@ pub mod docker;
 pub mod egress;
 pub mod egress_container;
 pub mod image;
+pub mod peers;
 mod procs;
 pub mod redact;
 mod tail;
@@ -22,7 +23,7 @@ use std::time::Duration;
 
 use tokio_util::sync::CancellationToken;
 
-pub use self::docker::DockerEngine;
+pub use self::docker::{DockerEngine, Endpoint};
 pub use self::tail::Tail;
 use crate::config::blueprint::{Network, SandboxSpec};
 use crate::secret::Secret;

@@ -497,6 +497,7 @@ async fn a_run_that_ended_just_before_a_crash_is_not_run_again() {
         log: log.clone(),
         branch: "maxions/done".into(),
         started_at: Utc::now(),
+        engine: String::new(),
     });
     std::fs::create_dir_all(project.state_dir()).unwrap();
     std::fs::write(

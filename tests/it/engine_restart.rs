@@ -9,10 +9,7 @@ use maxions::sandbox::image::SANDBOX_IMAGE;
 use serde_json::Value;
 
 use crate::support::api::{ApiDaemon, PATIENCE, Project, SANDBOX, TOKEN, scaffold};
-use crate::support::engine::SecondEngine;
-
-/// Serialises the tests that start a second engine: each costs a dockerd and an image load.
-static ONE_AT_A_TIME: std::sync::Mutex<()> = std::sync::Mutex::new(());
+use crate::support::engine::{ONE_AT_A_TIME, SecondEngine};
 
 fn lines(log: &Path) -> Vec<Value> {
     std::fs::read_to_string(log)
@@ -299,7 +296,7 @@ fn a_daemon_requeues_a_run_the_engine_dropped_and_finishes_it_when_the_engine_is
         second[0]["trigger"]
             .as_str()
             .unwrap_or_default()
-            .contains("interrupted by the Docker engine (attempt 2 of 3)"),
+            .contains("interrupted by the Docker engine `local` (attempt 2 of 3)"),
         "{}",
         second[0]
     );

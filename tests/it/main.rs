@@ -14,6 +14,7 @@ mod disk_full;
 mod egress;
 mod egress_container;
 mod engine_restart;
+mod engines;
 mod forge;
 mod forge_faults;
 mod fuzz;

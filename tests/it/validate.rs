@@ -601,3 +601,66 @@ fn a_relative_private_key_file_is_checked_beside_maxions_yaml() {
         out.stderr
     );
 }
+
+#[test]
+fn engines_are_checked_where_they_are_written() {
+    let dir = tree(&[
+        (
+            "maxions.yaml",
+            "engines:\n  - name: here\n  - name: big\n    host: tcp://builder.example:2376\n    tls: certs/big\n    labels: [large]\n  - name: big\n    host: tcp://10.0.0.9:2376\n  - name: Far\n    host: ssh://me@far\n",
+        ),
+        ("certs/big/ca.pem", "stand-in\n"),
+        ("certs/big/cert.pem", "stand-in\n"),
+        (
+            "blueprints/b.yaml",
+            "name: b\nsandbox:\n  engine_labels: [large]\nsteps:\n  - run: echo\n",
+        ),
+        (
+            "blueprints/gpu.yaml",
+            "name: gpu\nsandbox:\n  engine_labels: [gpu]\nsteps:\n  - run: echo\n",
+        ),
+    ]);
+    let out = Maxions::new()
+        .current_dir(dir.path())
+        .args(["validate", "maxions.yaml", "blueprints"])
+        .run();
+    assert_eq!(out.code, 1, "{}", out.stderr);
+    for (wanted, at) in [
+        (
+            "error[missing-file]: `tls`: `certs/big` has no key.pem",
+            "maxions.yaml:5:10",
+        ),
+        (
+            "error[duplicate-engine]: engine `big` is named twice (first on line 3)",
+            "maxions.yaml:7:11",
+        ),
+        (
+            "error[plain-tcp-engine]: engine `tcp://10.0.0.9:2376` over `tcp://` needs `tls`",
+            "maxions.yaml:8:11",
+        ),
+        ("`Far` is not a valid engine name", "maxions.yaml:9:11"),
+        (
+            "`ssh://me@far` is not an engine address maxions can use",
+            "maxions.yaml:10:11",
+        ),
+        (
+            "error[no-engine-fits]: no engine has every label of `engine_labels` (gpu)",
+            "blueprints/gpu.yaml:3:19",
+        ),
+    ] {
+        assert!(out.stderr.contains(wanted), "{wanted}:\n{}", out.stderr);
+        assert!(out.stderr.contains(at), "{at}:\n{}", out.stderr);
+    }
+    assert!(out.stderr.contains("forward its socket"), "{}", out.stderr);
+    assert!(
+        out.stderr
+            .contains("the engines offer: `here` []; `big` [large]"),
+        "{}",
+        out.stderr
+    );
+    assert!(
+        !out.stderr.contains("blueprints/b.yaml"),
+        "`large` is offered: {}",
+        out.stderr
+    );
+}

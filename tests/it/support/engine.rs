@@ -9,6 +9,9 @@ use std::path::{Path, PathBuf};
 use std::process::{Child, Command, Stdio};
 use std::time::{Duration, Instant};
 
+/// Serialises the tests that start a second engine: each costs a dockerd and an image load.
+pub static ONE_AT_A_TIME: std::sync::Mutex<()> = std::sync::Mutex::new(());
+
 /// How long a start may take (the first one initialises its data root).
 const START: Duration = Duration::from_secs(60);
 
@@ -17,11 +20,37 @@ pub struct SecondEngine {
     child: Option<Child>,
     /// `unix:///…/d.sock`, for DOCKER_HOST.
     pub host: String,
+    /// Also served over TCP with TLS (see [`SecondEngine::start_tls`]).
+    pub tls: Option<Tls>,
+}
+
+/// How a client reaches an engine over TCP with TLS.
+#[derive(Debug, Clone)]
+pub struct Tls {
+    /// `tcp://127.0.0.1:PORT`: a port of this machine's loopback, served by the engine in its
+    /// own network namespace (the socket is made here and handed to it, as systemd does).
+    pub host: String,
+    pub port: u16,
+    /// The client's certificates: `ca.pem`, `cert.pem`, `key.pem` (as DOCKER_CERT_PATH).
+    pub client: PathBuf,
+    /// The engine's: `ca.pem`, `server-cert.pem`, `server-key.pem`.
+    server: PathBuf,
 }
 
 impl SecondEngine {
     /// Starts one, or says why it cannot and returns `None` (not root, no `unshare` or `dockerd`).
     pub fn start(name: &str) -> Option<Self> {
+        Self::start_with(name, false)
+    }
+
+    /// [`SecondEngine::start`], also serving the Engine API over TCP on 127.0.0.1 with TLS
+    /// client certificates made for this test (a CA, the engine's certificate for 127.0.0.1, and
+    /// a client's), as `dockerd --tlsverify` does on a remote host.
+    pub fn start_tls(name: &str) -> Option<Self> {
+        Self::start_with(name, true)
+    }
+
+    fn start_with(name: &str, tls: bool) -> Option<Self> {
         let root = rustix::process::geteuid().is_root();
         let tools = ["unshare", "dockerd", "docker"].iter().all(|t| {
             Command::new("sh")
@@ -34,15 +63,26 @@ impl SecondEngine {
             eprintln!("SKIPPED {name}: a second Docker engine needs root, unshare and dockerd");
             return None;
         }
+        let openssl = Command::new("openssl")
+            .arg("version")
+            .stdout(Stdio::null())
+            .status()
+            .is_ok_and(|s| s.success());
+        if tls && !openssl {
+            eprintln!("SKIPPED {name}: making TLS certificates needs the openssl command");
+            return None;
+        }
         // Short: the socket path must fit in 108 bytes.
         let dir = PathBuf::from(format!("/tmp/mxe-{}-{name}", std::process::id()));
         let _ = std::fs::remove_dir_all(&dir);
         std::fs::create_dir_all(&dir).expect("the engine's directory");
         let host = format!("unix://{}/d.sock", dir.display());
+        let tls = tls.then(|| make_certificates(&dir));
         let mut engine = Self {
             dir,
             child: None,
             host,
+            tls,
         };
         engine.spawn();
         Some(engine)
@@ -55,17 +95,45 @@ impl SecondEngine {
             .append(true)
             .open(dir.join("dockerd.log"))
             .expect("the engine's log");
-        let script = format!(
+        let mut script = format!(
             "ip link set lo up && exec dockerd --data-root {d}/data --exec-root {d}/x --pidfile {d}/d.pid -H unix://{d}/d.sock --bridge none --iptables=false --ip-masq=false --userland-proxy=false",
             d = dir.display()
         );
-        let child = Command::new("unshare")
+        let mut command = Command::new("unshare");
+        // The TCP socket is bound here, on this machine's loopback, and handed to dockerd as
+        // fd 3 (systemd's socket activation: LISTEN_FDS, LISTEN_PID): the engine in its own
+        // network namespace serves a port that the host's clients reach.
+        let listener = self.tls.as_ref().map(|tls| {
+            let listener = std::net::TcpListener::bind(("127.0.0.1", tls.port))
+                .expect("bind the engine's TCP port");
+            script = format!(
+                "exec 3<&{fd}; export LISTEN_FDS=1 LISTEN_PID=$$; {script} -H fd:// --tlsverify --tlscacert {s}/ca.pem --tlscert {s}/server-cert.pem --tlskey {s}/server-key.pem",
+                fd = std::os::fd::AsRawFd::as_raw_fd(&listener),
+                s = tls.server.display()
+            );
+            listener
+        });
+        if let Some(listener) = &listener {
+            let fd = std::os::fd::AsRawFd::as_raw_fd(listener);
+            // SAFETY: fcntl on an fd this process owns is async-signal-safe; nothing else runs
+            // between fork and exec.
+            unsafe {
+                std::os::unix::process::CommandExt::pre_exec(&mut command, move || {
+                    let fd = std::os::fd::BorrowedFd::borrow_raw(fd);
+                    rustix::io::fcntl_setfd(fd, rustix::io::FdFlags::empty())?;
+                    Ok(())
+                });
+            }
+        }
+        let child = command
             .args(["--net", "sh", "-c", &script])
             .stdin(Stdio::null())
             .stdout(log.try_clone().expect("clone the log"))
             .stderr(log)
             .spawn()
             .expect("spawn dockerd");
+        // The engine holds it now: once it stops, the port is closed.
+        drop(listener);
         self.child = Some(child);
         let started = Instant::now();
         while !self.answers() {
@@ -192,6 +260,13 @@ impl SecondEngine {
         self.spawn();
     }
 
+    /// Its network namespace, for a test that serves something the engine's containers on
+    /// `host` networking reach (its own loopback).
+    pub fn netns(&self) -> PathBuf {
+        let pid = self.child.as_ref().expect("it runs").id();
+        PathBuf::from(format!("/proc/{pid}/ns/net"))
+    }
+
     pub fn log(&self) -> String {
         std::fs::read_to_string(self.dir.join("dockerd.log")).unwrap_or_default()
     }
@@ -238,6 +313,49 @@ impl Drop for SecondEngine {
             .status();
         unmount_below(&self.dir);
         let _ = std::fs::remove_dir_all(&self.dir);
+    }
+}
+
+/// A CA, the engine's certificate for 127.0.0.1 and a client's, made with openssl for this
+/// engine alone (ECDSA P-256, valid two days).
+fn make_certificates(dir: &Path) -> Tls {
+    let server = dir.join("server-certs");
+    let client = dir.join("client-certs");
+    std::fs::create_dir_all(&server).unwrap();
+    std::fs::create_dir_all(&client).unwrap();
+    let script = format!(
+        r#"set -e
+cd {dir}
+key='-newkey ec -pkeyopt ec_paramgen_curve:prime256v1 -nodes'
+openssl req -x509 $key -keyout ca-key.pem -out ca.pem -days 2 -subj /CN=maxions-test-ca 2>/dev/null
+openssl req $key -keyout server-certs/server-key.pem -out server.csr -subj /CN=127.0.0.1 2>/dev/null
+printf 'subjectAltName=IP:127.0.0.1
+extendedKeyUsage=serverAuth
+' > server.ext
+openssl x509 -req -in server.csr -CA ca.pem -CAkey ca-key.pem -CAcreateserial -days 2 -extfile server.ext -out server-certs/server-cert.pem 2>/dev/null
+openssl req $key -keyout client-certs/key.pem -out client.csr -subj /CN=maxions-test-client 2>/dev/null
+printf 'extendedKeyUsage=clientAuth
+' > client.ext
+openssl x509 -req -in client.csr -CA ca.pem -CAkey ca-key.pem -CAcreateserial -days 2 -extfile client.ext -out client-certs/cert.pem 2>/dev/null
+cp ca.pem server-certs/ca.pem
+cp ca.pem client-certs/ca.pem
+"#,
+        dir = dir.display()
+    );
+    let status = Command::new("sh")
+        .args(["-c", &script])
+        .status()
+        .expect("run openssl");
+    assert!(status.success(), "cannot make the test's TLS certificates");
+    let port = std::net::TcpListener::bind("127.0.0.1:0")
+        .and_then(|l| l.local_addr())
+        .expect("a free port")
+        .port();
+    Tls {
+        host: format!("tcp://127.0.0.1:{port}"),
+        port,
+        client,
+        server,
     }
 }
 
