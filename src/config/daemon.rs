@@ -202,8 +202,10 @@ pub struct EngineConfig {
     #[serde(default, skip_serializing_if = "Vec::is_empty")]
     pub labels: Vec<EngineLabel>,
     /// The engine's network that egress proxies (for `network: allowlist`) join: the one the
-    /// allowed traffic leaves by. Only for an engine that does not share this machine's files
-    /// (`tcp://`), where the proxy runs in a container beside the sandbox. Default: `bridge`.
+    /// allowed traffic leaves by. For an engine that does not share this machine's files
+    /// (`tcp://`, default `bridge`), the proxy runs in a container beside the sandbox; set it
+    /// for a Unix socket forwarded from another machine too, so that its sandboxes get that
+    /// form rather than a socket bind-mounted from this machine.
     #[serde(default, skip_serializing_if = "Option::is_none")]
     pub egress_network: Option<String>,
 }

@@ -124,6 +124,14 @@ pub fn place(engines: &[Load<'_>], labels: &BTreeSet<String>) -> Placement {
         .map_or(Placement::Wait, |(index, _)| Placement::On(index))
 }
 
+/// An engine handed to [`Engines::ready`].
+pub struct Ready {
+    pub name: String,
+    pub engine: Arc<dyn Engine>,
+    pub capacity: u32,
+    pub labels: Vec<String>,
+}
+
 /// The engines of one daemon.
 #[derive(Default)]
 pub struct Engines {
@@ -146,6 +154,27 @@ impl Engines {
                 running: 0,
                 down: None,
             }],
+        }
+    }
+
+    /// Engines handed over ready (for a caller that makes its own, as tests do).
+    #[must_use]
+    pub fn ready(engines: Vec<Ready>) -> Self {
+        Self {
+            slots: engines
+                .into_iter()
+                .map(|ready| Slot {
+                    name: ready.name,
+                    endpoint: None,
+                    egress_network: None,
+                    peers: None,
+                    engine: Some(ready.engine),
+                    capacity: ready.capacity,
+                    labels: ready.labels.into_iter().collect(),
+                    running: 0,
+                    down: None,
+                })
+                .collect(),
         }
     }
 
@@ -336,7 +365,10 @@ impl Slot {
             let builds = same_engine(endpoint, &Endpoint::from_env());
             engine = engine.with_peers(&self.name, Arc::clone(peers), builds);
         }
-        if !endpoint.is_local() {
+        // An engine that does not share this machine's files needs the proxy beside the
+        // sandbox; so does a Unix socket forwarded from another machine, which says so by
+        // naming the network its proxies join.
+        if !endpoint.is_local() || self.egress_network.is_some() {
             engine = engine.with_egress_container(EgressContainer {
                 network: self
                     .egress_network

@@ -208,6 +208,10 @@ pub struct Daemon {
     draining: bool,
     /// When the engines that answer are asked again.
     next_health: Instant,
+    /// The engine labels each queued run needs, once read: a run that waits for its engine is
+    /// passed over without reading its task and blueprint again at every turn of the loop.
+    /// Forgotten when blueprints or `maxions.yaml` change.
+    needs: HashMap<String, BTreeSet<String>>,
 }
 
 impl Daemon {
@@ -267,6 +271,7 @@ impl Daemon {
             watching: false,
             next_sweep: Instant::now() + FIRST_SWEEP,
             next_health: Instant::now() + engines::HEALTH_EVERY,
+            needs: HashMap::new(),
             view: tokio::sync::watch::Sender::new(Arc::default()),
             commands,
             commands_rx: Some(commands_rx),
@@ -607,6 +612,7 @@ impl Daemon {
         }
         // At start-up too: what they refer to may have been fixed while the daemon was down.
         self.references = stamp;
+        self.needs.clear();
         let invalid: Vec<PathBuf> = self
             .state
             .tasks
@@ -900,6 +906,7 @@ impl Daemon {
                 {
                     self.engines.reconfigure(&config, &self.setup.dir);
                 }
+                self.needs.clear();
                 self.config = DaemonConfig {
                     tasks_dir: self.config.tasks_dir.clone(),
                     state_dir: self.config.state_dir.clone(),
@@ -1018,6 +1025,9 @@ impl Daemon {
     /// Starts queued runs while there are free slots: each on an engine with its labels and a
     /// free slot. One that must wait for its engine does not hold up those behind it.
     fn dispatch(&mut self) {
+        if self.state.queue.is_empty() {
+            self.needs.clear();
+        }
         let mut waiting: Vec<String> = Vec::new();
         while self.engines.any_free()
             && self.state.running.len() < self.config.concurrency() as usize
@@ -1026,6 +1036,13 @@ impl Daemon {
             else {
                 break;
             };
+            let id = &self.state.queue[index].id;
+            if let Some(needs) = self.needs.get(id)
+                && self.engines.place(needs) == Placement::Wait
+            {
+                waiting.push(id.clone());
+                continue;
+            }
             let entry = self.state.queue.remove(index);
             self.dirty = true;
             if let Some(entry) = self.start_run(entry) {
@@ -1071,8 +1088,14 @@ impl Daemon {
             .map(|l| l.0.clone())
             .collect();
         let slot = match self.engines.place(&needs) {
-            Placement::On(slot) => slot,
-            Placement::Wait => return Some(entry),
+            Placement::On(slot) => {
+                self.needs.remove(&entry.id);
+                slot
+            }
+            Placement::Wait => {
+                self.needs.insert(entry.id.clone(), needs);
+                return Some(entry);
+            }
             Placement::Nowhere => {
                 let offered: Vec<String> = self
                     .engines

@@ -174,14 +174,7 @@ impl DockerEngine {
         } else if let Some(path) = host.strip_prefix("unix://") {
             Docker::connect_with_unix(path, API_TIMEOUT, bollard::API_DEFAULT_VERSION)
         } else if let Some(dir) = &endpoint.tls {
-            Docker::connect_with_ssl(
-                host,
-                &dir.join("key.pem"),
-                &dir.join("cert.pem"),
-                &dir.join("ca.pem"),
-                API_TIMEOUT,
-                bollard::API_DEFAULT_VERSION,
-            )
+            Ok(super::tls::connect(host, dir, API_TIMEOUT)?)
         } else {
             Docker::connect_with_http(host, API_TIMEOUT, bollard::API_DEFAULT_VERSION)
         }
@@ -224,6 +217,9 @@ impl DockerEngine {
     #[must_use]
     pub fn with_peers(mut self, name: &str, peers: Arc<super::peers::Peers>, builds: bool) -> Self {
         peers.join(name, self.docker.clone());
+        if builds {
+            peers.set_builder(name, self.clone());
+        }
         self.peers = Some(Peers {
             name: name.to_owned(),
             all: peers,
@@ -260,6 +256,19 @@ impl DockerEngine {
         }
         if peers.builds {
             return self.prepare_here(image).await;
+        }
+        // Built where images are built, then loaded from there.
+        if let Some((name, builder)) = peers.all.builder()
+            && super::image::RECIPES.iter().any(|r| r.tag == image)
+        {
+            let _built = builder.prepare_here(image).await?;
+            let from = super::peers::Peer {
+                name,
+                docker: builder.docker.clone(),
+            };
+            tracing::info!(image, from = %from.name, to = %peers.name, "loading the image onto the engine");
+            super::peers::copy_image(&from, &here, image).await?;
+            return Ok(true);
         }
         Err(SandboxError::Create(format!(
             "image `{image}` is not on engine `{name}`, and no other engine has it to load from: build it there (`maxions image build --engine {name}`), or load it (`docker save {image} | docker -H HOST load`)",

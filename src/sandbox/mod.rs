@@ -14,6 +14,7 @@ pub mod peers;
 mod procs;
 pub mod redact;
 mod tail;
+mod tls;
 
 use std::future::Future;
 use std::path::Path;

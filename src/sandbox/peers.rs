@@ -23,6 +23,8 @@ pub struct Peer {
 #[derive(Default)]
 pub struct Peers {
     members: RwLock<Vec<Peer>>,
+    /// The engine the `docker` command reaches, where maxions' images are built, by name.
+    builder: RwLock<Option<(String, super::DockerEngine)>>,
 }
 
 impl Peers {
@@ -42,6 +44,24 @@ impl Peers {
             name: name.to_owned(),
             docker,
         });
+    }
+
+    /// Names `engine` (as `name`) the one maxions' images are built on.
+    pub fn set_builder(&self, name: &str, engine: super::DockerEngine) {
+        let mut builder = match self.builder.write() {
+            Ok(builder) => builder,
+            Err(poisoned) => poisoned.into_inner(),
+        };
+        *builder = Some((name.to_owned(), engine));
+    }
+
+    /// The engine maxions' images are built on, with its name.
+    #[must_use]
+    pub fn builder(&self) -> Option<(String, super::DockerEngine)> {
+        match self.builder.read() {
+            Ok(builder) => builder.clone(),
+            Err(poisoned) => poisoned.into_inner().clone(),
+        }
     }
 
     /// Every engine but `name`.

@@ -7,6 +7,7 @@ use std::sync::{Arc, Mutex};
 use std::time::Duration;
 
 use chrono::Utc;
+use maxions::daemon::engines::{Engines, Ready};
 use maxions::daemon::state::{self, State, TaskState};
 use maxions::daemon::{Daemon, Setup, Shutdown};
 use maxions::runner::{Event, EventLine, EventSink, RunStatus};
@@ -561,4 +562,102 @@ async fn a_task_already_run_by_hand_is_not_run_again_by_a_new_daemon() {
     let daemon = Running::start(&project, Scripted::new(|_| Reply::ok()), Arc::clone(&sink)).await;
     until("the edited one's run", || sink.finished() == 1).await;
     daemon.stop().await;
+}
+
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn a_run_waiting_for_its_labelled_engine_does_not_hold_up_runs_that_can_go_elsewhere() {
+    let project = Project::new(
+        "engines:\n  - { name: plain, capacity: 1 }\n  - { name: gpu, capacity: 1, labels: [gpu] }\n",
+    );
+    std::fs::write(
+        project.dir.path().join("blueprints/gpu.yaml"),
+        BLUEPRINT.replace("name: quick", "name: gpu").replace(
+            "  network: none\n",
+            "  network: none\n  engine_labels: [gpu]\n",
+        ),
+    )
+    .unwrap();
+    let slow = || {
+        Scripted::new(|request| {
+            if request.argv.join(" ").contains("work ") {
+                return Reply::ok().taking(Duration::from_millis(400));
+            }
+            Reply::ok()
+        })
+    };
+    let (plain, gpu) = (slow(), slow());
+    let ready = |name: &str, engine: &Scripted, labels: &[&str]| Ready {
+        name: name.into(),
+        engine: Arc::new(engine.clone()),
+        capacity: 1,
+        labels: labels.iter().map(|&l| l.to_owned()).collect(),
+    };
+    let engines = Engines::ready(vec![
+        ready("plain", &plain, &[]),
+        ready("gpu", &gpu, &["gpu"]),
+    ]);
+    for name in ["g1", "g2"] {
+        let path = project.task(name, "acme/a", "");
+        let text = std::fs::read_to_string(&path).unwrap();
+        std::fs::write(&path, text.replace("blueprint: quick", "blueprint: gpu")).unwrap();
+    }
+    // One repository for all three: fairness across repositories does not reorder them.
+    project.task("p1", "acme/a", "");
+    std::thread::sleep(Duration::from_millis(700));
+    let sink = Arc::new(Recorder::default());
+    let daemon = Daemon::start_on(
+        project.setup(),
+        engines,
+        Arc::clone(&sink) as Arc<dyn EventSink>,
+    )
+    .await
+    .expect("daemon starts");
+    let shutdown = Shutdown::default();
+    let task = tokio::spawn(daemon.run(shutdown.clone()));
+    until("3 runs", || sink.finished() == 3).await;
+    shutdown.graceful.cancel();
+    task.await.unwrap().unwrap();
+
+    let lines = sink.0.lock().unwrap().clone();
+    let task_of = |run: &str| {
+        lines.iter().find_map(|l| match &l.event {
+            Event::RunStarted { task, .. } if l.run == run => Path::new(task)
+                .file_stem()
+                .map(|s| s.to_string_lossy().into_owned()),
+            _ => None,
+        })
+    };
+    // (task, engine) in the order the sandboxes came up.
+    let placed: Vec<(String, String)> = lines
+        .iter()
+        .filter_map(|l| match &l.event {
+            Event::SandboxReady { engine, .. } => {
+                Some((task_of(&l.run)?, engine.clone().unwrap_or_default()))
+            }
+            _ => None,
+        })
+        .collect();
+    let engine_of = |t: &str| {
+        placed
+            .iter()
+            .find(|(task, _)| task == t)
+            .map(|(_, e)| e.as_str())
+    };
+    assert_eq!(engine_of("g1"), Some("gpu"), "{placed:?}");
+    assert_eq!(engine_of("g2"), Some("gpu"), "{placed:?}");
+    assert_eq!(engine_of("p1"), Some("plain"), "{placed:?}");
+    let order: Vec<&str> = placed.iter().map(|(t, _)| t.as_str()).collect();
+    assert!(
+        order.iter().position(|t| *t == "p1") < order.iter().position(|t| *t == "g2"),
+        "p1 did not wait behind g2, which waited for the gpu engine: {order:?}"
+    );
+    assert!(plain.peak() <= 1 && gpu.peak() <= 1, "capacities held");
+    assert!(
+        project
+            .state()
+            .recent
+            .iter()
+            .all(|d| d.status == RunStatus::Succeeded)
+    );
+    assert_eq!(project.state().engines.len(), 2);
 }
