@@ -2,7 +2,8 @@
 # Every benchmark figure of BENCHMARKS.md, in one command:
 #
 #   benches/run.sh            all of them (about 15 minutes on 2 cores, idle machine)
-#   benches/run.sh quick      the in-process ones only (redaction, validate, event log: ~2 min)
+#   benches/run.sh quick      the in-process ones only (redaction, validate, event log,
+#                             placement: ~2 min)
 #
 # Each bench measures maxions beside a baseline in the same run and writes its figures to
 # target/bench/<bench>.json ($MAXIONS_BENCH_DIR); then benches/report.py writes
@@ -24,7 +25,7 @@ step "cargo build --release"
 cargo build --release --locked --quiet
 export MAXIONS_BIN=${CARGO_TARGET_DIR:-$PWD/target}/release/maxions
 
-for bench in redaction validate eventlog; do
+for bench in redaction validate eventlog placement; do
     step "cargo bench --bench $bench"
     cargo bench --locked --quiet --bench "$bench"
 done
@@ -37,6 +38,12 @@ if [[ $mode != quick ]]; then
     bash benches/daemon.sh
     step "benches/runs.sh"
     bash benches/runs.sh
+    if [[ $(id -u) -eq 0 ]] && command -v unshare >/dev/null && command -v openssl >/dev/null; then
+        step "benches/engines.sh"
+        bash benches/engines.sh
+    else
+        echo "benches/engines.sh skipped: a second engine needs root, unshare and openssl" >&2
+    fi
 fi
 
 step "benches/report.py"

@@ -715,8 +715,16 @@ fn owner_alive(owner: &str, local_engine: bool) -> bool {
     if boot != this_boot.trim() {
         return !local_engine;
     }
-    pid.parse::<u32>()
-        .is_ok_and(|pid| Path::new(&format!("/proc/{pid}")).exists())
+    // A zombie is dead: killed, and not reaped yet (or never, under an init that does not reap).
+    pid.parse::<u32>().is_ok_and(|pid| {
+        std::fs::read_to_string(format!("/proc/{pid}/stat")).is_ok_and(|stat| {
+            // The state is the field after the parenthesised command.
+            !stat
+                .rsplit(')')
+                .next()
+                .is_some_and(|rest| rest.trim_start().starts_with('Z'))
+        })
+    })
 }
 
 /// One sandbox's egress proxy: its task and its directory. Dropped, it stops the proxy and
@@ -1952,6 +1960,41 @@ pub(crate) fn sanitize(run_id: &str) -> String {
 #[cfg(test)]
 mod tests {
     use super::*;
+
+    #[test]
+    fn a_killed_owner_is_dead_even_before_it_is_reaped() {
+        let boot = std::fs::read_to_string("/proc/sys/kernel/random/boot_id").unwrap();
+        let mut child = std::process::Command::new("sleep")
+            .arg("30")
+            .spawn()
+            .unwrap();
+        let label = format!("{}/{}", boot.trim(), child.id());
+        assert!(owner_alive(&label, true), "running");
+        child.kill().unwrap();
+        // Not waited for: a zombie until reaped.
+        let deadline = Instant::now() + Duration::from_secs(5);
+        while owner_alive(&label, true) && Instant::now() < deadline {
+            std::thread::sleep(Duration::from_millis(10));
+        }
+        assert!(
+            !owner_alive(&label, true),
+            "a zombie does not count as alive"
+        );
+        assert!(
+            Path::new(&format!("/proc/{}", child.id())).exists(),
+            "still unreaped"
+        );
+        child.wait().unwrap();
+        assert!(!owner_alive(&label, true));
+        assert!(owner_alive(
+            &format!("another-boot/{}", std::process::id()),
+            false
+        ));
+        assert!(!owner_alive(
+            &format!("another-boot/{}", std::process::id()),
+            true
+        ));
+    }
 
     #[test]
     fn describe_keeps_messages_short_and_on_one_line() {
