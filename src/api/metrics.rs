@@ -59,41 +59,32 @@ pub async fn metrics(State(state): State<ApiState>) -> impl IntoResponse {
         "Live event streams connected.",
         state.0.hub.clients.load(Ordering::Relaxed),
     );
-    let _ = writeln!(
-        out,
-        "# HELP maxions_engine_up Whether the engine answers (1) or is down (0).\n# TYPE maxions_engine_up gauge"
-    );
-    for engine in &view.engines {
-        let _ = writeln!(
-            out,
-            "maxions_engine_up{{engine=\"{}\"}} {}",
-            label(&engine.name),
-            u8::from(engine.state == "up")
-        );
-    }
-    let _ = writeln!(
-        out,
-        "# HELP maxions_engine_runs Runs on the engine now.\n# TYPE maxions_engine_runs gauge"
-    );
-    for engine in &view.engines {
-        let _ = writeln!(
-            out,
-            "maxions_engine_runs{{engine=\"{}\"}} {}",
-            label(&engine.name),
-            engine.running
-        );
-    }
-    let _ = writeln!(
-        out,
-        "# HELP maxions_engine_capacity Runs the engine takes at once.\n# TYPE maxions_engine_capacity gauge"
-    );
-    for engine in &view.engines {
-        let _ = writeln!(
-            out,
-            "maxions_engine_capacity{{engine=\"{}\"}} {}",
-            label(&engine.name),
-            engine.capacity
-        );
+    type Value = fn(&crate::daemon::engines::EngineStatus) -> u32;
+    let per_engine: [(&str, &str, Value); 3] = [
+        (
+            "maxions_engine_up",
+            "Whether the engine answers (1) or is down (0).",
+            |e| u32::from(e.state == "up"),
+        ),
+        ("maxions_engine_runs", "Runs on the engine now.", |e| {
+            e.running
+        }),
+        (
+            "maxions_engine_capacity",
+            "Runs the engine takes at once.",
+            |e| e.capacity,
+        ),
+    ];
+    for (name, help, value) in per_engine {
+        let _ = writeln!(out, "# HELP {name} {help}\n# TYPE {name} gauge");
+        for engine in &view.engines {
+            let _ = writeln!(
+                out,
+                "{name}{{engine=\"{}\"}} {}",
+                label(&engine.name),
+                value(engine)
+            );
+        }
     }
     let counters = match state.0.hub.metrics.lock() {
         Ok(counters) => counters,

@@ -55,10 +55,17 @@ pub fn run(args: &Args, output: Output) -> u8 {
             engine,
             config,
         } => {
-            let code = build(names, *force, output);
+            let recipes = match image::select(names) {
+                Ok(recipes) => recipes,
+                Err(error) => {
+                    eprintln!("error: {error}");
+                    return exit::INVALID;
+                }
+            };
+            let code = build(&recipes, *force, output);
             match engine {
                 Some(engine) if code == exit::OK => {
-                    load_onto(names, engine, config.as_deref(), output)
+                    load_onto(&recipes, engine, config.as_deref(), output)
                 }
                 _ => code,
             }
@@ -84,14 +91,7 @@ pub fn run(args: &Args, output: Output) -> u8 {
     }
 }
 
-fn build(names: &[String], force: bool, output: Output) -> u8 {
-    let recipes = match image::select(names) {
-        Ok(recipes) => recipes,
-        Err(error) => {
-            eprintln!("error: {error}");
-            return exit::INVALID;
-        }
-    };
+fn build(recipes: &[&'static image::Recipe], force: bool, output: Output) -> u8 {
     // An engine first, started if none answers and this machine allows it.
     let Some(runtime) = super::runtime() else {
         return exit::UNREADABLE;
@@ -108,7 +108,7 @@ fn build(names: &[String], force: bool, output: Output) -> u8 {
             eprintln!("{line}");
         }
     };
-    for recipe in recipes {
+    for &recipe in recipes {
         // A forced build of one image does not force the images under it (they are built only
         // when missing or stale); `build --force` with no names forces them all.
         match image::build(recipe, force, &mut say) {
@@ -124,9 +124,14 @@ fn build(names: &[String], force: bool, output: Output) -> u8 {
 
 /// Loads the images named (default: all) onto the engine `name` of maxions.yaml from the one
 /// the `docker` command reaches, each unless it is there from the same recipe already.
-fn load_onto(names: &[String], name: &str, config: Option<&std::path::Path>, output: Output) -> u8 {
+fn load_onto(
+    recipes: &[&'static image::Recipe],
+    name: &str,
+    config: Option<&std::path::Path>,
+    output: Output,
+) -> u8 {
+    use crate::sandbox::DockerEngine;
     use crate::sandbox::peers::{Peer, copy_image, has_current};
-    use crate::sandbox::{DockerEngine, Endpoint};
     let setup = crate::daemon::Setup::locate(config);
     let config = match setup.config() {
         Ok(config) => config,
@@ -151,20 +156,7 @@ fn load_onto(names: &[String], name: &str, config: Option<&std::path::Path>, out
         );
         return exit::INVALID;
     };
-    let endpoint = match &engine.host {
-        Some(host) => Endpoint {
-            host: host.clone(),
-            tls: engine.tls.as_ref().map(|t| setup.dir.join(t)),
-        },
-        None => Endpoint::from_env(),
-    };
-    let recipes = match image::select(names) {
-        Ok(recipes) => recipes,
-        Err(error) => {
-            eprintln!("error: {error}");
-            return exit::INVALID;
-        }
-    };
+    let endpoint = crate::daemon::engines::endpoint_of(engine, &setup.dir);
     let Some(runtime) = super::runtime() else {
         return exit::UNREADABLE;
     };

@@ -445,7 +445,8 @@ fn same_engine(a: &Endpoint, b: &Endpoint) -> bool {
 }
 
 /// The endpoint of a configured engine, its `tls` directory relative to `dir`.
-fn endpoint_of(engine: &EngineConfig, dir: &Path) -> Endpoint {
+#[must_use]
+pub fn endpoint_of(engine: &EngineConfig, dir: &Path) -> Endpoint {
     match &engine.host {
         Some(host) => Endpoint {
             host: host.clone(),

@@ -14,7 +14,8 @@ use tokio_util::sync::CancellationToken;
 
 use crate::support::docker::{engine, spec};
 
-async fn sh(sandbox: &dyn Sandbox, script: &str) -> (i64, String, String) {
+/// Runs `script` in `sandbox`: its exit code, stdout and stderr.
+pub async fn sh(sandbox: &dyn Sandbox, script: &str) -> (i64, String, String) {
     let (mut out, mut err) = (Vec::new(), Vec::new());
     let mut sink = |which: maxions::sandbox::OutputStream, bytes: &[u8]| match which {
         maxions::sandbox::OutputStream::Stdout => out.extend_from_slice(bytes),

@@ -9,7 +9,7 @@ use maxions::sandbox::image::SANDBOX_IMAGE;
 use serde_json::Value;
 
 use crate::support::api::{ApiDaemon, PATIENCE, Project, SANDBOX, TOKEN, scaffold};
-use crate::support::engine::{ONE_AT_A_TIME, SecondEngine};
+use crate::support::engine::{SecondEngine, second_engine};
 
 fn lines(log: &Path) -> Vec<Value> {
     std::fs::read_to_string(log)
@@ -51,13 +51,7 @@ fn spawn_run(root: &Path, engine: &SecondEngine, task: &str) -> std::process::Ch
 }
 
 fn engine_goes_away_mid_step(kill: bool) {
-    let _one = ONE_AT_A_TIME
-        .lock()
-        .unwrap_or_else(std::sync::PoisonError::into_inner);
-    if !crate::support::docker::available("engine-restart") {
-        return;
-    }
-    let Some(mut engine) = SecondEngine::start(if kill { "kill" } else { "stop" }) else {
+    let Some((_turn, mut engine)) = second_engine(if kill { "kill" } else { "stop" }, false) else {
         return;
     };
     let loaded = engine.load(SANDBOX_IMAGE);
@@ -190,13 +184,7 @@ fn an_engine_killed_mid_step_ends_the_run_clearly_and_leaves_nothing() {
 /// container left and every log whole.
 #[test]
 fn a_daemon_requeues_a_run_the_engine_dropped_and_finishes_it_when_the_engine_is_back() {
-    let _one = ONE_AT_A_TIME
-        .lock()
-        .unwrap_or_else(std::sync::PoisonError::into_inner);
-    if !crate::support::docker::available("engine-restart-daemon") {
-        return;
-    }
-    let Some(mut engine) = SecondEngine::start("daemon") else {
+    let Some((_turn, mut engine)) = second_engine("daemon", false) else {
         return;
     };
     engine.load(SANDBOX_IMAGE);

@@ -12,12 +12,11 @@ use std::time::{Duration, Instant};
 use maxions::sandbox::egress::{Decision, EgressEvent, EgressPolicy, StaticResolver};
 use maxions::sandbox::egress_container::EgressContainer;
 use maxions::sandbox::image::{EGRESS_IMAGE, SANDBOX_IMAGE};
-use maxions::sandbox::{DockerEngine, Endpoint, Engine, ExecRequest, NetworkPolicy, OutputStream};
+use maxions::sandbox::{DockerEngine, Endpoint, Engine, NetworkPolicy};
 use serde_json::Value;
-use tokio_util::sync::CancellationToken;
 
 use crate::support::api::{ApiDaemon, PATIENCE, Project, SANDBOX, TOKEN};
-use crate::support::engine::{ONE_AT_A_TIME, SecondEngine};
+use crate::support::engine::{SecondEngine, second_engine};
 
 fn lines(log: &Path) -> Vec<Value> {
     std::fs::read_to_string(log)
@@ -121,13 +120,7 @@ fn wait_for(what: &str, daemon: &ApiDaemon, mut done: impl FnMut() -> bool) {
 
 #[test]
 fn runs_spread_over_two_engines_by_capacity_and_labels_and_the_daemon_loads_the_image() {
-    let _one = ONE_AT_A_TIME
-        .lock()
-        .unwrap_or_else(std::sync::PoisonError::into_inner);
-    if !crate::support::docker::available("engines-spread") {
-        return;
-    }
-    let Some(second) = SecondEngine::start_tls("spread") else {
+    let Some((_turn, second)) = second_engine("engines-spread", true) else {
         return;
     };
     assert!(
@@ -269,6 +262,15 @@ fn runs_spread_over_two_engines_by_capacity_and_labels_and_the_daemon_loads_the_
         .cloned()
         .unwrap();
     assert_eq!(far_summary["engine"], "second", "{far_summary}");
+    let metrics = String::from_utf8(daemon.call("GET", "/metrics", None).body).unwrap();
+    for line in [
+        "maxions_engine_up{engine=\"first\"} 1",
+        "maxions_engine_up{engine=\"second\"} 1",
+        "maxions_engine_capacity{engine=\"second\"} 2",
+        "maxions_engine_runs{engine=\"second\"} 0",
+    ] {
+        assert!(metrics.lines().any(|l| l == line), "{line}:\n{metrics}");
+    }
     assert!(
         daemon.stop().is_some_and(|s| s.success()),
         "{}",
@@ -283,13 +285,7 @@ fn runs_spread_over_two_engines_by_capacity_and_labels_and_the_daemon_loads_the_
 
 #[test]
 fn a_run_the_second_engine_drops_is_interrupted_requeued_and_finished_on_the_first() {
-    let _one = ONE_AT_A_TIME
-        .lock()
-        .unwrap_or_else(std::sync::PoisonError::into_inner);
-    if !crate::support::docker::available("engines-failover") {
-        return;
-    }
-    let Some(mut second) = SecondEngine::start_tls("failover") else {
+    let Some((_turn, mut second)) = second_engine("engines-failover", true) else {
         return;
     };
     second.load(SANDBOX_IMAGE);
@@ -389,13 +385,7 @@ fn a_run_the_second_engine_drops_is_interrupted_requeued_and_finished_on_the_fir
 
 #[test]
 fn an_engine_over_tls_refuses_a_client_without_the_certificate() {
-    let _one = ONE_AT_A_TIME
-        .lock()
-        .unwrap_or_else(std::sync::PoisonError::into_inner);
-    if !crate::support::docker::available("engines-tls") {
-        return;
-    }
-    let Some(second) = SecondEngine::start_tls("tls") else {
+    let Some((_turn, second)) = second_engine("engines-tls", true) else {
         return;
     };
     let tls = second.tls.clone().unwrap();
@@ -457,13 +447,7 @@ fn serve_in(netns: &Path) -> u16 {
 
 #[test]
 fn the_allowlist_holds_for_a_sandbox_on_the_second_engine() {
-    let _one = ONE_AT_A_TIME
-        .lock()
-        .unwrap_or_else(std::sync::PoisonError::into_inner);
-    if !crate::support::docker::available("engines-egress") {
-        return;
-    }
-    let Some(second) = SecondEngine::start_tls("egress") else {
+    let Some((_turn, second)) = second_engine("engines-egress", true) else {
         return;
     };
     second.load(SANDBOX_IMAGE);
@@ -499,25 +483,12 @@ fn the_allowlist_holds_for_a_sandbox_on_the_second_engine() {
             Arc::new(move |event| events.lock().unwrap().push(event))
         });
         let sandbox = engine.create(&spec).await.expect("a sandbox on the second engine");
-        let (mut out, mut err) = (Vec::new(), Vec::new());
-        let mut sink = |which: OutputStream, bytes: &[u8]| match which {
-            OutputStream::Stdout => out.extend_from_slice(bytes),
-            OutputStream::Stderr => err.extend_from_slice(bytes),
-        };
         let script = format!(
             "curl -sS --max-time 10 http://far.test:{port}/ ; echo; \
              curl -sS --max-time 10 -o /dev/null -w '%{{http_code}}' http://other.test:{port}/ ; echo"
         );
-        let outcome = sandbox
-            .exec(
-                &ExecRequest::shell(script).timeout(Duration::from_secs(60)),
-                &mut sink,
-                &CancellationToken::new(),
-            )
-            .await
-            .expect("the exec");
-        let stdout = String::from_utf8_lossy(&out).into_owned();
-        assert!(outcome.status.success(), "{}", String::from_utf8_lossy(&err));
+        let (code, stdout, stderr) = crate::egress_container::sh(&*sandbox, &script).await;
+        assert_eq!(code, 0, "{stderr}");
         let got: Vec<&str> = stdout.lines().collect();
         assert_eq!(got, ["far server", "403"], "{stdout}");
         let deadline = Instant::now() + Duration::from_secs(10);

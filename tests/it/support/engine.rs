@@ -12,6 +12,27 @@ use std::time::{Duration, Instant};
 /// Serialises the tests that start a second engine: each costs a dockerd and an image load.
 pub static ONE_AT_A_TIME: std::sync::Mutex<()> = std::sync::Mutex::new(());
 
+/// For a test that needs a second engine: its turn (they run one at a time), the first engine
+/// and the images ready, and a second engine (over TLS too when `tls`). `None`, the test
+/// skipped and saying why, when this machine cannot run one.
+pub fn second_engine(
+    name: &str,
+    tls: bool,
+) -> Option<(std::sync::MutexGuard<'static, ()>, SecondEngine)> {
+    let turn = ONE_AT_A_TIME
+        .lock()
+        .unwrap_or_else(std::sync::PoisonError::into_inner);
+    if !super::docker::available(name) {
+        return None;
+    }
+    let engine = if tls {
+        SecondEngine::start_tls(name)?
+    } else {
+        SecondEngine::start(name)?
+    };
+    Some((turn, engine))
+}
+
 /// How long a start may take (the first one initialises its data root).
 const START: Duration = Duration::from_secs(60);
 
@@ -107,20 +128,27 @@ impl SecondEngine {
             let listener = std::net::TcpListener::bind(("127.0.0.1", tls.port))
                 .expect("bind the engine's TCP port");
             script = format!(
-                "exec 3<&{fd}; export LISTEN_FDS=1 LISTEN_PID=$$; {script} -H fd:// --tlsverify --tlscacert {s}/ca.pem --tlscert {s}/server-cert.pem --tlskey {s}/server-key.pem",
-                fd = std::os::fd::AsRawFd::as_raw_fd(&listener),
+                "export LISTEN_FDS=1 LISTEN_PID=$$; {script} -H fd:// --tlsverify --tlscacert {s}/ca.pem --tlscert {s}/server-cert.pem --tlskey {s}/server-key.pem",
                 s = tls.server.display()
             );
             listener
         });
         if let Some(listener) = &listener {
             let fd = std::os::fd::AsRawFd::as_raw_fd(listener);
-            // SAFETY: fcntl on an fd this process owns is async-signal-safe; nothing else runs
+            // Socket activation wants it as fd 3, without close-on-exec. SAFETY: dup2 and fcntl
+            // are async-signal-safe, and fd 3 of the child is free to take: nothing else runs
             // between fork and exec.
             unsafe {
                 std::os::unix::process::CommandExt::pre_exec(&mut command, move || {
-                    let fd = std::os::fd::BorrowedFd::borrow_raw(fd);
-                    rustix::io::fcntl_setfd(fd, rustix::io::FdFlags::empty())?;
+                    use std::os::fd::FromRawFd;
+                    let source = std::os::fd::BorrowedFd::borrow_raw(fd);
+                    if fd == 3 {
+                        rustix::io::fcntl_setfd(source, rustix::io::FdFlags::empty())?;
+                    } else {
+                        let mut three =
+                            std::mem::ManuallyDrop::new(std::os::fd::OwnedFd::from_raw_fd(3));
+                        rustix::io::dup2(source, &mut three)?;
+                    }
                     Ok(())
                 });
             }
