@@ -142,19 +142,12 @@ impl Engines {
     /// One engine handed over ready, named `local`, with `capacity` slots.
     #[must_use]
     pub fn single(engine: Arc<dyn Engine>, capacity: u32) -> Self {
-        Self {
-            slots: vec![Slot {
-                name: DEFAULT_ENGINE.to_owned(),
-                endpoint: None,
-                egress_network: None,
-                peers: None,
-                engine: Some(engine),
-                capacity,
-                labels: BTreeSet::new(),
-                running: 0,
-                down: None,
-            }],
-        }
+        Self::ready(vec![Ready {
+            name: DEFAULT_ENGINE.to_owned(),
+            engine,
+            capacity,
+            labels: Vec::new(),
+        }])
     }
 
     /// Engines handed over ready (for a caller that makes its own, as tests do).
@@ -164,15 +157,8 @@ impl Engines {
             slots: engines
                 .into_iter()
                 .map(|ready| Slot {
-                    name: ready.name,
-                    endpoint: None,
-                    egress_network: None,
-                    peers: None,
                     engine: Some(ready.engine),
-                    capacity: ready.capacity,
-                    labels: ready.labels.into_iter().collect(),
-                    running: 0,
-                    down: None,
+                    ..Slot::new(ready.name, ready.capacity, ready.labels)
                 })
                 .collect(),
         }
@@ -197,15 +183,14 @@ impl Engines {
         for engine in &config.engines {
             let endpoint = endpoint_of(engine, dir);
             let mut slot = Slot {
-                name: engine.name.clone(),
                 endpoint: Some(endpoint),
                 egress_network: engine.egress_network.clone(),
                 peers: Some(Arc::clone(&peers)),
-                engine: None,
-                capacity: engine.capacity(),
-                labels: engine.labels.iter().map(|l| l.0.clone()).collect(),
-                running: 0,
-                down: None,
+                ..Slot::new(
+                    engine.name.clone(),
+                    engine.capacity(),
+                    engine.labels.iter().map(|l| l.0.clone()),
+                )
             };
             match slot.connect().await {
                 Ok(()) => tracing::info!(
@@ -336,6 +321,21 @@ impl Engines {
 }
 
 impl Slot {
+    /// An engine not reached yet, with no address: the callers add what they have.
+    fn new(name: String, capacity: u32, labels: impl IntoIterator<Item = String>) -> Self {
+        Self {
+            name,
+            endpoint: None,
+            egress_network: None,
+            peers: None,
+            engine: None,
+            capacity,
+            labels: labels.into_iter().collect(),
+            running: 0,
+            down: None,
+        }
+    }
+
     /// The engine, when it has answered once.
     #[must_use]
     pub fn engine(&self) -> Option<&Arc<dyn Engine>> {
@@ -527,17 +527,7 @@ mod tests {
 
     #[test]
     fn a_down_engine_is_asked_again_less_and_less_often() {
-        let mut slot = Slot {
-            name: "far".into(),
-            endpoint: None,
-            egress_network: None,
-            peers: None,
-            engine: None,
-            capacity: 1,
-            labels: BTreeSet::new(),
-            running: 0,
-            down: None,
-        };
+        let mut slot = Slot::new("far".into(), 1, []);
         let runtime = tokio::runtime::Builder::new_current_thread()
             .enable_time()
             .build()
